@@ -1,0 +1,124 @@
+"""Shared config pieces: the strict argument parser and the paper's training defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `key=value,flag,...` against `defaults`; unknown keys are an error.
+
+  A bare `flag` sets a boolean default to True. Values are converted to the type of their
+  default (`fraction=0.25` -> float), so `batch=abc` fails here rather than deep in training.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, sep, value = item.partition('=')
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f'config argument {key!r} is unknown; known: '
+                       f'{", ".join(sorted(defaults))}.')
+    default = defaults[key]
+    if not sep:
+      if not isinstance(default, bool):
+        raise ValueError(f'config argument {key!r} needs a value ({key}=...).')
+      out[key] = True
+      continue
+    try:
+      if isinstance(default, bool):
+        if value.lower() not in ('true', 'false', '1', '0'):
+          raise ValueError
+        out[key] = value.lower() in ('true', '1')
+      elif isinstance(default, int):
+        out[key] = int(value)
+      elif isinstance(default, float):
+        out[key] = float(value)
+      else:
+        out[key] = value
+    except ValueError:
+      raise ValueError(f'config argument {key}={value!r}: expected a '
+                       f'{type(default).__name__}.') from None
+  return out
+
+
+def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Fields every application shares, with the paper's optimizer rules as defaults."""
+  c = ml_collections.ConfigDict()
+  # Network: alexnet (BVLC Caffe, the paper's), alexnet_torchvision or squeezenet1_1.
+  c.arch = arg.arch
+  # Arm: scratch, or the lowest tuned unit (fc8 = only the head ... conv1 = all layers).
+  c.depth = arg.depth
+  # Converted pretrained weights (folder from `python -m medft.weights.convert`); fine-tuning
+  # arms need it, scratch ignores it.
+  c.init = arg.init
+  # One seed for parameters, sampling and dropout.
+  c.seed = arg.seed
+  # Compute dtype of convolutions and matmuls (params and optimizer state stay float32).
+  c.dtype = 'float32'
+  # Network input size when no weights give one (the weights' meta.json wins).
+  c.input_size = 227
+
+  c.model = ml_collections.ConfigDict()
+  # Width multiplier (< 1 only for tests; the paper's network is 1.0).
+  c.model.width = 1.0
+  # Dropout rate of fc6/fc7 (AlexNet) or before conv10 (SqueezeNet).
+  c.model.dropout = 0.5
+  # Kernel init of a scratch arm: gaussian (BVLC stds), xavier or he; '' = the arch default.
+  c.model.init_scheme = ''
+  # Grouped convolution form: auto (split on CPU, XLA's grouped kernel elsewhere), split, xla.
+  c.model.group_impl = 'auto'
+
+  c.data = ml_collections.ConfigDict()
+  # TFDS builder name (or a synthetic twin such as synthetic_cimt).
+  c.data.name = ''
+  # Folder holding the user's download of the public dataset.
+  c.data.manual_dir = ''
+  # Where prepared datasets are cached ('' = $MEDFT_DATA_DIR or ~/.cache/medft).
+  c.data.data_dir = ''
+  # Share of training subjects kept (nested across fractions).
+  c.data.fraction = arg.fraction
+  # Seed of the subject-level train/validation/test split.
+  c.data.split_seed = 0
+  # Share of training subjects held out for validation (the paper's 20%).
+  c.data.val_share = 0.2
+  # Share of subjects held out for testing.
+  c.data.test_share = 0.2
+  # Size of a synthetic twin (number of images/volumes); 0 = the generator's default.
+  c.data.synthetic_n = 0
+
+  c.optim = ml_collections.ConfigDict()
+  # lr of every tuned layer (paper: 0.001).
+  c.optim.base_lr = 0.001
+  # New head's lr multiple in fine-tuning arms (paper: 0.01 = 10 x 0.001; 1 in scratch).
+  c.optim.head_lr_mult = 10.0
+  # Biases learn at twice their layer's lr (Caffe convention).
+  c.optim.bias_lr_mult = 2.0
+  # SGD momentum (paper: 0.9).
+  c.optim.momentum = 0.9
+  # L2 weight decay on weights, not biases (BVLC: 5e-4).
+  c.optim.weight_decay = 5e-4
+  # lr multiplied by this once per epoch (paper: 0.95).
+  c.optim.lr_decay_per_epoch = 0.95
+
+  c.train = ml_collections.ConfigDict()
+  # Global batch over all devices (must divide by the device count).
+  c.train.batch = arg.batch or 32
+  # Training length: steps, or epochs (> 0 wins) of `task.epoch_examples` patches.
+  c.train.steps = arg.steps or 2000
+  c.train.epochs = float(arg.epochs)
+  # Validation AUC every this many steps; early stopping after `patience` evals without gain.
+  c.train.eval_every = 200
+  c.train.patience = 5
+  # Progress line and metrics.jsonl row every this many steps.
+  c.train.log_every = 50
+  # Latest-state checkpoint every this many steps (and at every evaluation and at the end).
+  c.train.checkpoint_every = 500
+  # On a non-finite loss or gradient: stop with an error (False) or skip the step (True).
+  c.train.skip_nonfinite = False
+  # Batches prepared ahead by the input pipeline threads.
+  c.train.prefetch = 4
+  # Host threads cutting patches.
+  c.train.workers = 2
+  return c

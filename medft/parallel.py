@@ -1,0 +1,99 @@
+"""The one module that knows about pmap: sharding batches, replicating state, host transfers.
+
+A host batch of `B` examples becomes `(local_devices, B // local_devices, ...)`. Moving to
+`jit` + sharding later touches only this file.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+from typing import Any, Callable, Iterator
+
+import jax
+import numpy as np
+
+AXIS = 'batch'
+
+
+def local_devices() -> int:
+  return jax.local_device_count()
+
+
+def check_batch(global_batch: int) -> int:
+  """Per-device batch for a global batch, or a clear error when it does not divide."""
+  n = jax.device_count()
+  if global_batch <= 0 or global_batch % n:
+    raise ValueError(f'train.batch={global_batch} does not split evenly over {n} devices; '
+                     f'use a multiple of {n} (e.g. --config.train.batch={max(n, global_batch // n * n or n)}).')
+  return global_batch // n
+
+
+def shard(tree: Any) -> Any:
+  """Host arrays `(B, ...)` -> `(local_devices, B // local_devices, ...)`."""
+  n = local_devices()
+  return jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), tree)
+
+
+def _sharding() -> jax.sharding.NamedSharding:
+  mesh = jax.sharding.Mesh(np.asarray(jax.local_devices()), (AXIS,))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(AXIS))
+
+
+def to_devices(tree: Any) -> Any:
+  """Arrays with a leading `local_devices` axis, placed one slice per device (pmap layout)."""
+  return jax.device_put(tree, _sharding())
+
+
+def replicate(tree: Any) -> Any:
+  n = local_devices()
+  return to_devices(jax.tree.map(lambda x: np.broadcast_to(x, (n,) + np.shape(x)), tree))
+
+
+def unreplicate(tree: Any) -> Any:
+  """First replica as host numpy arrays (what checkpoints and results store)."""
+  return jax.device_get(jax.tree.map(lambda x: x[0], tree))
+
+
+def prefetch_to_device(batches: Iterator[Any], size: int = 2) -> Iterator[Any]:
+  """Shards host batches and copies them to the devices `size` steps ahead of use."""
+  queue = collections.deque()
+
+  def put(batch):
+    queue.append(to_devices(shard(batch)))
+
+  for batch in itertools.islice(batches, size):
+    put(batch)
+  while queue:
+    yield queue.popleft()
+    for batch in itertools.islice(batches, 1):
+      put(batch)
+
+
+def pmap_train_step(step_fn: Callable) -> Callable:
+  """`step_fn(state, batch, rng)` run on every local device; state buffers donated."""
+  return jax.pmap(step_fn, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+
+
+def predict_in_batches(predict_fn: Callable, params: Any, inputs: np.ndarray,
+                       batch: int) -> np.ndarray:
+  """Runs a pmapped `predict_fn(params, x)` over `inputs`, padding the last batch."""
+  n_dev = local_devices()
+  batch = max(n_dev, batch // n_dev * n_dev)
+  outs = []
+  for start in range(0, len(inputs), batch):
+    chunk = inputs[start:start + batch]
+    pad = batch - len(chunk)  # one compiled shape for every chunk
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+    out = predict_fn(params, shard(chunk))
+    out = np.asarray(jax.device_get(out)).reshape((-1,) + out.shape[2:])
+    outs.append(out[:len(out) - pad])
+  return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+def sync_hosts(name: str) -> None:
+  """Barrier across processes (no-op on one host)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)

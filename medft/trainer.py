@@ -1,0 +1,402 @@
+"""`medft.train(config, workdir)` (defined here, exported by `medft`): one arm of the study, from data to results.json.
+
+Phases: workdir, data, model and weights, optimizer, checkpoints, loop (pmapped step,
+validation AUC, early stopping), final evaluation. Importable from any JAX program: no absl
+flag parsing and no global state.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import struct
+
+from medft import data, files, models, parallel, preprocess, tasks, tuning
+from medft.weights import store
+
+
+class TrainState(struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+class NonFiniteError(RuntimeError):
+  """A non-finite loss or update stopped the run."""
+
+
+def _config_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
+  """Creates the workdir, or checks that the run already in it used the same config."""
+  wanted = _config_dict(config)
+  config_file = workdir / 'config.json'
+  if config_file.exists():
+    try:
+      held = json.loads(config_file.read_text())
+    except json.JSONDecodeError:
+      raise ValueError(f'{config_file} is not valid JSON; it was not written by medft. Use an '
+                       'empty --workdir.') from None
+    if held != wanted:
+      diff = sorted(k for k in set(_flat(held)) | set(_flat(wanted))
+                    if _flat(held).get(k) != _flat(wanted).get(k))
+      raise ValueError(f'--workdir={workdir} holds a run of a different config (differs in: '
+                       f'{", ".join(diff[:8])}). Use a new --workdir, or repeat the original '
+                       'command to resume that run.')
+    return
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f'--workdir={workdir} cannot be created ({e.strerror}); choose a '
+                     'writable folder.') from None
+  if jax.process_index() == 0:
+    files.write_json_atomic(config_file, wanted)
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def total_steps(config: ml_collections.ConfigDict, epoch_examples: int) -> tuple[int, int]:
+  """(total steps, steps per epoch): durations given in epochs become steps here only."""
+  steps_per_epoch = max(1, epoch_examples // config.train.batch)
+  if config.train.epochs > 0:
+    return max(1, int(round(config.train.epochs * steps_per_epoch))), steps_per_epoch
+  return int(config.train.steps), steps_per_epoch
+
+
+def build_model(config: ml_collections.ConfigDict):
+  """The linen module and its tuning units from the config."""
+  kwargs = dict(width=config.model.width, dropout=config.model.dropout,
+                dtype=jnp.dtype(config.dtype))
+  if config.model.init_scheme:
+    kwargs['scheme'] = config.model.init_scheme
+  if config.arch.startswith('alexnet'):
+    kwargs['group_impl'] = config.model.group_impl
+  return models.get_model(config.arch, config.num_classes, **kwargs)
+
+
+def initial_params(config: ml_collections.ConfigDict, model, units) -> tuple[Any, store.Meta]:
+  """Fresh parameters for scratch; pretrained trunk plus a fresh head for fine-tuning arms.
+
+  When `init` is given, scratch still takes its input convention (size, mean, std) so that
+  every arm of a study sees the same inputs; only the parameters differ.
+  """
+  tuning.trained_units(units, config.depth)  # validates the depth name early
+  scratch = config.depth == 'scratch'
+  if not scratch and not config.init:
+    raise ValueError(f'depth={config.depth} fine-tunes pretrained weights but init= is empty; '
+                     'pass init=<folder from python -m medft.weights.convert>, or use '
+                     'depth=scratch.')
+  if config.init:
+    loaded, meta = store.load_artifact(config.init)
+    if meta.arch != config.arch:
+      raise ValueError(f'init={config.init} holds {meta.arch} weights but arch={config.arch}; '
+                       f'set arch={meta.arch} or convert weights for {config.arch}.')
+  else:
+    meta = store.default_meta(config.arch, (config.input_size, config.input_size))
+  h, w = meta.input_size
+  fresh = model.init(jax.random.key(config.seed), jnp.zeros((1, h, w, 3)), train=False)['params']
+  fresh = jax.tree.map(np.asarray, fresh)
+  if scratch:
+    return fresh, meta
+  params = store.merge_params(loaded, fresh, dont_load=[units[-1]],
+                              source=f'weights in init={config.init}')
+  return tuning.reinit_head(params, fresh, units[-1]), meta
+
+
+def make_steps(model, tx, meta: store.Meta, skip_nonfinite: bool):
+  """The pmapped train step and prediction function."""
+  input_size = tuple(meta.input_size)
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    rng = jax.random.fold_in(jax.random.fold_in(rng, state.step),
+                             jax.lax.axis_index(parallel.AXIS))
+    x = preprocess.prepare(batch['image'], meta, input_size)
+
+    def loss_fn(params):
+      logits = model.apply({'params': params}, x, train=True, rngs={'dropout': rng})
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, parallel.AXIS)
+    loss = jax.lax.pmean(loss, parallel.AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # Checked on the updates, not the raw gradients: frozen units' updates are constant
+    # zeros, so XLA can drop their gradient computation altogether.
+    finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
+        [jnp.all(jnp.isfinite(u)) for u in jax.tree.leaves(updates)]))
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(  # noqa: E731
+        lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                           opt_state=keep(opt_state, state.opt_state))
+    accuracy = jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch['label']), parallel.AXIS)
+    return new_state, {'loss': loss, 'accuracy': accuracy, 'finite': finite}
+
+  def predict(params, patches):
+    x = preprocess.prepare(patches, meta, input_size)
+    return jax.nn.softmax(model.apply({'params': params}, x, train=False))
+
+  del skip_nonfinite
+  return parallel.pmap_train_step(train_step), jax.pmap(predict, axis_name=parallel.AXIS)
+
+
+class _Checkpoints:
+  """Orbax managers for `checkpoints/latest` (full state) and `checkpoints/best` (params).
+
+  Orbax writes each checkpoint to a temporary folder and renames it when complete, so a kill
+  during a save leaves the previous checkpoint usable. State is saved unreplicated (host
+  numpy), which orbax can write from any process layout.
+  """
+
+  def __init__(self, workdir: Path):
+    import orbax.checkpoint as ocp
+    self._ocp = ocp
+    opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    self.latest_dir = workdir / 'checkpoints' / 'latest'
+    self.best_dir = workdir / 'checkpoints' / 'best'
+    self.latest = ocp.CheckpointManager(self.latest_dir.absolute(), options=opts)
+    self.best = ocp.CheckpointManager(self.best_dir.absolute(), options=opts)
+
+  def save_latest(self, step: int, tree: Any) -> None:
+    self.latest.save(step, args=self._ocp.args.StandardSave(tree), force=True)
+    self.latest.wait_until_finished()
+
+  def save_best(self, step: int, params: Any) -> None:
+    self.best.save(step, args=self._ocp.args.StandardSave(params), force=True)
+    self.best.wait_until_finished()
+
+  def restore_latest(self, like: Any) -> Any | None:
+    step = self.latest.latest_step()
+    if step is None:
+      return None
+    return self.latest.restore(step, args=self._ocp.args.StandardRestore(like))
+
+  def restore_best(self, like: Any) -> Any | None:
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    return self.best.restore(step, args=self._ocp.args.StandardRestore(like))
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Trains one arm (`config.depth`) and returns the contents of `results.json`.
+
+  Re-running with the same config and workdir resumes from `checkpoints/latest`; a finished
+  run returns its existing results without training again.
+  """
+  workdir = Path(workdir)
+  _prepare_workdir(config, workdir)
+  results_file = workdir / 'results.json'
+  if results_file.exists():
+    logging.info('%s is finished; returning its results.', workdir)
+    return json.loads(results_file.read_text())
+  is_main = jax.process_index() == 0
+  wall_start = time.time()
+
+  # ---- data ----------------------------------------------------------------------------
+  ds = data.load(config.data)
+  task = tasks.get_task(ds.app, ds.splits, config.task, config.seed)
+  if task.num_classes != config.num_classes:
+    raise ValueError(f'num_classes={config.num_classes} but the {ds.app} task has '
+                     f'{task.num_classes} classes.')
+  batch = config.train.batch
+  parallel.check_batch(batch)
+  steps, steps_per_epoch = total_steps(config, task.epoch_examples)
+
+  # ---- model and weights ---------------------------------------------------------------
+  model, units = build_model(config)
+  params, meta = initial_params(config, model, units)
+  tuning.log_labels(params, units, config.depth)
+
+  # ---- optimizer -----------------------------------------------------------------------
+  tx = tuning.make_optimizer(params, units, config.depth, config.optim, steps_per_epoch)
+  state = TrainState(step=np.int32(0), params=params,
+                     opt_state=jax.tree.map(np.asarray, tx.init(params)))
+  early = {'best_val': np.float64(-1.0), 'best_step': np.int32(-1), 'bad_evals': np.int32(0)}
+
+  # ---- checkpoints (resume) ------------------------------------------------------------
+  ckpt = _Checkpoints(workdir)
+  restored = ckpt.restore_latest({'state': state, 'early': early})
+  best_params = None
+  if restored is not None:
+    state, early = restored['state'], restored['early']
+    best_params = ckpt.restore_best(params)
+    logging.info('Resumed from %s at step %d.', ckpt.latest_dir, int(state.step))
+  start = int(state.step)
+  metrics_file = workdir / 'metrics.jsonl'
+  if is_main:
+    _truncate_metrics(metrics_file, start)
+
+  # ---- loop ----------------------------------------------------------------------------
+  p_train_step, p_predict = make_steps(model, tx, meta, config.train.skip_nonfinite)
+  per_host = batch // jax.process_count()
+  host_slice = slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+  batches = _input_pipeline(task, start, steps, batch, host_slice, config.train)
+  rng = jax.random.key(config.seed)
+  pstate = parallel.replicate(state)
+  val_patches, val_labels, _ = task.eval_patches('validation')
+
+  def evaluate_val(p):
+    probs = parallel.predict_in_batches(p_predict, p, val_patches, 4 * batch)
+    return task.patch_auc(probs, val_labels)
+
+  preempted = []
+  previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True)) \
+      if _in_main_thread() else None
+  t_log, img_since_log, compile_s, pending = time.time(), 0, None, []
+  step = start
+  try:
+    for step_batch in parallel.prefetch_to_device(batches, size=2):
+      t0 = time.time()
+      pstate, m = p_train_step(pstate, step_batch, rng)
+      step += 1
+      pending.append(m)
+      if compile_s is None:
+        jax.block_until_ready(m['loss'])
+        compile_s = time.time() - t0
+        logging.info('First step (compilation included) took %.1f s.', compile_s)
+        t_log = time.time()
+      else:
+        img_since_log += batch
+      if step % config.train.log_every == 0 or step == steps:
+        fetched = jax.device_get([{k: v[0] for k, v in x.items()} for x in pending])
+        pending = []
+        bad = [int(step - len(fetched) + i + 1) for i, x in enumerate(fetched) if not x['finite']]
+        if bad and not config.train.skip_nonfinite:
+          raise NonFiniteError(
+              f'arm {config.depth}: non-finite loss or update at step {bad[0]} (the step was '
+              f'not applied). Last good checkpoint: {ckpt.latest_dir} '
+              f'(step {ckpt.latest.latest_step()}). Lower optim.base_lr, check the inputs, or '
+              'set train.skip_nonfinite=True to skip such steps.')
+        elapsed = max(time.time() - t_log, 1e-9)
+        rate = img_since_log / elapsed
+        row = {'step': step, 'loss': float(fetched[-1]['loss']),
+               'accuracy': float(fetched[-1]['accuracy']),
+               'lr': _lr(config, step, steps_per_epoch), 'img_per_s': rate,
+               'skipped_nonfinite': len(bad)}
+        eta = (steps - step) * batch / rate if rate else float('nan')
+        logging.info('step %d/%d  loss %.4f  acc %.3f  %.1f img/s  ETA %s', step, steps,
+                     row['loss'], row['accuracy'], rate, _hms(eta))
+        t_log, img_since_log = time.time(), 0
+        if step % config.train.eval_every == 0 or step == steps:
+          val_auc = evaluate_val(pstate.params)
+          row['val_auc'] = val_auc
+          if val_auc > float(early['best_val']):
+            early = {'best_val': np.float64(val_auc), 'best_step': np.int32(step),
+                     'bad_evals': np.int32(0)}
+            best_params = parallel.unreplicate(pstate.params)
+            ckpt.save_best(step, best_params)
+          else:
+            early['bad_evals'] = np.int32(int(early['bad_evals']) + 1)
+          logging.info('step %d  val_auc %.4f  (best %.4f at step %d)', step, val_auc,
+                       float(early['best_val']), int(early['best_step']))
+          t_log = time.time()
+        if is_main:
+          with metrics_file.open('a') as f:
+            f.write(json.dumps(row) + '\n')
+        stop = int(early['bad_evals']) >= config.train.patience
+        if step % config.train.checkpoint_every == 0 or 'val_auc' in row or stop \
+            or step == steps or preempted:
+          ckpt.save_latest(step, {'state': parallel.unreplicate(pstate), 'early': early})
+        if preempted:
+          raise SystemExit(f'SIGTERM: checkpoint saved at step {step} in {ckpt.latest_dir}; '
+                           'repeat the command to resume.')
+        if stop:
+          logging.info('Early stop at step %d: no validation gain in %d evaluations.', step,
+                       config.train.patience)
+          break
+  finally:
+    if previous_handler is not None:
+      signal.signal(signal.SIGTERM, previous_handler)
+
+  # ---- final evaluation ----------------------------------------------------------------
+  if best_params is None:
+    best_params = parallel.unreplicate(pstate.params)
+  eval_params = parallel.replicate(best_params)
+
+  def predict_numpy(patches):
+    return parallel.predict_in_batches(p_predict, eval_params, patches, 4 * batch)
+
+  test = task.evaluate(predict_numpy, 'test') if len(ds.splits.get('test', ())) else None
+  results = {
+      'arm': config.depth, 'depth': config.depth, 'arch': config.arch,
+      'fraction': config.data.fraction, 'seed': config.seed, 'dataset': config.data.name,
+      'init': config.init or None, 'init_source': meta.source_format if config.init else None,
+      'steps': int(step), 'total_steps': steps, 'steps_per_epoch': steps_per_epoch,
+      'best_step': int(early['best_step']), 'val_auc': float(early['best_val']),
+      'test_auc': test['auc'] if test else None, 'test': test,
+      'train_units': len(set(ds.units('train'))),
+      'checkpoints': {'best': str(ckpt.best_dir), 'latest': str(ckpt.latest_dir)},
+  }
+  ckpt.close()
+  if is_main:
+    files.write_json_atomic(workdir / 'timing.json', {
+        'compile_s': compile_s, 'wall_s': time.time() - wall_start,
+        'devices': jax.device_count(), 'backend': jax.default_backend()})
+    files.write_json_atomic(results_file, results)
+  logging.info('Done: val_auc %.4f (step %d), test_auc %s -> %s', results['val_auc'],
+               results['best_step'], results['test_auc'], results_file)
+  return results
+
+
+def _input_pipeline(task, start: int, steps: int, batch: int, host_slice: slice, train_cfg):
+  """Batches `start..steps-1`, cut by grain worker threads ahead of the step that uses them.
+
+  Batch `s` is a pure function of (seed, s), so the iterator position is the step number and
+  a resumed run sees exactly the batches an uninterrupted one would.
+  """
+  import grain
+  ds = grain.MapDataset.range(start, steps).map(
+      lambda s: task.train_batch(int(s), batch, host_slice))
+  return iter(ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=train_cfg.workers, prefetch_buffer_size=train_cfg.prefetch)))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+  """On resume, drops rows logged after the checkpoint we resume from."""
+  if not path.exists():
+    return
+  rows = [line for line in path.read_text().splitlines()
+          if line.strip() and json.loads(line)['step'] <= step]
+  files.write_text_atomic(path, ''.join(r + '\n' for r in rows))
+
+
+def _lr(config, step: int, steps_per_epoch: int) -> float:
+  return config.optim.base_lr * config.optim.lr_decay_per_epoch ** (step // steps_per_epoch)
+
+
+def _hms(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  s = int(seconds)
+  return f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}'
+
+
+def _in_main_thread() -> bool:
+  import threading
+  return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,158 @@
+"""The converted-weights artifact and merging loaded weights into a model's parameters.
+
+Artifact layout (written atomically: a temporary sibling folder renamed into place):
+  DIR/params/     orbax pytree in the Flax layout, top-level keys = tuning units
+  DIR/meta.json   {arch, source_format, source_file, source_sha256, num_source_classes,
+                   channel_order: "RGB"|"BGR", scale: 1|255, mean: [c0, c1, c2],
+                   std: [c0, c1, c2], input_size: [h, w]}
+`mean` and `std` are per channel, in `channel_order`, on the `scale` the network expects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+from flax import traverse_util
+
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass
+class Meta:
+  """How images must be prepared for a set of weights."""
+  arch: str
+  channel_order: str = 'RGB'
+  scale: float = 1.0          # pixel values span 0..scale before mean/std
+  mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+  std: tuple[float, ...] = (1.0, 1.0, 1.0)
+  input_size: tuple[int, int] = (227, 227)
+  source_format: str = 'medft'
+  source_file: str = ''
+  source_sha256: str = ''
+  num_source_classes: int = 0
+
+  def to_json(self) -> dict:
+    d = dataclasses.asdict(self)
+    d['mean'], d['std'], d['input_size'] = list(self.mean), list(self.std), list(self.input_size)
+    return d
+
+  @classmethod
+  def from_json(cls, d: dict, source: str = 'meta.json') -> 'Meta':
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - fields
+    if unknown or 'arch' not in d:
+      raise ValueError(f'{source}: not a medft weights description (unknown keys '
+                       f'{sorted(unknown)}, arch present: {"arch" in d}). Re-create it with '
+                       f'`python -m medft.weights.convert`.')
+    if d.get('channel_order', 'RGB') not in ('RGB', 'BGR'):
+      raise ValueError(f'{source}: channel_order={d["channel_order"]!r}, expected RGB or BGR.')
+    d = dict(d)
+    for key in ('mean', 'std', 'input_size'):
+      if key in d:
+        d[key] = tuple(d[key])
+    return cls(**d)
+
+
+# Input convention of a network trained by medft itself (scratch or the demo's source model).
+def default_meta(arch: str, input_size: tuple[int, int] = (227, 227)) -> Meta:
+  return Meta(arch=arch, channel_order='RGB', scale=1.0, mean=(0.5, 0.5, 0.5),
+              std=(0.25, 0.25, 0.25), input_size=tuple(input_size))
+
+
+def _checkpointer():
+  import orbax.checkpoint as ocp  # imported lazily: orbax start-up is slow.
+  return ocp.StandardCheckpointer()
+
+
+def save_artifact(out_dir: str | os.PathLike, params: Params, meta: Meta,
+                  overwrite: bool = False) -> Path:
+  """Writes `params` and `meta` to `out_dir`; never leaves a half-written folder."""
+  out = Path(out_dir).absolute()
+  if out.exists() and not overwrite:
+    raise FileExistsError(f'{out} already exists; choose another --out or remove it first.')
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
+  try:
+    numpy_params = {k: np.asarray(v) for k, v in
+                    traverse_util.flatten_dict(params, sep='/').items()}
+    ckpt = _checkpointer()
+    ckpt.save(tmp / 'params', traverse_util.unflatten_dict(numpy_params, sep='/'))
+    ckpt.wait_until_finished()
+    (tmp / 'meta.json').write_text(json.dumps(meta.to_json(), indent=2) + '\n')
+    if out.exists():
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
+def load_artifact(path: str | os.PathLike) -> tuple[Params, Meta]:
+  """Reads an artifact written by `save_artifact` (or `python -m medft.weights.convert`)."""
+  path = Path(path)
+  meta_file, params_dir = path / 'meta.json', path / 'params'
+  if not path.exists():
+    raise FileNotFoundError(f'init={path}: no such folder. Pass the --out folder of '
+                            f'`python -m medft.weights.convert`.')
+  if not meta_file.is_file() or not params_dir.is_dir():
+    raise ValueError(f'init={path}: not a converted-weights folder (expected meta.json and '
+                     f'params/ inside). Convert the original file with '
+                     f'`python -m medft.weights.convert --src=FILE --format=... --out={path}`.')
+  try:
+    meta = Meta.from_json(json.loads(meta_file.read_text()), str(meta_file))
+  except json.JSONDecodeError as e:
+    raise ValueError(f'{meta_file}: not valid JSON ({e}); re-run the converter.') from None
+  try:
+    restored = _checkpointer().restore(params_dir.absolute())
+  except Exception as e:  # orbax raises many types for a damaged folder.
+    raise ValueError(f'{params_dir}: cannot read the parameters ({type(e).__name__}: {e}); '
+                     f're-run the converter.') from None
+  params = jax_free_tree(restored)
+  return params, meta
+
+
+def jax_free_tree(tree: Any) -> Params:
+  """Nested dicts of numpy arrays (orbax may hand back jax arrays or other mappings)."""
+  if isinstance(tree, dict) or hasattr(tree, 'items'):
+    return {str(k): jax_free_tree(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def merge_params(loaded: Params, init: Params, dont_load: Iterable[str] = (),
+                 source: str = 'weights') -> Params:
+  """Returns `init` with every leaf replaced by the loaded one, checking the fit.
+
+  `dont_load` lists top-level units (e.g. the new head `fc8`) kept from `init`. Missing,
+  unexpected and mis-shaped keys are all reported in one readable error.
+  """
+  skip = set(dont_load)
+  flat_loaded = traverse_util.flatten_dict(loaded, sep='/')
+  flat_init = traverse_util.flatten_dict(init, sep='/')
+  keep = lambda k: k.split('/')[0] not in skip  # noqa: E731
+  missing = sorted(k for k in flat_init if keep(k) and k not in flat_loaded)
+  unexpected = sorted(k for k in flat_loaded if keep(k) and k not in flat_init)
+  misshaped = sorted(
+      f'{k}: file {tuple(np.shape(flat_loaded[k]))} vs model {tuple(np.shape(flat_init[k]))}'
+      for k in flat_init if keep(k) and k in flat_loaded
+      and np.shape(flat_loaded[k]) != np.shape(flat_init[k]))
+  if missing or unexpected or misshaped:
+    lines = [f'{source} do not fit the model:']
+    for title, items in (('missing', missing), ('unexpected', unexpected),
+                         ('mis-shaped', misshaped)):
+      if items:
+        lines.append(f'  {title} ({len(items)}): ' + ', '.join(items[:12])
+                     + (' ...' if len(items) > 12 else ''))
+    lines.append('Check that arch= matches the weights (and width/num_classes), or list the '
+                 'units to skip in dont_load.')
+    raise ValueError('\n'.join(lines))
+  merged = {k: (np.asarray(flat_loaded[k], dtype=np.asarray(v).dtype) if keep(k) else v)
+            for k, v in flat_init.items()}
+  return traverse_util.unflatten_dict(merged, sep='/')
