@@ -1,0 +1,356 @@
+"""Converts pretrained weights from Caffe, PyTorch, safetensors or Keras files to medft's layout.
+
+    python -m medft.weights.convert --src=bvlc_alexnet.caffemodel --format=caffe \
+        --arch=alexnet --out=weights/alexnet_bvlc
+    python -m medft.weights.convert --src=../shared/weights/squeezenet_v1.1_imagenet_notop.h5 \
+        --format=keras --arch=squeezenet1_1 --out=weights/squeezenet_keras
+
+writes the artifact described in `medft.weights.store` (Flax parameters + `meta.json` with the
+input convention of the source) and prints its path. Each reader (`caffe`, `torch`,
+`safetensors`, `keras`) returns `{source layer: {source param name: array}}` in the source's
+own layout; the explicit `TABLES` below say where each source layer goes in the Flax tree and
+which layout change (`LAYOUTS`) it needs. Nothing read from a file is ever executed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+from flax import traverse_util
+
+from medft.weights.store import Meta, Params, save_artifact
+
+log = logging.getLogger(__name__)
+
+FORMATS = ('caffe', 'torch', 'safetensors', 'keras')
+Layers = dict[str, dict[str, np.ndarray]]
+
+
+# ---------------------------------------------------------------------------
+# Layout changes, one per kind of layer
+# ---------------------------------------------------------------------------
+
+
+def _vector(b: np.ndarray, where: str) -> np.ndarray:
+  """A bias; Caffe's legacy 4-d blobs store it as (1, 1, 1, n)."""
+  if b.ndim == 0 or b.size != b.shape[-1]:
+    raise ValueError(f'{where}: bias has shape {b.shape}, expected a vector.')
+  return b.reshape(-1)
+
+
+def _matrix(w: np.ndarray, where: str) -> np.ndarray:
+  """A dense weight (out, in); Caffe's legacy 4-d blobs store it as (1, 1, out, in)."""
+  if w.ndim == 4 and w.shape[:2] == (1, 1):
+    w = w.reshape(w.shape[2:])
+  if w.ndim != 2:
+    raise ValueError(f'{where}: weight has shape {w.shape}, expected (out, in).')
+  return w
+
+
+def _conv_oihw(p: dict, where: str, _: Params) -> dict:
+  """Caffe/PyTorch conv: (out, in // groups, kh, kw) -> Flax (kh, kw, in // groups, out)."""
+  w = p['weight']
+  if w.ndim != 4:
+    raise ValueError(f'{where}: weight has shape {w.shape}, expected (out, in/groups, kh, kw).')
+  return {'kernel': w.transpose(2, 3, 1, 0), 'bias': _vector(p['bias'], where)}
+
+
+def _conv_hwio(p: dict, where: str, _: Params) -> dict:
+  """Keras conv: already (kh, kw, in, out)."""
+  if p['kernel'].ndim != 4:
+    raise ValueError(f'{where}: kernel has shape {p["kernel"].shape}, expected (kh, kw, in, out).')
+  return {'kernel': p['kernel'], 'bias': _vector(p['bias'], where)}
+
+
+def _dense_oi(p: dict, where: str, _: Params) -> dict:
+  """Caffe InnerProduct / PyTorch Linear: (out, in) -> Flax Dense (in, out)."""
+  return {'kernel': _matrix(p['weight'], where).T, 'bias': _vector(p['bias'], where)}
+
+
+def _dense_oi_chw(channels_from: str) -> Callable[[dict, str, Params], dict]:
+  """The first dense layer: also permute its input rows from C, H, W order to Flax's H, W, C.
+
+  Caffe and PyTorch flatten the last feature map channel-major, Flax's `reshape` of an NHWC map
+  flattens channel-minor; C is the output width of `channels_from`, H = W = sqrt(in / C).
+  """
+  def layout(p: dict, where: str, converted: Params) -> dict:
+    w = _matrix(p['weight'], where)
+    channels = converted[channels_from]['kernel'].shape[-1]
+    out, inputs = w.shape
+    side = math.isqrt(inputs // channels) if inputs % channels == 0 else 0
+    if side * side * channels != inputs:
+      raise ValueError(f'{where}: {inputs} inputs are not a square map of the {channels} '
+                       f'channels of {channels_from}; the file is not this architecture.')
+    w = w.reshape(out, channels, side, side).transpose(2, 3, 1, 0).reshape(inputs, out)
+    return {'kernel': w, 'bias': _vector(p['bias'], where)}
+  return layout
+
+
+# Parameter names each layout reads from a source layer.
+_SOURCE_PARAMS = {_conv_oihw: ('weight', 'bias'), _conv_hwio: ('kernel', 'bias'),
+                  _dense_oi: ('weight', 'bias')}
+
+
+class Row(NamedTuple):
+  """One source layer: its name in the file, its Flax path, and its layout change."""
+  source: str
+  unit: str
+  layout: Callable[[dict, str, Params], dict]
+
+
+# ---------------------------------------------------------------------------
+# Conversion tables: source layer name -> Flax path + layout change
+# ---------------------------------------------------------------------------
+
+_FIRE_BRANCHES = ('squeeze1x1', 'expand1x1', 'expand3x3')
+# torchvision's squeezenet1_1.features index of fire2 ... fire9, and its branch names.
+_TORCHVISION_FIRE_INDEX = {2: 3, 3: 4, 4: 6, 5: 7, 6: 9, 7: 10, 8: 11, 9: 12}
+_TORCHVISION_FIRE_BRANCH = {'squeeze1x1': 'squeeze', 'expand1x1': 'expand1x1',
+                            'expand3x3': 'expand3x3'}
+
+
+def _squeezenet_rows(conv_layout, conv1: str, fire: Callable[[int, str], str],
+                     conv10: str) -> tuple[Row, ...]:
+  rows = [Row(conv1, 'conv1', conv_layout)]
+  rows += [Row(fire(i, branch), f'fire{i}/{branch}', conv_layout)
+           for i in range(2, 10) for branch in _FIRE_BRANCHES]
+  return tuple(rows) + (Row(conv10, 'conv10', conv_layout),)
+
+
+TABLES: dict[str, dict[str, tuple[Row, ...]]] = {
+    'caffe': {
+        # BVLC models/bvlc_alexnet (Caffe names = the paper's names).
+        'alexnet': (
+            Row('conv1', 'conv1', _conv_oihw),
+            Row('conv2', 'conv2', _conv_oihw),   # groups=2: weight (256, 48, 5, 5)
+            Row('conv3', 'conv3', _conv_oihw),
+            Row('conv4', 'conv4', _conv_oihw),   # groups=2
+            Row('conv5', 'conv5', _conv_oihw),   # groups=2
+            Row('fc6', 'fc6', _dense_oi_chw('conv5')),
+            Row('fc7', 'fc7', _dense_oi),
+            Row('fc8', 'fc8', _dense_oi),
+        ),
+        # DeepScale SqueezeNet v1.1 (layer names 'fire2/squeeze1x1', ...).
+        'squeezenet1_1': _squeezenet_rows(_conv_oihw, 'conv1', lambda i, b: f'fire{i}/{b}',
+                                          'conv10'),
+    },
+    'torch': {
+        # torchvision.models.alexnet state_dict (layer = name without '.weight' / '.bias').
+        'alexnet_torchvision': (
+            Row('features.0', 'conv1', _conv_oihw),
+            Row('features.3', 'conv2', _conv_oihw),
+            Row('features.6', 'conv3', _conv_oihw),
+            Row('features.8', 'conv4', _conv_oihw),
+            Row('features.10', 'conv5', _conv_oihw),
+            Row('classifier.1', 'fc6', _dense_oi_chw('conv5')),
+            Row('classifier.4', 'fc7', _dense_oi),
+            Row('classifier.6', 'fc8', _dense_oi),
+        ),
+        # torchvision.models.squeezenet1_1 state_dict.
+        'squeezenet1_1': _squeezenet_rows(
+            _conv_oihw, 'features.0',
+            lambda i, b: f'features.{_TORCHVISION_FIRE_INDEX[i]}.{_TORCHVISION_FIRE_BRANCH[b]}',
+            'classifier.1'),
+    },
+    'keras': {
+        # Keras 2 SqueezeNet ports (rcmalli/keras-squeezenet); the reader normalises layer
+        # names 'fire2_squeeze1x1' to 'fire2/squeeze1x1'.
+        'squeezenet1_1': _squeezenet_rows(_conv_hwio, 'conv1', lambda i, b: f'fire{i}/{b}',
+                                          'conv10'),
+    },
+}
+TABLES['safetensors'] = TABLES['torch']  # same names (timm / Hugging Face exports)
+
+
+def _head(arch: str) -> str:
+  from medft.models import ARCHS
+  return ARCHS[arch][1][-1]
+
+
+def guess_arch(format: str, layers: Layers) -> tuple[str, str] | None:
+  """`(format, arch)` of the table whose layer names (head aside) the file has, if any.
+
+  The file's own format is tried first, then the others (a file saved in another naming).
+  """
+  candidates = [(format, a) for a in TABLES[format]] + [
+      (f, a) for f in FORMATS if f != format for a in TABLES[f]]
+  for fmt, arch in candidates:
+    rows = TABLES[fmt][arch]
+    body = {r.source for r in rows if r.unit != _head(arch)}
+    if body <= set(layers) and (fmt != format or set(layers) <= {r.source for r in rows}):
+      return fmt, arch
+  return None
+
+
+def to_flax(layers: Layers, format: str, arch: str, src: str) -> Params:
+  """Applies `TABLES[format][arch]` to the layers read from `src`."""
+  tables = TABLES[format]
+  guess, looks_like = guess_arch(format, layers), ''
+  if guess and guess != (format, arch):
+    same_naming = guess[0] == format or {guess[0], format} == {'torch', 'safetensors'}
+    looks_like = (f' The layout looks like {guess[1]}: pass --arch={guess[1]}.' if same_naming
+                  else f' The layout looks like {guess[1]} in {guess[0]} naming.')
+  if arch not in tables:
+    raise ValueError(f'{src}: --format={format} converts {", ".join(tables)}, not '
+                     f'--arch={arch}.{looks_like}')
+  rows, head = tables[arch], _head(arch)
+  missing = [r.source for r in rows if r.source not in layers and r.unit != head]
+  unexpected = sorted(set(layers) - {r.source for r in rows})
+  if missing or unexpected:
+    raise ValueError(
+        f'{src}: not a {format} file of {arch}.{looks_like} Layers the {arch} table expects '
+        f'but the file lacks: {missing[:8] or "none"}; layers in the file the table does not '
+        f'know: {unexpected[:8] or "none"}.')
+  converted: Params = {}
+  for row in rows:
+    if row.source not in layers:
+      log.info('%s: no %s (%s) in the file: the head is left out (merge with '
+               'dont_load=[%r]).', src, row.source, row.unit, head)
+      continue
+    where = f'{src}: layer {row.source}'
+    wanted = _SOURCE_PARAMS.get(row.layout, ('weight', 'bias'))
+    found = layers[row.source]
+    if sorted(found) != sorted(wanted):
+      raise ValueError(f'{where} holds {sorted(found)}, expected {list(wanted)}.')
+    params = row.layout(found, where, converted)
+    converted[row.unit] = {k: np.ascontiguousarray(v, dtype=np.float32)
+                           for k, v in params.items()}
+  for path, value in traverse_util.flatten_dict(converted, sep='/').items():
+    if not np.isfinite(value).all():
+      raise ValueError(f'{src}: {path} holds NaN or infinite values; the file is damaged.')
+  return traverse_util.unflatten_dict(converted, sep='/')
+
+
+# ---------------------------------------------------------------------------
+# Checking the converted tree against the model
+# ---------------------------------------------------------------------------
+
+
+def check_fits(params: Params, meta: Meta, src: str, model_kwargs: dict | None = None) -> None:
+  """Raises a readable ValueError unless `params` fit `get_model(meta.arch, ...)`'s tree.
+
+  The head may be absent (a "notop" file); everything else must be there with the shape the
+  model builds for `meta.input_size` (and `model_kwargs`, e.g. `width` in tests).
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from medft.models import get_model
+  module, units = get_model(meta.arch, max(1, meta.num_source_classes), **(model_kwargs or {}))
+  x = jax.ShapeDtypeStruct((1, *meta.input_size, 3), jnp.float32)
+  expected = jax.eval_shape(module.init, jax.random.key(0), x)['params']
+  flat_expected = traverse_util.flatten_dict(expected, sep='/')
+  flat = traverse_util.flatten_dict(params, sep='/')
+  has_head = units[-1] in params
+  missing = sorted(k for k in flat_expected
+                   if k not in flat and (has_head or not k.startswith(units[-1] + '/')))
+  unexpected = sorted(k for k in flat if k not in flat_expected)
+  misshaped = sorted(f'{k}: converted {flat[k].shape}, {meta.arch} expects '
+                     f'{tuple(flat_expected[k].shape)}' for k in flat
+                     if k in flat_expected and flat[k].shape != tuple(flat_expected[k].shape))
+  if missing or unexpected or misshaped:
+    lines = [f'{src}: the converted weights do not fit {meta.arch} '
+             f'(input {meta.input_size[0]}x{meta.input_size[1]}):']
+    for title, items in (('missing', missing), ('unexpected', unexpected),
+                         ('mis-shaped', misshaped)):
+      if items:
+        lines.append(f'  {title} ({len(items)}): ' + '; '.join(items[:8])
+                     + (' ...' if len(items) > 8 else ''))
+    lines.append('The file holds another variant of the network (channel widths, groups or '
+                 'input size differ); check --arch.')
+    raise ValueError('\n'.join(lines))
+
+
+# ---------------------------------------------------------------------------
+# Reading and converting
+# ---------------------------------------------------------------------------
+
+
+def _digests(path: Path) -> tuple[str, str]:
+  sha1, sha256 = hashlib.sha1(), hashlib.sha256()
+  with path.open('rb') as f:
+    for chunk in iter(lambda: f.read(1 << 22), b''):
+      sha1.update(chunk)
+      sha256.update(chunk)
+  return sha1.hexdigest(), sha256.hexdigest()
+
+
+def read_weights(src: str | Path, format: str, arch: str, *, model_kwargs: dict | None = None,
+                 input_size: tuple[int, int] | None = None) -> tuple[Params, Meta]:
+  """Reads `src` and returns `(params, meta)` in medft's layout, checked against the model.
+
+  `input_size` overrides the source's training input size (it sets the fc6 shape of the
+  Caffe AlexNet); `model_kwargs` go to `get_model` for the check (tests use `width`).
+  """
+  from medft.weights import caffe, keras, safetensors, torch
+  readers = {'caffe': caffe, 'torch': torch, 'safetensors': safetensors, 'keras': keras}
+  if format not in readers:
+    raise ValueError(f'--format={format!r} is unknown; choose one of {", ".join(FORMATS)}.')
+  from medft.models import ARCHS
+  if arch not in ARCHS:
+    raise ValueError(f'--arch={arch!r} is unknown; choose one of {", ".join(ARCHS)}.')
+  path = Path(src)
+  if not path.is_file():
+    raise FileNotFoundError(f'--src={src}: no such file.')
+  reader = readers[format]
+  sha1, sha256 = _digests(path)
+  layers = reader.read_layers(path)
+  params = to_flax(layers, format, arch, str(path))
+  if format == 'caffe':
+    caffe.log_provenance(path, sha1, arch)
+  if arch == 'squeezenet1_1' and format != 'keras':
+    log.info('%s: the %s SqueezeNet pools in ceil mode; build squeezenet1_1 with '
+             'ceil_mode=True to reproduce its activations exactly.', path, format)
+  head = params.get(_head(arch))
+  meta = Meta(arch=arch, source_format=format, source_file=path.name, source_sha256=sha256,
+              num_source_classes=int(head['kernel'].shape[-1]) if head else 0,
+              **reader.INPUT[arch])
+  if input_size is not None:
+    meta.input_size = tuple(input_size)
+  check_fits(params, meta, str(path), model_kwargs)
+  log.info('%s: %d parameter arrays converted to %s (%s, %d source classes).', path,
+           len(traverse_util.flatten_dict(params)), arch, format, meta.num_source_classes)
+  return params, meta
+
+
+def convert(src: str | Path, format: str, arch: str, out: str | Path, *,
+            overwrite: bool = False, model_kwargs: dict | None = None,
+            input_size: tuple[int, int] | None = None) -> Path:
+  """Converts `src` and writes the artifact to `out`; returns its path."""
+  out = Path(out)
+  if out.exists() and not overwrite:
+    raise FileExistsError(f'--out={out} already exists; choose another folder or remove it.')
+  params, meta = read_weights(src, format, arch, model_kwargs=model_kwargs,
+                              input_size=input_size)
+  return save_artifact(out, params, meta, overwrite=overwrite)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  from medft.models import ARCHS
+  parser = argparse.ArgumentParser(
+      prog='python -m medft.weights.convert', description=__doc__.split('\n\n')[0])
+  parser.add_argument('--src', required=True, help='the weights file to convert')
+  parser.add_argument('--format', required=True, choices=FORMATS)
+  parser.add_argument('--arch', required=True, choices=sorted(ARCHS))
+  parser.add_argument('--out', required=True, help='folder to create for the artifact')
+  parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
+  try:
+    out = convert(args.src, args.format, args.arch, args.out, overwrite=args.overwrite)
+  except (ValueError, OSError, ImportError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(out)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

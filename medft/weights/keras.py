@@ -1,0 +1,100 @@
+"""Reads Keras 2 HDF5 weights (`model.save_weights('x.h5')`, `model.save('x.h5')`,
+`keras.applications`-style downloads) with h5py (the `weights` extra of medft).
+
+Keras 2 lists the layers in the root attribute `layer_names` and each layer's arrays in its
+group's `weight_names` attribute; the arrays sit at `<layer>/<weight name>`, which gives
+either style of nesting (`conv1/kernel:0` or `conv1/conv1_3/kernel:0`, and for layer names
+with a slash `fire2/squeeze1x1/fire2/squeeze1x1_3/kernel:0`). Files without those
+attributes are walked instead. Layer names `fire2_squeeze1x1` are read as `fire2/squeeze1x1`.
+Kernels are already (kh, kw, in, out), as Flax wants them. Only datasets are read: HDF5
+holds no code.
+
+The SqueezeNet v1.1 port in `../shared/weights` comes from the DeepScale Caffe model, so
+its input convention (`INPUT`) is Caffe's: BGR, 0..255, minus (104, 117, 123), 227x227.
+It is a "notop" file: no `conv10` head. It converts without one (`num_source_classes` 0),
+and `merge_params(loaded, init, dont_load=['conv10'])` keeps the freshly initialised head,
+which is what the fine-tuning arm does anyway; merging it without `dont_load` fails and
+names `conv10/kernel` and `conv10/bias` as missing.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+INPUT = {'squeezenet1_1': dict(channel_order='BGR', scale=255.0, mean=(104.0, 117.0, 123.0),
+                               std=(1.0, 1.0, 1.0), input_size=(227, 227))}
+
+
+class _NotKerasWeights(ValueError):
+  """A readable file that is not what medft expects (as opposed to a damaged one)."""
+
+
+_FIRE = re.compile(r'(fire\d+)[/_](squeeze1x1|expand1x1|expand3x3)')
+
+
+def _layer_name(name: str) -> str:
+  match = _FIRE.fullmatch(name)
+  return f'{match[1]}/{match[2]}' if match else name
+
+
+def _param_name(weight_name: str) -> str:
+  """'fire2/squeeze1x1_3/kernel:0' -> 'kernel'."""
+  return weight_name.rsplit('/', 1)[-1].split(':')[0]
+
+
+def _decode(names) -> list[str]:
+  return [n.decode('utf-8') if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _read(h5py, f, path: Path) -> dict[str, dict[str, np.ndarray]]:
+  root = f['model_weights'] if 'model_weights' in f else f
+  if 'layer_names' not in root.attrs and isinstance(root.get('layers'), h5py.Group):
+    raise _NotKerasWeights(f'{path}: a Keras 3 `.weights.h5` file; medft reads Keras 2 HDF5. '
+                           f'Save the weights with tf.keras / Keras 2 '
+                           f'(`model.save_weights("x.h5")`).')
+  arrays: list[tuple[str, str, np.ndarray]] = []  # (layer, param, array)
+  if 'layer_names' in root.attrs:
+    for layer in _decode(root.attrs['layer_names']):
+      group = root[layer]
+      for weight in _decode(group.attrs.get('weight_names', [])):
+        arrays.append((_layer_name(layer), _param_name(weight), group[weight][()]))
+  else:
+    def visit(name, obj):
+      if isinstance(obj, h5py.Dataset):
+        parts = name.split('/')
+        layer = '/'.join(parts[:2]) if len(parts) > 2 and _FIRE.fullmatch(
+            '/'.join(parts[:2])) else parts[0]
+        arrays.append((_layer_name(layer), _param_name(name), obj[()]))
+    root.visititems(visit)
+  layers: dict[str, dict[str, np.ndarray]] = {}
+  for layer, param, value in arrays:
+    key = f'{layer}/{param}'
+    if param in layers.get(layer, {}):
+      raise _NotKerasWeights(f'{path}: layer {layer!r} has two arrays named {param!r}.')
+    value = np.asarray(value)
+    if not np.issubdtype(value.dtype, np.floating):
+      raise _NotKerasWeights(f'{path}: {key} is {value.dtype}, expected floating-point weights.')
+    layers.setdefault(layer, {})[param] = value.astype(np.float32)
+  if not layers:
+    raise _NotKerasWeights(f'{path}: an HDF5 file without Keras layer weights.')
+  return layers
+
+
+def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
+  """`{layer: {'kernel': ..., 'bias': ...}}`, Keras layout (kh, kw, in, out)."""
+  try:
+    import h5py
+  except ImportError:
+    raise ImportError('--format=keras needs h5py, an optional extra of medft: '
+                      'pip install "medft[weights]" (or pip install h5py).') from None
+  try:
+    with h5py.File(path, 'r') as f:
+      return _read(h5py, f, path)
+  except _NotKerasWeights:
+    raise
+  except Exception as e:  # h5py raises OSError, KeyError, ValueError, ... for damaged files
+    raise ValueError(f'{path}: cannot be read as Keras HDF5 weights ({type(e).__name__}: '
+                     f'{e}). The file is truncated or not an HDF5 file.') from None
