@@ -4,6 +4,6 @@ Library entry points (each takes an ml_collections config, as `configs/<app>.py`
   medft.train(config, workdir) -> results dict   one arm of the study
 """
 
-from medft.trainer import NonFiniteError, train  # noqa: F401
+from medft.trainer import NonFiniteError, Preempted, train  # noqa: F401
 
 __version__ = '0.1.0'

@@ -24,8 +24,9 @@ def check_batch(global_batch: int) -> int:
   """Per-device batch for a global batch, or a clear error when it does not divide."""
   n = jax.device_count()
   if global_batch <= 0 or global_batch % n:
+    nearest = max(n, global_batch // n * n)
     raise ValueError(f'train.batch={global_batch} does not split evenly over {n} devices; '
-                     f'use a multiple of {n} (e.g. --config.train.batch={max(n, global_batch // n * n or n)}).')
+                     f'use a multiple of {n} (e.g. --config.train.batch={nearest}).')
   return global_batch // n
 
 
@@ -77,7 +78,26 @@ def pmap_train_step(step_fn: Callable) -> Callable:
 
 def predict_in_batches(predict_fn: Callable, params: Any, inputs: np.ndarray,
                        batch: int) -> np.ndarray:
-  """Runs a pmapped `predict_fn(params, x)` over `inputs`, padding the last batch."""
+  """Runs a pmapped `predict_fn(params, x)` over `inputs`; every process gets all outputs.
+
+  With several processes each predicts its own contiguous shard and the shards are gathered.
+  """
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    n_proc, me = jax.process_count(), jax.process_index()
+    per = -(-len(inputs) // n_proc)
+    mine = inputs[me * per:(me + 1) * per]
+    if len(mine) < per:  # equal shapes for the gather; padding rows are dropped below
+      filler = inputs[-1:] if len(inputs) else np.zeros((1,) + inputs.shape[1:], inputs.dtype)
+      mine = np.concatenate([mine, np.repeat(filler, per - len(mine), axis=0)])
+    local = _predict_local(predict_fn, params, mine, batch)
+    gathered = np.asarray(multihost_utils.process_allgather(local, tiled=True))
+    return gathered[:len(inputs)]
+  return _predict_local(predict_fn, params, inputs, batch)
+
+
+def _predict_local(predict_fn: Callable, params: Any, inputs: np.ndarray,
+                   batch: int) -> np.ndarray:
   n_dev = local_devices()
   batch = max(n_dev, batch // n_dev * n_dev)
   outs = []
@@ -97,3 +117,23 @@ def sync_hosts(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
+
+
+def initialize_distributed() -> None:
+  """Joins a multi-process run when one is configured; a no-op on a single host.
+
+  Cloud TPU pods are detected by JAX itself (`jax.distributed.initialize()` with no
+  arguments). Elsewhere set JAX_COORDINATOR_ADDRESS (host:port of process 0),
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID in every process' environment. On CPU the
+  cross-process collectives go through gloo.
+  """
+  import os
+  if os.environ.get('JAX_COORDINATOR_ADDRESS'):
+    # Only the CPU client reads this; it must be set before the backend starts.
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(
+        coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+        num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+        process_id=int(os.environ['JAX_PROCESS_ID']))
+  elif ',' in os.environ.get('TPU_WORKER_HOSTNAMES', ''):
+    jax.distributed.initialize()

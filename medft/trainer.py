@@ -1,4 +1,4 @@
-"""`medft.train(config, workdir)` (defined here, exported by `medft`): one arm of the study, from data to results.json.
+"""`medft.train(config, workdir)`: one arm of the study, from data to results.json.
 
 Phases: workdir, data, model and weights, optimizer, checkpoints, loop (pmapped step,
 validation AUC, early stopping), final evaluation. Importable from any JAX program: no absl
@@ -33,6 +33,49 @@ class TrainState(struct.PyTreeNode):
 
 class NonFiniteError(RuntimeError):
   """A non-finite loss or update stopped the run."""
+
+
+class Preempted(RuntimeError):
+  """SIGTERM arrived; the latest state was checkpointed and the run can be resumed."""
+
+
+class _Timer:
+  """Images/s between log rows; the first step (compilation) is timed on its own."""
+
+  def __init__(self, batch: int):
+    self.batch, self.compile_s, self.images = batch, None, 0
+    self.t0 = time.time()
+
+  def after_step(self, metrics) -> None:
+    if self.compile_s is None:
+      jax.block_until_ready(metrics['loss'])
+      self.compile_s = time.time() - self.t0
+      logging.info('First step (compilation included) took %.1f s.', self.compile_s)
+      self.t0 = time.time()
+    else:
+      self.images += self.batch
+
+  def rate(self) -> float:
+    return self.images / max(time.time() - self.t0, 1e-9)
+
+  def reset(self) -> None:
+    self.t0, self.images = time.time(), 0
+
+
+def _fetch_row(pending: list, step: int, config, ckpt) -> dict:
+  """Fetches the metrics of the steps since the last row; stops on a non-finite step."""
+  fetched = jax.device_get([{k: v[0] for k, v in m.items()} for m in pending])
+  bad = [step - len(fetched) + i + 1 for i, m in enumerate(fetched) if not m['finite']]
+  if bad and not config.train.skip_nonfinite:
+    raise NonFiniteError(
+        f'arm {config.depth}: non-finite loss or update at step {bad[0]} (the step was not '
+        f'applied). Last good checkpoint: {ckpt.latest_dir} (step '
+        f'{ckpt.latest.latest_step()}). Lower optim.base_lr, check the inputs, or set '
+        'train.skip_nonfinite=True to skip such steps.')
+  if bad:
+    logging.warning('Skipped %d non-finite steps (first: %d).', len(bad), bad[0])
+  return {'step': step, 'loss': float(fetched[-1]['loss']),
+          'accuracy': float(fetched[-1]['accuracy']), 'skipped_nonfinite': len(bad)}
 
 
 def _config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -263,73 +306,57 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
 
   def evaluate_val(p):
     probs = parallel.predict_in_batches(p_predict, p, val_patches, 4 * batch)
+    if not np.all(np.isfinite(probs)):
+      logging.warning('Validation predictions are not finite; counted as no improvement.')
+      return float('nan')
     return task.patch_auc(probs, val_labels)
 
   preempted = []
   previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True)) \
       if _in_main_thread() else None
-  t_log, img_since_log, compile_s, pending = time.time(), 0, None, []
+  timer = _Timer(batch)
+  pending = []  # per-step device metrics, fetched only at log/eval steps (no per-step sync)
   step = start
   try:
     for step_batch in parallel.prefetch_to_device(batches, size=2):
-      t0 = time.time()
       pstate, m = p_train_step(pstate, step_batch, rng)
       step += 1
       pending.append(m)
-      if compile_s is None:
-        jax.block_until_ready(m['loss'])
-        compile_s = time.time() - t0
-        logging.info('First step (compilation included) took %.1f s.', compile_s)
-        t_log = time.time()
-      else:
-        img_since_log += batch
-      if step % config.train.log_every == 0 or step == steps:
-        fetched = jax.device_get([{k: v[0] for k, v in x.items()} for x in pending])
+      timer.after_step(m)
+      log_now = step % config.train.log_every == 0 or step == steps
+      eval_now = step % config.train.eval_every == 0 or step == steps
+      if log_now or eval_now:
+        row = _fetch_row(pending, step, config, ckpt)
         pending = []
-        bad = [int(step - len(fetched) + i + 1) for i, x in enumerate(fetched) if not x['finite']]
-        if bad and not config.train.skip_nonfinite:
-          raise NonFiniteError(
-              f'arm {config.depth}: non-finite loss or update at step {bad[0]} (the step was '
-              f'not applied). Last good checkpoint: {ckpt.latest_dir} '
-              f'(step {ckpt.latest.latest_step()}). Lower optim.base_lr, check the inputs, or '
-              'set train.skip_nonfinite=True to skip such steps.')
-        elapsed = max(time.time() - t_log, 1e-9)
-        rate = img_since_log / elapsed
-        row = {'step': step, 'loss': float(fetched[-1]['loss']),
-               'accuracy': float(fetched[-1]['accuracy']),
-               'lr': _lr(config, step, steps_per_epoch), 'img_per_s': rate,
-               'skipped_nonfinite': len(bad)}
-        eta = (steps - step) * batch / rate if rate else float('nan')
+        row.update(lr=_lr(config, step, steps_per_epoch), img_per_s=timer.rate())
         logging.info('step %d/%d  loss %.4f  acc %.3f  %.1f img/s  ETA %s', step, steps,
-                     row['loss'], row['accuracy'], rate, _hms(eta))
-        t_log, img_since_log = time.time(), 0
-        if step % config.train.eval_every == 0 or step == steps:
-          val_auc = evaluate_val(pstate.params)
-          row['val_auc'] = val_auc
-          if val_auc > float(early['best_val']):
-            early = {'best_val': np.float64(val_auc), 'best_step': np.int32(step),
+                     row['loss'], row['accuracy'], row['img_per_s'],
+                     _hms((steps - step) * batch / max(row['img_per_s'], 1e-9)))
+        if eval_now:
+          row['val_auc'] = evaluate_val(pstate.params)
+          if row['val_auc'] > float(early['best_val']):
+            early = {'best_val': np.float64(row['val_auc']), 'best_step': np.int32(step),
                      'bad_evals': np.int32(0)}
             best_params = parallel.unreplicate(pstate.params)
             ckpt.save_best(step, best_params)
           else:
             early['bad_evals'] = np.int32(int(early['bad_evals']) + 1)
-          logging.info('step %d  val_auc %.4f  (best %.4f at step %d)', step, val_auc,
+          logging.info('step %d  val_auc %.4f  (best %.4f at step %d)', step, row['val_auc'],
                        float(early['best_val']), int(early['best_step']))
-          t_log = time.time()
         if is_main:
           with metrics_file.open('a') as f:
             f.write(json.dumps(row) + '\n')
-        stop = int(early['bad_evals']) >= config.train.patience
-        if step % config.train.checkpoint_every == 0 or 'val_auc' in row or stop \
-            or step == steps or preempted:
-          ckpt.save_latest(step, {'state': parallel.unreplicate(pstate), 'early': early})
-        if preempted:
-          raise SystemExit(f'SIGTERM: checkpoint saved at step {step} in {ckpt.latest_dir}; '
-                           'repeat the command to resume.')
-        if stop:
-          logging.info('Early stop at step %d: no validation gain in %d evaluations.', step,
-                       config.train.patience)
-          break
+        timer.reset()
+      stop = int(early['bad_evals']) >= config.train.patience
+      if step % config.train.checkpoint_every == 0 or eval_now or stop or preempted:
+        ckpt.save_latest(step, {'state': parallel.unreplicate(pstate), 'early': early})
+      if preempted:
+        raise Preempted(f'SIGTERM received: checkpoint saved at step {step} in '
+                        f'{ckpt.latest_dir}; repeat the same command to resume.')
+      if stop:
+        logging.info('Early stop at step %d: no validation gain in %d evaluations.', step,
+                     config.train.patience)
+        break
   finally:
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
@@ -356,7 +383,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   ckpt.close()
   if is_main:
     files.write_json_atomic(workdir / 'timing.json', {
-        'compile_s': compile_s, 'wall_s': time.time() - wall_start,
+        'compile_s': timer.compile_s, 'wall_s': time.time() - wall_start,
         'devices': jax.device_count(), 'backend': jax.default_backend()})
     files.write_json_atomic(results_file, results)
   logging.info('Done: val_auc %.4f (step %d), test_auc %s -> %s', results['val_auc'],

@@ -1,0 +1,34 @@
+"""A tiny CIMT configuration for tests: width-reduced AlexNet, 67x67 input, few steps."""
+
+import ml_collections
+
+from configs import cimt
+
+
+def config(data_dir, steps: int = 30, depth: str = 'scratch',
+           init: str = '') -> ml_collections.ConfigDict:
+  c = cimt.get_config(f'synthetic,depth={depth},steps={steps},batch=8')
+  c.init = init
+  c.data.data_dir = str(data_dir)
+  c.model.width = 0.125
+  c.model.init_scheme = 'he'
+  c.input_size = 67
+  c.task.patch_size = 32
+  c.task.eval_patches_per_class = 10
+  c.task.eval_col_stride = 8
+  c.optim.base_lr = 0.01
+  c.train.eval_every = 10
+  c.train.log_every = 5
+  c.train.checkpoint_every = 5
+  c.train.patience = 100
+  c.train.workers = 1
+  return c
+
+
+def set_field(c: ml_collections.ConfigDict, dotted: str, value: str) -> None:
+  """`model.dropout=0` style overrides with the type of the existing field."""
+  *parents, leaf = dotted.split('.')
+  for p in parents:
+    c = c[p]
+  old = c[leaf]
+  c[leaf] = type(old)(value) if not isinstance(old, bool) else value.lower() in ('1', 'true')
