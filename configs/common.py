@@ -38,9 +38,31 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       else:
         out[key] = value
     except ValueError:
-      raise ValueError(f'config argument {key}={value!r}: expected a '
-                       f'{type(default).__name__}.') from None
+      kind = {bool: 'true or false', int: 'an integer', float: 'a number'}[type(default)]
+      raise ValueError(f'config argument {key}={value!r}: expected {kind} '
+                       f'(default {key}={default}).') from None
   return out
+
+
+# Arguments every application config accepts for the accelerator presets.
+PRESET_ARGS = {'tpu': False, 'gpu': False}
+
+
+def apply_presets(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
+  """`:tpu` / `:gpu`: bf16 compute, 32 images per device, rarer evaluation and logging.
+
+  The paper's learning-rate rules are unchanged; only throughput-related fields move.
+  """
+  if arg.tpu and arg.gpu:
+    raise ValueError('config arguments tpu and gpu exclude each other; pick one.')
+  if not (arg.tpu or arg.gpu):
+    return
+  c.dtype = 'bfloat16'
+  c.train.batch_per_device = 32 if not arg.batch else 0
+  c.train.log_every = 100
+  c.train.eval_every = 500
+  c.train.workers = 8
+  c.train.prefetch = 8
 
 
 def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -59,6 +81,9 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.dtype = 'float32'
   # Network input size when no weights give one (the weights' meta.json wins).
   c.input_size = 227
+  # Persistent XLA compilation cache: '' = $MEDFT_CACHE_DIR/jax or ~/.cache/medft/jax,
+  # 'off' = disabled. Arms of a sweep and restarted runs then skip recompiling the step.
+  c.compile_cache = ''
 
   c.model = ml_collections.ConfigDict()
   # Width multiplier (< 1 only for tests; the paper's network is 1.0).
@@ -105,6 +130,8 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict()
   # Global batch over all devices (must divide by the device count).
   c.train.batch = arg.batch or 32
+  # If > 0, the global batch is this times the device count (accelerator presets).
+  c.train.batch_per_device = 0
   # Training length: steps, or epochs (> 0 wins) of `task.epoch_examples` patches.
   c.train.steps = arg.steps or 2000
   c.train.epochs = float(arg.epochs)
@@ -122,3 +149,36 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # Host threads cutting patches.
   c.train.workers = 2
   return c
+
+
+def pretrain_defaults(source: str = 'pretext', steps: int = 400,
+                      batch: int = 32) -> ml_collections.ConfigDict:
+  """The `config.pretrain` block read by `medft.pretrain` (app configs and imagenet_pretrain)."""
+  p = ml_collections.ConfigDict()
+  # pretext (skimage photos, offline), folder (ImageNet-style class folders) or imagenet2012
+  # (TFDS); '' = no pretraining (fine-tuning arms then need init=).
+  p.source = source
+  # TFDS data_dir and the folder with the manual download (imagenet2012 / folder sources).
+  p.data_dir = ''
+  p.manual_dir = ''
+  # Training length and global batch of the source model.
+  p.steps = steps
+  p.batch = batch
+  # SGD: lr, momentum, weight decay; lr x lr_decay ten times over the run (staircase).
+  p.base_lr = 0.01
+  p.momentum = 0.9
+  p.weight_decay = 5e-4
+  p.lr_decay = 0.8
+  # Pretext crops: share of the photo's area covered by a crop; share turned greyscale.
+  p.crop_area = (0.02, 0.5)
+  p.grey_prob = 0.3
+  # Held-out crops for the accuracy check, and its cadence (steps).
+  p.eval_examples = 512
+  p.eval_every = 100
+  p.log_every = 50
+  p.checkpoint_every = 500
+  # Seed of the source model (independent of the study's seeds).
+  p.seed = 0
+  # Host threads cutting crops.
+  p.workers = 2
+  return p

@@ -7,7 +7,9 @@ flag parsing and no global state.
 
 from __future__ import annotations
 
+import collections
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -260,6 +262,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     return json.loads(results_file.read_text())
   is_main = jax.process_index() == 0
   wall_start = time.time()
+  compile_counter = enable_compile_cache(config.compile_cache)
 
   # ---- data ----------------------------------------------------------------------------
   ds = data.load(config.data)
@@ -268,6 +271,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     raise ValueError(f'num_classes={config.num_classes} but the {ds.app} task has '
                      f'{task.num_classes} classes.')
   batch = config.train.batch
+  if config.train.batch_per_device > 0:
+    batch = config.train.batch_per_device * jax.device_count()
   parallel.check_batch(batch)
   steps, steps_per_epoch = total_steps(config, task.epoch_examples)
 
@@ -278,9 +283,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
 
   # ---- optimizer -----------------------------------------------------------------------
   tx = tuning.make_optimizer(params, units, config.depth, config.optim, steps_per_epoch)
-  state = TrainState(step=np.int32(0), params=params,
+  state = TrainState(step=np.asarray(0, np.int32), params=params,
                      opt_state=jax.tree.map(np.asarray, tx.init(params)))
-  early = {'best_val': np.float64(-1.0), 'best_step': np.int32(-1), 'bad_evals': np.int32(0)}
+  early = _early_state(-1.0, -1, 0)
 
   # ---- checkpoints (resume) ------------------------------------------------------------
   ckpt = _Checkpoints(workdir)
@@ -335,12 +340,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         if eval_now:
           row['val_auc'] = evaluate_val(pstate.params)
           if row['val_auc'] > float(early['best_val']):
-            early = {'best_val': np.float64(row['val_auc']), 'best_step': np.int32(step),
-                     'bad_evals': np.int32(0)}
+            early = _early_state(row['val_auc'], step, 0)
             best_params = parallel.unreplicate(pstate.params)
             ckpt.save_best(step, best_params)
           else:
-            early['bad_evals'] = np.int32(int(early['bad_evals']) + 1)
+            early = _early_state(early['best_val'], early['best_step'],
+                                 int(early['bad_evals']) + 1)
           logging.info('step %d  val_auc %.4f  (best %.4f at step %d)', step, row['val_auc'],
                        float(early['best_val']), int(early['best_step']))
         if is_main:
@@ -384,11 +389,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   if is_main:
     files.write_json_atomic(workdir / 'timing.json', {
         'compile_s': timer.compile_s, 'wall_s': time.time() - wall_start,
-        'devices': jax.device_count(), 'backend': jax.default_backend()})
+        'devices': jax.device_count(), 'backend': jax.default_backend(),
+        'compile_cache': {k: _CACHE_EVENTS[k] - compile_counter[k]
+                          for k in ('cache_hits', 'cache_misses')}})
     files.write_json_atomic(results_file, results)
   logging.info('Done: val_auc %.4f (step %d), test_auc %s -> %s', results['val_auc'],
                results['best_step'], results['test_auc'], results_file)
   return results
+
+
+def _early_state(best_val: float, best_step: int, bad_evals: int) -> dict:
+  """Early-stopping state as 0-d arrays (what orbax checkpoints)."""
+  return {'best_val': np.asarray(best_val, np.float64),
+          'best_step': np.asarray(best_step, np.int32),
+          'bad_evals': np.asarray(bad_evals, np.int32)}
 
 
 def _input_pipeline(task, start: int, steps: int, batch: int, host_slice: slice, train_cfg):
@@ -402,6 +416,35 @@ def _input_pipeline(task, start: int, steps: int, batch: int, host_slice: slice,
       lambda s: task.train_batch(int(s), batch, host_slice))
   return iter(ds.to_iter_dataset(grain.ReadOptions(
       num_threads=train_cfg.workers, prefetch_buffer_size=train_cfg.prefetch)))
+
+
+_CACHE_EVENTS: collections.Counter = collections.Counter()
+
+
+def _count_cache_event(event: str, **kwargs) -> None:
+  if event.startswith('/jax/compilation_cache/cache_'):
+    _CACHE_EVENTS[event.rsplit('/', 1)[-1]] += 1
+
+
+def enable_compile_cache(setting: str) -> collections.Counter:
+  """Turns on JAX's persistent compilation cache; returns the hit/miss counts so far.
+
+  `setting` is a folder, '' for the default user cache folder, or 'off'. The cache is a
+  process-wide JAX setting; a folder the caller configured already is left alone.
+  """
+  if not _CACHE_EVENTS:
+    _CACHE_EVENTS['listening'] = 1
+    jax.monitoring.register_event_listener(_count_cache_event)
+  if setting != 'off':
+    if not jax.config.jax_compilation_cache_dir:
+      folder = Path(setting or os.environ.get('MEDFT_CACHE_DIR', '') or
+                    Path.home() / '.cache' / 'medft') / ('jax' if not setting else '')
+      folder.mkdir(parents=True, exist_ok=True)
+      jax.config.update('jax_compilation_cache_dir', str(folder))
+      jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+      jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+      logging.info('JAX compilation cache: %s', folder)
+  return collections.Counter(_CACHE_EVENTS)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -1,6 +1,8 @@
 """Shared fixtures: one synthetic data cache per test session."""
 
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,10 @@ import pytest
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 SHARED = TESTS.parent.parent / 'shared'
+
+# One JAX compilation cache for the whole session (in-process runs and subprocesses alike),
+# kept out of the user's ~/.cache.
+os.environ.setdefault('MEDFT_CACHE_DIR', tempfile.mkdtemp(prefix='medft-test-cache-'))
 
 
 @pytest.fixture(scope='session')
