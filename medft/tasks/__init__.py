@@ -6,8 +6,17 @@ from typing import Any
 
 
 def get_task(app: str, splits: dict, task_config: Any, seed: int):
-  """The task object for a dataset's application (`cimt`, ...)."""
+  """The task object for a dataset's application (`cimt`, `polyp`, `pe`, `frames`)."""
   if app == 'cimt':
     from medft.tasks.cimt import CimtTask
     return CimtTask(splits, task_config, seed)
-  raise ValueError(f'application {app!r} has no task yet; available: cimt.')
+  if app == 'polyp':
+    from medft.tasks.polyp import PolypTask
+    return PolypTask(splits, task_config, seed)
+  if app == 'pe':
+    from medft.tasks.pe import PeTask
+    return PeTask(splits, task_config, seed)
+  if app == 'frames':
+    from medft.tasks.frames import FramesTask
+    return FramesTask(splits, task_config, seed)
+  raise ValueError(f'application {app!r} has no task; available: cimt, polyp, pe, frames.')
