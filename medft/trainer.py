@@ -84,8 +84,14 @@ def _config_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
-def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
-  """Creates the workdir, or checks that the run already in it used the same config."""
+def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
+                     create: bool = True) -> None:
+  """Creates the workdir, or checks that the run already in it used the same config.
+
+  `create=False` only checks (and that the workdir could be made): `train` calls it before
+  reading any input, and creates the workdir once every input has been read, so that a bad
+  input leaves the workdir as it was.
+  """
   wanted = _config_dict(config)
   config_file = workdir / 'config.json'
   if config_file.exists():
@@ -100,6 +106,12 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
       raise ValueError(f'--workdir={workdir} holds a run of a different config (differs in: '
                        f'{", ".join(diff[:8])}). Use a new --workdir, or repeat the original '
                        'command to resume that run.')
+    return
+  if not create:
+    folder = next(p for p in (workdir.absolute(), *workdir.absolute().parents) if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+      raise ValueError(f'--workdir={workdir} cannot be created: {folder} is not a writable '
+                       'folder; choose a writable folder.')
     return
   try:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +267,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   run returns its existing results without training again.
   """
   workdir = Path(workdir)
-  _prepare_workdir(config, workdir)
+  _prepare_workdir(config, workdir, create=False)
   results_file = workdir / 'results.json'
   if results_file.exists():
     logging.info('%s is finished; returning its results.', workdir)
@@ -288,6 +300,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   early = _early_state(-1.0, -1, 0)
 
   # ---- checkpoints (resume) ------------------------------------------------------------
+  _prepare_workdir(config, workdir)
   ckpt = _Checkpoints(workdir)
   restored = ckpt.restore_latest({'state': state, 'early': early})
   best_params = None

@@ -35,13 +35,16 @@ class Record:
 
 
 def check_manual_dir(
-    name: str, manual_dir: str | Path | None, required: Sequence[str], instructions: str
+    name: str, manual_dir: str | Path | None, required: Sequence[str], instructions: str,
+    prepared_dir: str | Path | None = None,
 ) -> Path:
   """Returns the manual dir, or raises with the download instructions and the path looked at."""
   if manual_dir is None:
+    looked = f' (no prepared copy in {prepared_dir} either)' if prepared_dir else ''
     raise ManualDirError(
-        f'Dataset {name!r} needs a manual download but no manual_dir was given.\n'
-        f'{instructions.strip()}\nThen pass manual_dir=<that folder>.'
+        f'Dataset {name!r} needs a manual download but no manual_dir was given{looked}.\n'
+        f'{instructions.strip()}\nThen pass manual_dir=<that folder> '
+        '(with run.py: --config.data.manual_dir=<that folder>).'
     )
   root = Path(manual_dir).expanduser()
   missing = [sub for sub in required if not (root / sub).exists()]

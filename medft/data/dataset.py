@@ -145,6 +145,13 @@ def _read_config(cfg: Any) -> dict[str, Any]:
   merged = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
   if not merged['name']:
     raise ValueError(f'The data config needs a name: one of {dataset_names()}.')
+  # Checked before anything is read or prepared, so a typo costs no preparation time.
+  if not 0 < float(merged['fraction']) <= 1:
+    raise ValueError(f'data.fraction={merged["fraction"]} is outside (0, 1]: it is the share of '
+                     'training subjects kept; pass e.g. fraction=0.25, 0.5 or 1.0.')
+  for key in ('val_share', 'test_share'):
+    if not 0 <= float(merged[key]) < 1:
+      raise ValueError(f'data.{key}={merged[key]} is outside [0, 1); pass e.g. {key}=0.2.')
   return merged
 
 
@@ -210,7 +217,7 @@ def _prepared_builder(builder_name, cfg, manual_dir, data_dir) -> ManualBuilder:
   # Same test as `builder.is_prepared()`, without its warning about a folder not yet made.
   if not (Path(builder.data_dir) / 'dataset_info.json').is_file():
     check_manual_dir(builder.name, manual_dir, builder.REQUIRED,
-                     builder.MANUAL_DOWNLOAD_INSTRUCTIONS)
+                     builder.MANUAL_DOWNLOAD_INSTRUCTIONS, prepared_dir=builder.data_dir)
     # TFDS writes into an `incomplete.*` folder and renames it only after success, so a
     # failed preparation leaves nothing that a later run would read.
     builder.download_and_prepare(

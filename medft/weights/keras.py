@@ -19,6 +19,7 @@ names `conv10/kernel` and `conv10/bias` as missing.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -30,6 +31,30 @@ INPUT = {'squeezenet1_1': dict(channel_order='BGR', scale=255.0, mean=(104.0, 11
 
 class _NotKerasWeights(ValueError):
   """A readable file that is not what medft expects (as opposed to a damaged one)."""
+
+
+# Over 3x AlexNet's fc6 in float64 (9216 x 4096 x 8 bytes): no weights array of a supported
+# network is larger. HDF5 declares shapes freely (a few-kB file can claim terabytes of fill
+# value) and can keep values in other files, so a dataset is checked before it is read.
+_MAX_ARRAY_BYTES = 1 << 30
+
+
+def _values(dataset, path: Path) -> np.ndarray:
+  """A dataset's values, refusing sizes no weights file holds and data the file lacks."""
+  if dataset.external or dataset.is_virtual:  # e.g. /dev/zero, or any file on this machine
+    raise _NotKerasWeights(f'{path}: {dataset.name} keeps its values in other files; medft '
+                           'reads weights only from the file itself. Re-save the weights.')
+  nbytes = math.prod(dataset.shape or ()) * dataset.dtype.itemsize
+  if nbytes > _MAX_ARRAY_BYTES:
+    raise _NotKerasWeights(f'{path}: {dataset.name} claims shape {dataset.shape} ({nbytes} '
+                           'bytes), larger than any weights array; the file is damaged or not '
+                           'a weights file.')
+  # Uncompressed values take their full size in the file; deflate shrinks at most ~1000x.
+  stored = dataset.id.get_storage_size()
+  if stored < (nbytes if dataset.compression is None else nbytes // 1024):
+    raise _NotKerasWeights(f'{path}: {dataset.name} claims {nbytes} bytes but the file stores '
+                           f'{stored}; the file is damaged or truncated.')
+  return dataset[()]
 
 
 _FIRE = re.compile(r'(fire\d+)[/_](squeeze1x1|expand1x1|expand3x3)')
@@ -60,14 +85,14 @@ def _read(h5py, f, path: Path) -> dict[str, dict[str, np.ndarray]]:
     for layer in _decode(root.attrs['layer_names']):
       group = root[layer]
       for weight in _decode(group.attrs.get('weight_names', [])):
-        arrays.append((_layer_name(layer), _param_name(weight), group[weight][()]))
+        arrays.append((_layer_name(layer), _param_name(weight), _values(group[weight], path)))
   else:
     def visit(name, obj):
       if isinstance(obj, h5py.Dataset):
         parts = name.split('/')
         layer = '/'.join(parts[:2]) if len(parts) > 2 and _FIRE.fullmatch(
             '/'.join(parts[:2])) else parts[0]
-        arrays.append((_layer_name(layer), _param_name(name), obj[()]))
+        arrays.append((_layer_name(layer), _param_name(name), _values(obj, path)))
     root.visititems(visit)
   layers: dict[str, dict[str, np.ndarray]] = {}
   for layer, param, value in arrays:
