@@ -10,6 +10,7 @@ Flags parse here; the work is one call into the `medft` library.
 """
 
 import logging as py_logging
+import re
 import sys
 
 from absl import app, flags, logging
@@ -50,6 +51,49 @@ class _QuietLibraries(py_logging.Filter):
     return record.levelno >= py_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, but a bad --config (its file, argument or a --config.<field>
+  override) ends in medft's one-paragraph error instead of a traceback, unless --verbose."""
+  try:
+    args = FLAGS(argv)
+    if FLAGS.config is not None:
+      FLAGS.config.keys()  # ml_collections defers the error of a config file it cannot load
+    return args
+  except (flags.Error, OSError, ValueError, TypeError, AttributeError, KeyError) as e:
+    if any(re.fullmatch(r'--verbose(=(true|1))?', a, re.IGNORECASE) for a in argv[1:]):
+      raise
+    print(f'medft: error: {_flag_error(e, argv)}\n(run with --verbose for the full traceback; '
+          '--helpshort lists the flags)', file=sys.stderr)
+    sys.exit(1)
+
+
+def _flag_error(e: Exception, argv: list[str]) -> str:
+  """The culprit and the fix, without ml_collections' embedded traceback."""
+  config_arg = next((a for a in argv if a.startswith('--config=')), '--config')
+  if isinstance(e, OSError):
+    reason = ' '.join(line.strip() for line in str(e).splitlines()[-1:])
+    return (f'{config_arg}: cannot load the config file ({reason}); pass an existing file, '
+            'e.g. --config=configs/cimt.py:synthetic.')
+  chain = [e]
+  while chain[-1].__context__ is not None:
+    chain.append(chain[-1].__context__)
+  wrapped = [i for i, c in enumerate(chain) if 'Error whilst parsing config file' in str(c)]
+  if wrapped and wrapped[-1] + 1 < len(chain):  # raised inside get_config(arg)
+    return f'{config_arg}: {chain[wrapped[-1] + 1]}'
+  if isinstance(e, (AttributeError, KeyError)):  # --config.<field> names no field
+    text = str(e).replace("\\'", "'")
+    name = (re.findall(r"'(\w+)'", text) or ['?'])[0]
+    hint = re.search(r'Did you mean "\w+" instead of "\w+"\?', text)
+    culprits = [a.split('=', 1)[0] for a in argv
+                if a.startswith('--config.') and name in re.split(r'[.=]', a[2:])]
+    return (f'{", ".join(culprits) or "a --config.<field> override"}: the config has no field '
+            f'{name!r}.{" " + hint.group(0) if hint else ""} Overrides must name an existing '
+            'field of the config file (e.g. --config.train.batch=16).')
+  if str(e).startswith('flag --config.'):  # a value absl cannot convert to the field's type
+    return f'{e}. Give a value of the type of that field in the config file.'
+  return str(e)
+
+
 def main(argv):
   del argv
   if not FLAGS.verbose:
@@ -71,4 +115,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -182,3 +182,36 @@ def pretrain_defaults(source: str = 'pretext', steps: int = 400,
   # Host threads cutting crops.
   p.workers = 2
   return p
+
+
+def add_study(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
+  """Adds the `sweep`, `auto` and `pretrain` blocks (`medft.sweep`, `medft.auto_tune`).
+
+  Reads the optional arguments `arms`, `fractions`, `seeds` (values separated by `+`, e.g.
+  `arms=scratch+fc8+conv1,fractions=0.5+1.0`), `seed` and `pretext` from `arg`.
+  """
+  c.sweep = ml_collections.ConfigDict()
+  # Arms of the study ('' = all: scratch, fc8, fc7, ..., conv1), separated by ',' or '+'.
+  c.sweep.arms = arg.get('arms', '')
+  # Training-set fractions (paper-like default) and seeds (default: the config's seed).
+  c.sweep.fractions = arg.get('fractions', '') or '0.25,0.5,1.0'
+  c.sweep.seeds = arg.get('seeds', '') or str(arg.get('seed', 0))
+  # This process' share of the runs, 'i/n' (run k of the plan belongs to shard k % n); ''=all.
+  c.sweep.shard = ''
+  # Build report.md/json/csv and plots when the runs are done.
+  c.sweep.report = True
+  # Checkpoints a finished run keeps: all (resume + best), best (the selected parameters
+  # only; a finished run never resumes), none. Also drops the source model's training state.
+  c.sweep.keep_checkpoints = 'all'
+
+  c.auto = ml_collections.ConfigDict()
+  # Deepen only while validation AUC rises by more than this over the best shallower depth.
+  c.auto.tolerance = 0.002
+  # Depths in a row without such a gain before stopping.
+  c.auto.patience = 1
+
+  # Source model trained into DIR/source_model when init= is empty (see medft/pretrain.py);
+  # source '' = none, and fine-tuning arms then need init=.
+  c.pretrain = pretrain_defaults(source='pretext' if arg.get('pretext', False) else '',
+                                 steps=300)
+

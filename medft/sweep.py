@@ -1,0 +1,344 @@
+"""The study: every arm x fraction x seed (`sweep`), or the depth picked on validation (`auto`).
+
+Sweep folder (DESIGN.md, "Files other code and people rely on"):
+  DIR/<arm>/<fraction>/<seed>/   one run workdir each (`medft.train`), e.g. DIR/fc7/0.5/0/
+  DIR/sweep.json                 the planned runs, so a report can name the missing ones
+  DIR/source_model/              the pretrained source model when the config trains one
+  DIR/auto.json                  the automatic depth choice (`auto_tune`)
+  DIR/report.md, report.json, report.csv, plots/   (`medft.report.build_report`)
+
+A finished run (its results.json exists) is never trained again, so a killed sweep resumes by
+repeating the command; a run that was interrupted resumes from its own latest checkpoint.
+`config.sweep.shard='i/n'` gives this process run k of the plan when k % n == i, so runs can be
+spread over processes or hosts sharing the folder; the report is rebuilt from whatever is
+finished each time a shard ends.
+
+Automatic depth (`auto_tune`): fc8 first, then one unit deeper at a time; stop when the
+validation AUC of a depth does not beat the best shallower depth by more than
+`config.auto.tolerance` (`config.auto.patience` times in a row); the choice is the best depth
+seen. Every visited depth restarts from the pretrained weights, with the full training budget.
+Why restart, rather than continue from the shallower depth's weights:
+  * each visited depth is then exactly the sweep's arm of that name (same folder, reused both
+    ways), so auto and the full sweep are directly comparable;
+  * depth is not confounded with training length: a continued run would train deeper layers
+    after the head had already converged, and its gain could be just the extra steps;
+  * a bad shallow run cannot contaminate the deeper ones.
+The cost is the shallow depths' steps being repeated; auto.json and the report state it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import ml_collections
+from absl import logging
+
+from medft import files, trainer
+from medft.models import ARCHS
+
+# Config blocks that describe the study, not a run: stripped from each run's config so that
+# changing the plan (more arms, another shard) never invalidates finished runs.
+STUDY_FIELDS = ('sweep', 'auto', 'pretrain')
+SOURCE_MODEL_DIR = 'source_model'
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  arm: str
+  fraction: float
+  seed: int
+
+  def path(self, sweep_dir: str | Path) -> Path:
+    return run_dir(sweep_dir, self.arm, self.fraction, self.seed)
+
+
+def run_dir(sweep_dir: str | Path, arm: str, fraction: float, seed: int) -> Path:
+  """DIR/<arm>/<fraction>/<seed> with the fraction written as a float (`1.0`, `0.25`)."""
+  return Path(sweep_dir) / arm / str(float(fraction)) / str(int(seed))
+
+
+# ---- settings ---------------------------------------------------------------------------
+
+
+def study_setting(config: ml_collections.ConfigDict, block: str, key: str) -> Any:
+  """`config.<block>.<key>`, or its default when an app config has no such block/field."""
+  defaults = {
+      ('sweep', 'arms'): '', ('sweep', 'fractions'): '', ('sweep', 'seeds'): '',
+      ('sweep', 'shard'): '', ('sweep', 'report'): True, ('sweep', 'keep_checkpoints'): 'all',
+      ('auto', 'tolerance'): 0.002, ('auto', 'patience'): 1,
+  }
+  node = config.get(block)
+  value = node.get(key) if node is not None else None
+  if key in ('fractions', 'seeds') and not value:  # one fraction / seed: the config's own
+    return str(config.data.fraction) if key == 'fractions' else str(config.seed)
+  return defaults[(block, key)] if value is None else value
+
+
+# ---- plan --------------------------------------------------------------------------------
+
+
+def _items(value: Any) -> list[str]:
+  """'a,b' or 'a+b' (the form config arguments allow, e.g. `arms=scratch+fc8`) or a sequence."""
+  if isinstance(value, str):
+    return [v.strip() for v in value.replace('+', ',').split(',') if v.strip()]
+  return [str(v) for v in (value or ())]
+
+
+def units_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  if config.arch not in ARCHS:
+    raise ValueError(f'arch={config.arch!r} is not a known architecture; choose one of '
+                     f'{", ".join(ARCHS)}.')
+  return ARCHS[config.arch][1]
+
+
+def all_arms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """scratch, then the head only, deepening to every unit (the paper's order)."""
+  return ('scratch',) + tuple(reversed(units_of(config)))
+
+
+def plan(config: ml_collections.ConfigDict) -> list[Run]:
+  """Every requested run, in a fixed order (fraction, then arm, then seed)."""
+  known = all_arms(config)
+  arms = _items(study_setting(config, 'sweep', 'arms')) or list(known)
+  unknown = [a for a in arms if a not in known]
+  if unknown:
+    raise ValueError(f'sweep.arms: {", ".join(unknown)} not arms of {config.arch}; choose from '
+                     f'{", ".join(known)}.')
+  arms = [a for a in known if a in arms]  # paper order, no duplicates
+  raw_fractions = study_setting(config, 'sweep', 'fractions')
+  raw_seeds = study_setting(config, 'sweep', 'seeds')
+  try:
+    fractions = sorted({float(f) for f in _items(raw_fractions)})
+    seeds = sorted({int(s) for s in _items(raw_seeds)})
+  except ValueError:
+    raise ValueError(f'sweep.fractions={raw_fractions!r} / sweep.seeds='
+                     f'{raw_seeds!r}: expected comma-separated numbers such as '
+                     '0.25,0.5,1.0 and 0,1,2.') from None
+  if not fractions or not seeds or not all(0 < f <= 1 for f in fractions):
+    raise ValueError(f'sweep.fractions={raw_fractions!r} must list numbers in (0, 1] '
+                     f'and sweep.seeds={raw_seeds!r} at least one seed.')
+  return [Run(a, f, s) for f in fractions for a in arms for s in seeds]
+
+
+def shard_of(runs: Sequence[Run], shard: str) -> list[Run]:
+  """This process' runs for `shard='i/n'` (round-robin over the plan); all when empty."""
+  if not shard:
+    return list(runs)
+  try:
+    i, n = (int(x) for x in shard.split('/'))
+  except ValueError:
+    raise ValueError(f'sweep.shard={shard!r}: expected i/n such as 0/4.') from None
+  if not 0 <= i < n:
+    raise ValueError(f'sweep.shard={shard!r}: need 0 <= i < n.')
+  return [r for k, r in enumerate(runs) if k % n == i]
+
+
+def run_config(config: ml_collections.ConfigDict, run: Run,
+               init: str) -> ml_collections.ConfigDict:
+  """The config of one run: the study blocks removed, arm/fraction/seed/init set."""
+  d = config.to_dict()
+  for key in STUDY_FIELDS:
+    d.pop(key, None)
+  c = ml_collections.ConfigDict(d)
+  c.depth, c.seed, c.init = run.arm, int(run.seed), init
+  c.data.fraction = float(run.fraction)
+  return c
+
+
+# ---- source model ------------------------------------------------------------------------
+
+
+def source_init(config: ml_collections.ConfigDict, sweep_dir: Path,
+                needs_init: bool) -> str:
+  """`config.init`, or the source model pretrained (once, cached) into DIR/source_model."""
+  if config.init:
+    return str(config.init)
+  p = config.get('pretrain')
+  if p is not None and p.source:
+    from medft import pretrain  # trains only when asked: keep the import out of plain sweeps
+    workdir = sweep_dir.absolute() / SOURCE_MODEL_DIR
+    with _exclusive(workdir.parent / f'.{SOURCE_MODEL_DIR}.lock',
+                    done=workdir / 'pretrain.json'):  # written after the weights
+      return str(pretrain.pretrain(config, workdir))
+  if needs_init:
+    raise ValueError('fine-tuning arms need pretrained weights: pass init=<folder from python '
+                     '-m medft.weights.convert>, or set --config.pretrain.source=pretext to '
+                     'train the offline stand-in, or limit sweep.arms to scratch.')
+  return ''
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path, done: Path, poll_s: float = 5.0):
+  """One process at a time (shards sharing DIR); the others wait until `done` exists."""
+  lock.parent.mkdir(parents=True, exist_ok=True)
+  fd = None
+  while fd is None and not done.exists():
+    try:
+      fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      logging.info('Waiting for %s: another shard is preparing it (delete the lock if no '
+                   'process holds it).', lock)
+      time.sleep(poll_s)
+  try:
+    yield
+  finally:
+    if fd is not None:
+      os.close(fd)
+      lock.unlink(missing_ok=True)
+
+
+# ---- running -----------------------------------------------------------------------------
+
+
+def _run_one(config, run: Run, sweep_dir: Path, init: str) -> dict | None:
+  """Trains one run unless it is finished; None when it failed (recorded in failed.json)."""
+  workdir = run.path(sweep_dir)
+  if (workdir / 'results.json').exists():
+    logging.info('%s is finished; skipped.', workdir)
+    # Through train() all the same: it checks the folder holds this config's run (a changed
+    # config must not silently reuse old results) and returns them without training.
+    return trainer.train(run_config(config, run, init), workdir)
+  if (workdir / 'failed.json').exists():
+    logging.warning('%s failed before (see its failed.json); skipped. Delete failed.json to '
+                    'retry.', workdir)
+    return None
+  logging.info('Run %s at fraction %s, seed %d -> %s', run.arm, run.fraction, run.seed, workdir)
+  try:
+    results = trainer.train(run_config(config, run, init), workdir)
+  except trainer.NonFiniteError as e:
+    logging.error('%s', e)
+    files.write_json_atomic(workdir / 'failed.json', {'error': str(e), 'time': time.time()})
+    return None
+  _prune_checkpoints(workdir, study_setting(config, 'sweep', 'keep_checkpoints'))
+  return results
+
+
+def _prune_checkpoints(workdir: Path, keep: str) -> None:
+  """Frees the disk a finished run no longer needs (`sweep.keep_checkpoints`)."""
+  if keep not in ('all', 'best', 'none'):
+    raise ValueError(f'sweep.keep_checkpoints={keep!r}: expected all, best or none.')
+  doomed = {'all': [], 'best': ['latest'], 'none': ['latest', 'best']}[keep]
+  for name in doomed:
+    shutil.rmtree(workdir / 'checkpoints' / name, ignore_errors=True)
+
+
+def _write_plan(config, sweep_dir: Path, runs: Sequence[Run], init: str) -> None:
+  sweep_dir.mkdir(parents=True, exist_ok=True)
+  files.write_json_atomic(sweep_dir / 'sweep.json', {
+      'arch': config.arch, 'dataset': config.data.name, 'init': init or None,
+      'arms': sorted({r.arm for r in runs}, key=all_arms(config).index),
+      'fractions': sorted({r.fraction for r in runs}),
+      'seeds': sorted({r.seed for r in runs}),
+      'runs': [{'arm': r.arm, 'fraction': r.fraction, 'seed': r.seed,
+                'dir': str(r.path('.'))} for r in runs],
+  })
+
+
+def sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Runs this shard's part of the study into `workdir` and returns the report (a dict)."""
+  sweep_dir = Path(workdir)
+  runs = plan(config)
+  shard = study_setting(config, 'sweep', 'shard')
+  mine = shard_of(runs, shard)
+  t0 = time.time()
+  init = source_init(config, sweep_dir, needs_init=any(r.arm != 'scratch' for r in runs))
+  if init and study_setting(config, 'sweep', 'keep_checkpoints') != 'all':
+    shutil.rmtree(sweep_dir / SOURCE_MODEL_DIR / 'checkpoints', ignore_errors=True)
+  _write_plan(config, sweep_dir, runs, init)
+  logging.info('Sweep: %d runs planned, %d in this shard (%s).', len(runs), len(mine),
+               shard or 'all')
+  for k, run in enumerate(mine):
+    logging.info('---- sweep run %d/%d ----', k + 1, len(mine))
+    _run_one(config, run, sweep_dir, init)
+  logging.info('Sweep shard done in %.0f s.', time.time() - t0)
+  return _finish(config, sweep_dir)
+
+
+def _finish(config, sweep_dir: Path) -> dict:
+  if not study_setting(config, 'sweep', 'report'):
+    return {'sweep_dir': str(sweep_dir)}
+  from medft import report  # matplotlib only when a report is wanted
+  return report.build_report(sweep_dir)
+
+
+# ---- automatic depth ---------------------------------------------------------------------
+
+
+def _timing(workdir: Path) -> dict:
+  f = workdir / 'timing.json'
+  return json.loads(f.read_text()) if f.exists() else {}
+
+
+def _summary(test: dict | None) -> dict:
+  """A run's test metrics without its per-image/per-unit lists (small enough for auto.json)."""
+  if not test:
+    return {}
+  return {k: v for k, v in test.items() if not isinstance(v, list)}
+
+
+def auto_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+  """Deepens fine-tuning from fc8 while validation AUC improves; writes and returns auto.json.
+
+  Runs at `config.data.fraction` and `config.seed` into the sweep layout of `workdir`, so runs
+  a sweep already finished are reused (and the other way round).
+  """
+  sweep_dir = Path(workdir)
+  units = units_of(config)
+  tolerance = float(study_setting(config, 'auto', 'tolerance'))
+  patience = max(1, int(study_setting(config, 'auto', 'patience')))
+  init = source_init(config, sweep_dir, needs_init=True)
+  fraction, seed = float(config.data.fraction), int(config.seed)
+  curve, best, best_results, bad, stopped = [], None, None, 0, ''
+  for arm in reversed(units):
+    run = Run(arm, fraction, seed)
+    reused = (run.path(sweep_dir) / 'results.json').exists()
+    results = _run_one(config, run, sweep_dir, init)
+    if results is None:
+      stopped = f'{arm} failed (non-finite loss); stopped there'
+      break
+    point = {'arm': arm, 'val_auc': results['val_auc'], 'test_auc': results['test_auc'],
+             'steps': results['steps'], 'best_step': results['best_step'],
+             'wall_s': _timing(run.path(sweep_dir)).get('wall_s'), 'reused': reused,
+             'dir': str(run.path('.'))}
+    curve.append(point)
+    logging.info('auto: %s val_auc %.4f', arm, point['val_auc'])
+    if best is None or point['val_auc'] > best['val_auc'] + tolerance:
+      best, best_results, bad = point, results, 0
+    else:
+      bad += 1
+      if bad >= patience:
+        stopped = (f'{arm}: validation AUC {point["val_auc"]:.4f} is not above the best '
+                   f'({best["arm"]}, {best["val_auc"]:.4f}) by more than {tolerance:g}'
+                   + (f' for {patience} depths in a row' if patience > 1 else ''))
+        break
+  else:
+    stopped = 'reached the deepest unit (every layer trained)'
+  if best is None:
+    raise RuntimeError(f'auto: no depth finished (see failed.json files under {sweep_dir}).')
+  results = best_results
+  out = {
+      'fraction': fraction, 'seed': seed, 'tolerance': tolerance, 'patience': patience,
+      'restart_from_pretrained': True,
+      'policy': 'each depth restarts from the pretrained weights with the full step budget; '
+                'see medft/sweep.py for why',
+      'init': init, 'curve': curve, 'chosen': best['arm'], 'chosen_val_auc': best['val_auc'],
+      'chosen_dir': best['dir'], 'stopped': stopped,
+      'test_auc': results['test_auc'], 'test': _summary(results.get('test')),
+      'total_steps': int(sum(p['steps'] for p in curve)),
+      'total_wall_s': float(sum(p['wall_s'] or 0.0 for p in curve)),
+      'depths_visited': len(curve), 'depths_available': len(units),
+  }
+  files.write_json_atomic(sweep_dir / 'auto.json', out)
+  logging.info('auto: chose %s (val_auc %.4f); %s', out['chosen'], out['chosen_val_auc'],
+               stopped)
+  if study_setting(config, 'sweep', 'report'):
+    from medft import report
+    report.build_report(sweep_dir)
+  return out

@@ -1,0 +1,56 @@
+"""Source models: pretext crops are labelled consistently; a folder-trained model is a valid
+converted-weights artifact that fine-tuning can load, and is reused rather than retrained."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import imagenet_pretrain
+from medft import pretrain
+from medft.weights import store
+
+
+def test_pretext_batches_are_deterministic_and_labelled():
+  source = pretrain.PretextSource(size=32, seed=3, names=('astronaut', 'camera', 'coffee',
+                                                          'rocket'))
+  a, b = source.train_batch(5, 8), source.train_batch(5, 8)
+  assert a['image'].shape == (8, 32, 32, 3) and a['image'].dtype == np.uint8
+  np.testing.assert_array_equal(a['image'], b['image'])
+  assert source.num_classes == 16 and set(a['label']) <= set(range(16))
+  assert not np.array_equal(a['image'], source.train_batch(6, 8)['image'])
+
+
+def test_folder_source_pretrains_a_loadable_artifact(tmp_path):
+  rng = np.random.default_rng(0)
+  for k, name in enumerate(('n01', 'n02')):
+    (tmp_path / 'in' / 'train' / name).mkdir(parents=True)
+    for i in range(3):
+      pixels = rng.integers(0, 80, (50, 60, 3)) + 120 * k
+      Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / 'in' / 'train' / name / f'{i}.png')
+  c = imagenet_pretrain.get_config('source=folder,steps=2,batch=4,input_size=67')
+  c.model.width, c.model.init_scheme = 0.125, 'he'
+  c.pretrain.manual_dir = str(tmp_path / 'in')
+  c.pretrain.update(eval_examples=8, log_every=1, eval_every=2, workers=1)
+  out = pretrain.pretrain(c, tmp_path / 'w')
+  params, meta = store.load_artifact(out)
+  assert (meta.source_format, meta.num_source_classes, tuple(meta.input_size)) == (
+      'medft-folder', 2, (67, 67))
+  assert params['fc8']['kernel'].shape[-1] == 2
+  record = json.loads((tmp_path / 'w' / 'pretrain.json').read_text())
+  assert record['steps'] == 2 and 0 <= record['held_out_accuracy'] <= 1
+  mtime = (out / 'meta.json').stat().st_mtime_ns
+  assert pretrain.pretrain(c, tmp_path / 'w') == out  # cached, not retrained
+  assert (out / 'meta.json').stat().st_mtime_ns == mtime
+  c.pretrain.base_lr = 0.5
+  with pytest.raises(ValueError, match='other settings'):
+    pretrain.pretrain(c, tmp_path / 'w')
+
+
+def test_missing_sources_say_what_to_do(tmp_path):
+  with pytest.raises(FileNotFoundError, match='train/<wnid>'):
+    pretrain.FolderSource(tmp_path, 32, 0)
+  c = imagenet_pretrain.get_config('source=nope')
+  with pytest.raises(ValueError, match='pretext, folder or imagenet2012'):
+    pretrain.make_source(c)
