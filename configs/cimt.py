@@ -48,7 +48,8 @@ from configs import common
 def get_config(arg=None):
   arg = common.parse_arg(
       arg, depth='fc8', fraction=1.0, arch='alexnet', init='', steps=0, epochs=0.0, batch=0,
-      seed=0, synthetic=False, demo=False, pretext=False, arms='', fractions='', seeds='')
+      seed=0, synthetic=False, demo=False, pretext=False, arms='', fractions='', seeds='',
+      **common.PRESET_ARGS)
   if arg.demo:
     arg.synthetic = arg.pretext = True
     arg.steps = arg.steps or 100
@@ -76,6 +77,7 @@ def get_config(arg=None):
   # Study blocks: sweep (arms x fractions x seeds), auto (depth choice), pretrain (source
   # model trained when init= is empty: the offline pretext task with `pretext`/`demo`).
   common.add_study(c, arg)
+  common.apply_presets(c, arg)
   if arg.demo:
     _demo(c, arg)
   return c

@@ -21,7 +21,8 @@ from configs import common
 def get_config(arg=None):
   arg = common.parse_arg(
       arg, depth='fc8', fraction=1.0, arch='alexnet', init='', steps=0, epochs=0.0, batch=0,
-      seed=0, synthetic=False)
+      seed=0, synthetic=False, arms='', fractions='', seeds='',
+      **common.PRESET_ARGS)
   c = common.base_config(arg)
   # Two classes: non-informative, informative.
   c.num_classes = 2
@@ -42,4 +43,7 @@ def get_config(arg=None):
   c.task.val_crops_per_frame = 4
   # False positive rates at which sensitivity is reported with CIs.
   c.task.fprs = (0.10, 0.15, 0.20)
+  # Study blocks: sweep (arms x fractions x seeds), auto (depth choice), pretrain.
+  common.add_study(c, arg)
+  common.apply_presets(c, arg)
   return c

@@ -22,7 +22,8 @@ from configs import common
 def get_config(arg=None):
   arg = common.parse_arg(
       arg, depth='fc8', fraction=1.0, arch='alexnet', init='', steps=0, epochs=0.0, batch=0,
-      seed=0, synthetic=False)
+      seed=0, synthetic=False, arms='', fractions='', seeds='',
+      **common.PRESET_ARGS)
   c = common.base_config(arg)
   # Two classes: false candidate, clot.
   c.num_classes = 2
@@ -70,4 +71,7 @@ def get_config(arg=None):
   c.task.fp_rates = (1.0, 2.0, 3.0, 4.0, 5.0)
   # FROC curve sampled on [0, froc_max_fp] FP/volume.
   c.task.froc_max_fp = 10.0
+  # Study blocks: sweep (arms x fractions x seeds), auto (depth choice), pretrain.
+  common.add_study(c, arg)
+  common.apply_presets(c, arg)
   return c

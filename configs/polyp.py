@@ -22,7 +22,8 @@ from configs import common
 def get_config(arg=None):
   arg = common.parse_arg(
       arg, depth='fc8', fraction=1.0, arch='alexnet', init='', steps=0, epochs=0.0, batch=0,
-      seed=0, synthetic=False)
+      seed=0, synthetic=False, arms='', fractions='', seeds='',
+      **common.PRESET_ARGS)
   c = common.base_config(arg)
   # Two classes: background candidate, polyp.
   c.num_classes = 2
@@ -64,4 +65,7 @@ def get_config(arg=None):
   c.task.fp_rates = (0.01, 0.001)
   # FROC curve sampled on [0, froc_max_fp] FP/frame.
   c.task.froc_max_fp = 0.1
+  # Study blocks: sweep (arms x fractions x seeds), auto (depth choice), pretrain.
+  common.add_study(c, arg)
+  common.apply_presets(c, arg)
   return c

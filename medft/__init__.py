@@ -9,8 +9,32 @@ Library entry points (each takes an ml_collections config, as `configs/<app>.py`
 (`medft.sweep` is the function; the module's helpers import as `from medft.sweep import plan`.)
 """
 
-from medft import pretrain, report  # noqa: F401
-from medft.sweep import auto_tune, sweep  # noqa: F401
+import importlib
+
+# Imported eagerly: importing the submodule `medft.sweep` would otherwise bind the name to the
+# module. The trainer imports TFDS only when a run reads data.
+from medft.sweep import auto_tune, sweep  # noqa: F401  (also imports medft.trainer)
 from medft.trainer import NonFiniteError, Preempted, train  # noqa: F401
 
 __version__ = '0.1.0'
+
+# Loaded on first use (PEP 562): the CLI, the converter and the benchmark need neither TFDS
+# nor matplotlib.
+_LAZY = {
+    'report': ('medft.report', None),
+    'pretrain': ('medft.pretrain', None),
+}
+
+
+def __getattr__(name: str):
+  if name not in _LAZY:
+    raise AttributeError(f'module medft has no attribute {name!r}')
+  module, attr = _LAZY[name]
+  value = importlib.import_module(module)
+  value = getattr(value, attr) if attr else value
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_LAZY))

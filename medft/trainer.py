@@ -23,7 +23,7 @@ import optax
 from absl import logging
 from flax import struct
 
-from medft import data, files, models, parallel, preprocess, tasks, tuning
+from medft import files, models, parallel, preprocess, tuning
 from medft.weights import store
 
 
@@ -277,6 +277,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   compile_counter = enable_compile_cache(config.compile_cache)
 
   # ---- data ----------------------------------------------------------------------------
+  from medft import data, tasks  # TFDS is imported only by runs that read data
   ds = data.load(config.data)
   task = tasks.get_task(ds.app, ds.splits, config.task, config.seed)
   if task.num_classes != config.num_classes:
