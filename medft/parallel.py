@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
+from absl import logging
 
 AXIS = 'batch'
 
@@ -71,9 +72,58 @@ def prefetch_to_device(batches: Iterator[Any], size: int = 2) -> Iterator[Any]:
       put(batch)
 
 
+def compiler_options() -> dict[str, Any]:
+  """XLA options the train and predict steps are compiled with (see `_WithOptions`).
+
+  On CPU: YNNPACK for matmuls only, so convolutions run on Eigen. jaxlib 0.10's YNNPACK
+  convolutions are 2-3x slower for AlexNet's 11x11 stride-4 conv1 and most 3x3 weight
+  gradients (AlexNet scratch step 1.07x, frozen arms more: `python -m medft.bench
+  --levers`). Nothing elsewhere.
+  """
+  if jax.default_backend() != 'cpu':
+    return {}
+  return {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+
+class _WithOptions:
+  """A pmapped function compiled ahead of time with `compiler_options()`.
+
+  One executable per argument signature, as pmap itself caches. Falls back to the plain
+  pmapped function with several processes, when there are no options, or when this jaxlib
+  rejects an option (logged once).
+  """
+
+  def __init__(self, pmapped: Callable):
+    self._pmapped = pmapped
+    self._executables: dict = {}
+    self.lower = pmapped.lower
+
+  def __call__(self, *args):
+    options = compiler_options()
+    if not options or jax.process_count() > 1:
+      return self._pmapped(*args)
+    leaves, tree = jax.tree.flatten(args)
+    key = (tree, tuple(jax.typeof(x) for x in leaves))
+    executable = self._executables.get(key)
+    if executable is None:
+      try:
+        executable = self._pmapped.lower(*args).compile(options)
+      except jax.errors.JaxRuntimeError as e:  # an option unknown to this jaxlib
+        logging.warning('Compiling without XLA options %s: %s', options, e)
+        executable = self._pmapped
+      self._executables[key] = executable
+    return executable(*args)
+
+
 def pmap_train_step(step_fn: Callable) -> Callable:
   """`step_fn(state, batch, rng)` run on every local device; state buffers donated."""
-  return jax.pmap(step_fn, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+  return _WithOptions(jax.pmap(step_fn, axis_name=AXIS, in_axes=(0, 0, None),
+                               donate_argnums=(0,)))
+
+
+def pmap_predict(predict_fn: Callable) -> Callable:
+  """`predict_fn(params, x)` run on every local device (params replicated, x sharded)."""
+  return _WithOptions(jax.pmap(predict_fn, axis_name=AXIS))
 
 
 def predict_in_batches(predict_fn: Callable, params: Any, inputs: np.ndarray,

@@ -215,7 +215,7 @@ def make_steps(model, tx, meta: store.Meta, skip_nonfinite: bool):
     return jax.nn.softmax(model.apply({'params': params}, x, train=False))
 
   del skip_nonfinite
-  return parallel.pmap_train_step(train_step), jax.pmap(predict, axis_name=parallel.AXIS)
+  return parallel.pmap_train_step(train_step), parallel.pmap_predict(predict)
 
 
 class _Checkpoints:

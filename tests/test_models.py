@@ -73,3 +73,38 @@ def test_squeezenet_units_and_output():
 def test_unknown_arch_is_named():
   with pytest.raises(ValueError, match="arch='vgg16'.*alexnet"):
     get_model('vgg16', 2)
+
+
+def _lrn_by_autodiff(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
+  sq = jnp.pad(jnp.square(x), [(0, 0)] * 3 + [(size // 2, size // 2)])
+  window = sum(sq[..., i:i + x.shape[-1]] for i in range(size))
+  return x / (k + alpha / size * window) ** beta
+
+
+def test_caffe_lrn_closed_form_gradient_matches_autodiff():
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, 5, 5, 16)) * 40, jnp.float32)  # LRN far from identity
+  g = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  y, vjp = jax.vjp(caffe_lrn, x)
+  want_y, want_vjp = jax.vjp(_lrn_by_autodiff, x)
+  np.testing.assert_array_equal(y, want_y)  # the forward is the same expression
+  np.testing.assert_allclose(vjp(g)[0], want_vjp(g)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('shape,window,stride,ceil', [
+    ((2, 7, 7, 3), 3, 2, True), ((1, 12, 12, 2), 3, 2, False), ((2, 9, 8, 3), 2, 2, True),
+    ((1, 7, 7, 256), 3, 2, True)])  # 256 channels: XLA's select-and-scatter
+def test_max_pool_gradient_goes_to_the_first_maximum_like_flax(shape, window, stride, ceil):
+  from flax import linen as nn
+
+  from medft.models.layers import pool_padding
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.integers(0, 3, size=shape), jnp.float32)  # many ties
+  high = pool_padding(shape[1:3], window, stride, ceil)
+  flax_pool = lambda v: nn.max_pool(v, (window, window), (stride, stride),  # noqa: E731
+                                    padding=((0, high[0]), (0, high[1])))
+  y, vjp = jax.vjp(lambda v: max_pool(v, window, stride, ceil), x)
+  want_y, want_vjp = jax.vjp(flax_pool, x)
+  np.testing.assert_array_equal(y, want_y)
+  g = jnp.asarray(rng.integers(1, 5, size=y.shape), jnp.float32)  # integers: sums are exact
+  np.testing.assert_array_equal(vjp(g)[0], want_vjp(g)[0])

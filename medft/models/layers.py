@@ -8,6 +8,7 @@ on which implementation of the grouped convolution runs.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable
 
 import jax
@@ -79,30 +80,129 @@ def caffe_lrn(x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.
   """Caffe's ACROSS_CHANNELS local response normalisation (NHWC).
 
   y_c = x_c / (k + alpha / size * sum_{|c'-c| <= size//2} x_{c'}^2) ** beta, zero-padded at
-  the channel ends. Computed in float32 whatever the input dtype.
+  the channel ends. Computed in float32 whatever the input dtype. The gradient is written
+  in closed form (`_lrn_bwd`); XLA:CPU runs autodiff of the pad/slice/pow graph ~5x slower
+  (the whole AlexNet train step 1.4x: `python -m medft.bench --levers`, lever lrn=autodiff).
   """
+  return _lrn(x.astype(jnp.float32), size, alpha, beta, k).astype(x.dtype)
+
+
+def _window_sum(v: jax.Array, size: int) -> jax.Array:
+  """Sum over the `size` channels centred on each channel, zero-padded at the ends."""
   half = size // 2
-  sq = jnp.square(x.astype(jnp.float32))
-  padded = jnp.pad(sq, [(0, 0)] * (x.ndim - 1) + [(half, half)])
-  channels = x.shape[-1]
-  window_sum = sum(padded[..., i:i + channels] for i in range(size))
-  scale = (k + (alpha / size) * window_sum) ** beta
-  return (x.astype(jnp.float32) / scale).astype(x.dtype)
+  padded = jnp.pad(v, [(0, 0)] * (v.ndim - 1) + [(half, half)])
+  channels = v.shape[-1]
+  return sum(padded[..., i:i + channels] for i in range(size))
 
 
-def max_pool(x: jax.Array, window: int, stride: int, ceil_mode: bool = False) -> jax.Array:
-  """Max pooling without padding; `ceil_mode` adds Caffe's partial last window."""
-  pads = []
-  for n in x.shape[1:3]:
+def _lrn_forward(x, size, alpha, beta, k):
+  base = k + (alpha / size) * _window_sum(jnp.square(x), size)
+  scale = base ** beta
+  return x / scale, (x, base, scale)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _lrn(x, size, alpha, beta, k):
+  return _lrn_forward(x, size, alpha, beta, k)[0]
+
+
+def _lrn_bwd(size, alpha, beta, k, residuals, g):
+  # dL/dx_j = g_j / scale_j - 2 alpha beta / size * x_j * sum_{c in window(j)} g_c y_c / base_c
+  x, base, scale = residuals
+  t = g * (x / scale) / base
+  return (g / scale - (2.0 * alpha * beta / size) * x * _window_sum(t, size),)
+
+
+_lrn.defvjp(lambda x, size, alpha, beta, k: _lrn_forward(x, size, alpha, beta, k), _lrn_bwd)
+
+
+def pool_padding(hw: tuple[int, int], window: int, stride: int, ceil_mode: bool
+                 ) -> tuple[int, int]:
+  """Padding after the last row and column: 0, or Caffe's partial last window (ceil mode)."""
+  high = []
+  for n in hw:
     if ceil_mode:
       out = math.ceil((n - window) / stride) + 1
       if (out - 1) * stride >= n:  # Caffe: the last window must start inside the input.
         out -= 1
     else:
       out = (n - window) // stride + 1
-    pads.append((0, max(0, (out - 1) * stride + window - n)))
-  return nn.max_pool(x, (window, window), (stride, stride), padding=pads) if any(
-      p[1] for p in pads) else nn.max_pool(x, (window, window), (stride, stride))
+    high.append(max(0, (out - 1) * stride + window - n))
+  return high[0], high[1]
+
+
+# Below this many channels the max-pool gradient is written as strided slices and pads; from
+# it on, XLA's select-and-scatter. Measured on XLA:CPU (jaxlib 0.10, AlexNet/SqueezeNet at
+# 227 px, whole train step): slices win on wide maps with few channels (SqueezeNet 1.4x,
+# torchvision AlexNet 1.15x), select-and-scatter on 256-channel maps (Caffe AlexNet's pool2
+# and pool5 lose ~10% with slices).
+SLICES_VJP_MAX_CHANNELS = 256
+
+
+def max_pool(x: jax.Array, window: int, stride: int, ceil_mode: bool = False) -> jax.Array:
+  """Max pooling (NHWC) without padding; `ceil_mode` adds Caffe's partial last window.
+
+  Values and gradients are those of `flax.linen.max_pool`: the gradient of each window goes
+  to its first maximum in row-major order, as XLA's select-and-scatter does. (With slices,
+  where windows overlap the contributions are summed in another order, so a gradient may
+  differ in the last bit.)
+  """
+  high = pool_padding(x.shape[1:3], window, stride, ceil_mode)
+  if x.shape[-1] < SLICES_VJP_MAX_CHANNELS:
+    return _max_pool(x, window, stride, high)
+  if any(high):
+    return nn.max_pool(x, (window, window), (stride, stride),
+                       padding=((0, high[0]), (0, high[1])))
+  return nn.max_pool(x, (window, window), (stride, stride))
+
+
+def _pool_windows(x, window, stride, high):
+  """-inf padded input and, per window offset (row-major), the strided slice it selects."""
+  neg_inf = jnp.array(-jnp.inf, x.dtype)
+  xp = jax.lax.pad(x, neg_inf, ((0, 0, 0), (0, high[0], 0), (0, high[1], 0), (0, 0, 0)))
+  oh = (xp.shape[1] - window) // stride + 1
+  ow = (xp.shape[2] - window) // stride + 1
+  offsets = [(i, j) for i in range(window) for j in range(window)]
+  slices = [jax.lax.slice(xp, (0, i, j, 0),
+                          (xp.shape[0], i + (oh - 1) * stride + 1, j + (ow - 1) * stride + 1,
+                           xp.shape[3]), (1, stride, stride, 1)) for i, j in offsets]
+  return xp.shape, offsets, slices
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, stride, high):
+  return _max_pool_fwd(x, window, stride, high)[0]
+
+
+def _max_pool_fwd(x, window, stride, high):
+  _, _, slices = _pool_windows(x, window, stride, high)
+  out = slices[0]
+  for s in slices[1:]:
+    out = jnp.maximum(out, s)
+  return out, (x, out)
+
+
+def _max_pool_bwd(window, stride, high, residuals, g):
+  x, out = residuals
+  padded_shape, offsets, slices = _pool_windows(x, window, stride, high)
+  # Offset of the first maximum of each window in row-major order (select-and-scatter with
+  # `ge` keeps the first), materialised once rather than re-derived by every consumer.
+  index_type = jnp.int8 if len(offsets) < 127 else jnp.int32
+  first = jnp.full(out.shape, len(offsets), index_type)
+  for k in reversed(range(len(offsets))):
+    first = jnp.where(slices[k] == out, jnp.asarray(k, index_type), first)
+  first = jax.lax.optimization_barrier(first)
+  (oh, ow), zero = out.shape[1:3], jnp.zeros((), g.dtype)
+  grad = None
+  for k, (i, j) in enumerate(offsets):  # window offset (i, j) scatters to rows i + stride * m
+    placed = jax.lax.pad(jnp.where(first == k, g, zero), zero, (
+        (0, 0, 0), (i, padded_shape[1] - i - (oh - 1) * stride - 1, stride - 1),
+        (j, padded_shape[2] - j - (ow - 1) * stride - 1, stride - 1), (0, 0, 0)))
+    grad = placed if grad is None else grad + placed
+  return (grad[:, :x.shape[1], :x.shape[2]],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def adaptive_avg_pool(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
