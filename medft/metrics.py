@@ -152,14 +152,16 @@ def froc_curve(
     if not np.isfinite(scores).all():
         raise ValueError(f"scores contain {int((~np.isfinite(scores)).sum())} NaN/inf values.")
     if lesion_ids.size and not np.issubdtype(lesion_ids.dtype, np.integer):
-        raise ValueError(f"lesion_ids must be integers (-1 = false positive), got {lesion_ids.dtype}.")
+        raise ValueError(
+            f"lesion_ids must be integers (-1 = false positive), got {lesion_ids.dtype}.")
     if lesion_ids.size and lesion_ids.min() < -1:
         raise ValueError(f"lesion_ids must be >= -1, found {int(lesion_ids.min())}.")
     if int(num_images) <= 0 or int(num_lesions) <= 0:
         raise ValueError(f"num_images ({num_images}) and num_lesions ({num_lesions}) must be > 0.")
     num_hit = np.unique(lesion_ids[lesion_ids >= 0]).size
     if num_hit > num_lesions:
-        raise ValueError(f"candidates hit {num_hit} distinct lesions but num_lesions={num_lesions}.")
+        raise ValueError(
+            f"candidates hit {num_hit} distinct lesions but num_lesions={num_lesions}.")
 
     order = np.argsort(scores, kind="mergesort")[::-1]
     scores, lesion_ids = scores[order], lesion_ids[order]
@@ -276,7 +278,8 @@ def _paired_rows(pred: Any, ref: Any, name: str) -> tuple[np.ndarray, np.ndarray
         raise ValueError(f"{name}: the reference has no finite column.")
     if not np.isfinite(pred[valid]).all():
         missing = int((~np.isfinite(pred[valid])).sum())
-        raise ValueError(f"{name}: prediction is NaN/inf at {missing} columns the reference defines.")
+        raise ValueError(
+            f"{name}: prediction is NaN/inf at {missing} columns the reference defines.")
     return pred[valid], ref[valid]
 
 
@@ -373,7 +376,8 @@ def paired_bootstrap(
     """
     units_a, units_b = list(units_a), list(units_b)
     if len(units_a) != len(units_b) or not units_a:
-        raise ValueError(f"need equally many units per arm (>0), got {len(units_a)}, {len(units_b)}.")
+        raise ValueError(
+            f"need equally many units per arm (>0), got {len(units_a)}, {len(units_b)}.")
     rng = np.random.default_rng(seed)
     differences, skipped = [], 0
     for _ in range(int(n_boot)):
@@ -417,7 +421,8 @@ def paired_permutation_test(
     """
     units_a, units_b = list(units_a), list(units_b)
     if len(units_a) != len(units_b) or not units_a:
-        raise ValueError(f"need equally many units per arm (>0), got {len(units_a)}, {len(units_b)}.")
+        raise ValueError(
+            f"need equally many units per arm (>0), got {len(units_a)}, {len(units_b)}.")
     observed = float(metric_fn(units_a)) - float(metric_fn(units_b))
     rng = np.random.default_rng(seed)
     at_least_as_extreme = 0

@@ -1,4 +1,4 @@
-"""Layer-wise freezing: frozen units are bit-identical after training and hold no optimizer state."""
+"""Layer-wise freezing: frozen units stay bit-identical and hold no optimizer state."""
 
 import jax
 import jax.numpy as jnp
