@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from flax import traverse_util
 
-from medft.weights.store import Meta, Params, save_artifact
+from medft.weights.store import Meta, Params, describe_misfit, save_artifact
 
 log = logging.getLogger(__name__)
 
@@ -256,16 +256,11 @@ def check_fits(params: Params, meta: Meta, src: str, model_kwargs: dict | None =
                      f'{tuple(flat_expected[k].shape)}' for k in flat
                      if k in flat_expected and flat[k].shape != tuple(flat_expected[k].shape))
   if missing or unexpected or misshaped:
-    lines = [f'{src}: the converted weights do not fit {meta.arch} '
-             f'(input {meta.input_size[0]}x{meta.input_size[1]}):']
-    for title, items in (('missing', missing), ('unexpected', unexpected),
-                         ('mis-shaped', misshaped)):
-      if items:
-        lines.append(f'  {title} ({len(items)}): ' + '; '.join(items[:8])
-                     + (' ...' if len(items) > 8 else ''))
-    lines.append('The file holds another variant of the network (channel widths, groups or '
-                 'input size differ); check --arch.')
-    raise ValueError('\n'.join(lines))
+    raise ValueError(describe_misfit(
+        f'{src}: the converted weights do not fit {meta.arch} '
+        f'(input {meta.input_size[0]}x{meta.input_size[1]}):', missing, unexpected, misshaped,
+        'The file holds another variant of the network (channel widths, groups or input size '
+        'differ); check --arch.', limit=8, sep='; '))
 
 
 # ---------------------------------------------------------------------------

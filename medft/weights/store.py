@@ -126,6 +126,19 @@ def jax_free_tree(tree: Any) -> Params:
   return np.asarray(tree)
 
 
+def describe_misfit(headline: str, missing: list[str], unexpected: list[str],
+                    misshaped: list[str], advice: str, limit: int = 12, sep: str = ', ') -> str:
+  """One readable message listing missing, unexpected and mis-shaped parameter keys."""
+  lines = [headline]
+  for title, items in (('missing', missing), ('unexpected', unexpected),
+                       ('mis-shaped', misshaped)):
+    if items:
+      lines.append(f'  {title} ({len(items)}): ' + sep.join(items[:limit])
+                   + (' ...' if len(items) > limit else ''))
+  lines.append(advice)
+  return '\n'.join(lines)
+
+
 def merge_params(loaded: Params, init: Params, dont_load: Iterable[str] = (),
                  source: str = 'weights') -> Params:
   """Returns `init` with every leaf replaced by the loaded one, checking the fit.
@@ -144,15 +157,10 @@ def merge_params(loaded: Params, init: Params, dont_load: Iterable[str] = (),
       for k in flat_init if keep(k) and k in flat_loaded
       and np.shape(flat_loaded[k]) != np.shape(flat_init[k]))
   if missing or unexpected or misshaped:
-    lines = [f'{source} do not fit the model:']
-    for title, items in (('missing', missing), ('unexpected', unexpected),
-                         ('mis-shaped', misshaped)):
-      if items:
-        lines.append(f'  {title} ({len(items)}): ' + ', '.join(items[:12])
-                     + (' ...' if len(items) > 12 else ''))
-    lines.append('Check that arch= matches the weights (and width/num_classes), or list the '
-                 'units to skip in dont_load.')
-    raise ValueError('\n'.join(lines))
+    raise ValueError(describe_misfit(
+        f'{source} do not fit the model:', missing, unexpected, misshaped,
+        'Check that arch= matches the weights (and width/num_classes), or list the units to '
+        'skip in dont_load.'))
   merged = {k: (np.asarray(flat_loaded[k], dtype=np.asarray(v).dtype) if keep(k) else v)
             for k, v in flat_init.items()}
   return traverse_util.unflatten_dict(merged, sep='/')
