@@ -664,10 +664,13 @@ def bench_levers(s: Settings, log: Callable, arch: str = 'alexnet', depth: str =
                  only: Sequence[str] | None = None) -> list[dict]:
   """Each lever as images/s relative to `default`, all measured interleaved in one process.
 
-  The LRN levers change nothing in architectures without LRN (`same_program_as_default`).
+  Grouped-conv levers apply to the AlexNets, LRN levers to the Caffe AlexNet only.
   """
   variants = lever_variants()
-  names = ['default'] + [n for n in variants if n != 'default' and (not only or n in only)]
+  applies = lambda n: ((arch.startswith('alexnet') or not n.startswith('group='))  # noqa: E731
+                       and (arch == 'alexnet' or not n.startswith('lrn=')))
+  names = ['default'] + [n for n in variants
+                         if n != 'default' and (not only or n in only) and applies(n)]
   runs, infos = {}, {}
   for name in names:
     what, kw = variants[name]
