@@ -148,6 +148,12 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.prefetch = 4
   # Host threads cutting patches.
   c.train.workers = 2
+  # Frozen-trunk feature cache (fine-tuning arms): '' = off, 'memory' = this run only, or a
+  # folder shared by runs (entries keyed by the exact patch bytes and the frozen weights, so a
+  # change of data or weights never reuses a stale feature). See medft/feature_cache.py.
+  c.train.feature_cache = ''
+  # Largest size of the cache in MiB; examples beyond it are computed every time.
+  c.train.feature_cache_mb = 2048
   return c
 
 
