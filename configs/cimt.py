@@ -46,19 +46,12 @@ from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(
-      arg, depth='fc8', fraction=1.0, arch='alexnet', init='', steps=0, epochs=0.0, batch=0,
-      seed=0, synthetic=False, demo=False, pretext=False, arms='', fractions='', seeds='',
-      **common.PRESET_ARGS)
+  arg = common.app_args(arg, demo=False, pretext=False)
   if arg.demo:
     arg.synthetic = arg.pretext = True
     arg.steps = arg.steps or 100
-  c = common.base_config(arg)
   # Three classes: background, LI interface, MA interface.
-  c.num_classes = 3
-  c.data.name = 'synthetic_cimt' if arg.synthetic else 'cubs'
-
-  c.task = ml_collections.ConfigDict()
+  c = common.app_config(arg, 3, 'synthetic_cimt' if arg.synthetic else 'cubs')
   # Side of the square patch cut around a pixel (image pixels); resized to the net's input.
   c.task.patch_size = 48
   # Pixels within this distance of a boundary are neither background nor that boundary.

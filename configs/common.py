@@ -65,6 +65,18 @@ def apply_presets(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) 
   c.train.prefetch = 8
 
 
+def app_args(arg: str | None, **extra: Any) -> ml_collections.ConfigDict:
+  """Parses an application config's argument (`configs/<app>.py:key=value,flag,...`).
+
+  Every application accepts the arm (`depth`), training fraction, network, weights, length,
+  batch, seed, `synthetic`, the study's `arms`/`fractions`/`seeds` and the accelerator
+  presets; `extra` adds the application's own arguments with their defaults.
+  """
+  return parse_arg(
+      arg, depth='fc8', fraction=1.0, arch='alexnet', init='', steps=0, epochs=0.0, batch=0,
+      seed=0, synthetic=False, **extra, arms='', fractions='', seeds='', **PRESET_ARGS)
+
+
 def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fields every application shares, with the paper's optimizer rules as defaults."""
   c = ml_collections.ConfigDict()
@@ -156,6 +168,15 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.feature_cache_mb = 2048
   return c
 
+
+def app_config(arg: ml_collections.ConfigDict, num_classes: int,
+               data_name: str) -> ml_collections.ConfigDict:
+  """`base_config` with an application's class count and dataset, and an empty `task` block."""
+  c = base_config(arg)
+  c.num_classes = num_classes
+  c.data.name = data_name
+  c.task = ml_collections.ConfigDict()
+  return c
 
 def pretrain_defaults(source: str = 'pretext', steps: int = 400,
                       batch: int = 32) -> ml_collections.ConfigDict:

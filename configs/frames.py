@@ -13,25 +13,17 @@ regex that finds the video id in a file name):
       --config.data.manual_dir=/path/to/frames --workdir=runs/frames_fc7
 """
 
-import ml_collections
-
 from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(
-      arg, depth='fc8', fraction=1.0, arch='alexnet', init='', steps=0, epochs=0.0, batch=0,
-      seed=0, synthetic=False, arms='', fractions='', seeds='',
-      **common.PRESET_ARGS)
-  c = common.base_config(arg)
+  arg = common.app_args(arg)
   # Two classes: non-informative, informative.
-  c.num_classes = 2
-  c.data.name = 'synthetic_frames' if arg.synthetic else 'frames_folder'
+  c = common.app_config(arg, 2, 'synthetic_frames' if arg.synthetic else 'frames_folder')
   # frames_folder: class folder -> label, and the regex whose first group is the video id.
   c.data.classes = {'informative': 1, 'non_informative': 0}
   c.data.unit_regex = r'^(vid\d+)_'
 
-  c.task = ml_collections.ConfigDict()
   # Side of a random crop (pixels; paper: 227 from 500x350 frames; the synthetic ones are
   # 128x128).
   c.task.crop_size = 96 if arg.synthetic else 227

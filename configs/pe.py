@@ -14,22 +14,13 @@ On CAD-PE (download it first; the error message says how), fine-tuning from conv
       --config.data.manual_dir=/path/to/CAD-PE --workdir=runs/pe_fc7
 """
 
-import ml_collections
-
 from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(
-      arg, depth='fc8', fraction=1.0, arch='alexnet', init='', steps=0, epochs=0.0, batch=0,
-      seed=0, synthetic=False, arms='', fractions='', seeds='',
-      **common.PRESET_ARGS)
-  c = common.base_config(arg)
+  arg = common.app_args(arg)
   # Two classes: false candidate, clot.
-  c.num_classes = 2
-  c.data.name = 'synthetic_pe' if arg.synthetic else 'cad_pe'
-
-  c.task = ml_collections.ConfigDict()
+  c = common.app_config(arg, 2, 'synthetic_pe' if arg.synthetic else 'cad_pe')
   # Side of the square vessel-aligned patch (pixels); resized to the net's input.
   c.task.patch_size = 32
   # Gaussian pre-smoothing of the volume before thresholding (mm).

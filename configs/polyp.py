@@ -14,22 +14,13 @@ weights:
       --config.data.manual_dir=/path/to/kvasir-seg --workdir=runs/polyp_fc7
 """
 
-import ml_collections
-
 from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(
-      arg, depth='fc8', fraction=1.0, arch='alexnet', init='', steps=0, epochs=0.0, batch=0,
-      seed=0, synthetic=False, arms='', fractions='', seeds='',
-      **common.PRESET_ARGS)
-  c = common.base_config(arg)
+  arg = common.app_args(arg)
   # Two classes: background candidate, polyp.
-  c.num_classes = 2
-  c.data.name = 'synthetic_polyp' if arg.synthetic else 'kvasir_seg'
-
-  c.task = ml_collections.ConfigDict()
+  c = common.app_config(arg, 2, 'synthetic_polyp' if arg.synthetic else 'kvasir_seg')
   # Side of the square patch a view is resampled to (pixels); resized to the net's input.
   c.task.patch_size = 64
   # Frames are stored downscaled so that their longer side is at most this (pixels).
