@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import caffe_files
 import numpy as np
 import pytest
-import reference_numpy as ref
 
 ROOT = Path(__file__).resolve().parents[1]
 # A run that must start: width-reduced net, small input and patches, two steps.
@@ -233,20 +233,6 @@ def _artifact(out: Path, width: float, num_classes: int) -> Path:
   return store.save_artifact(out, jax.tree.map(np.asarray, params), meta)
 
 
-def _squeezenet_caffemodel(path: Path) -> Path:
-  from third_party.caffe import schema
-  params = ref.random_squeezenet1_1(np.random.default_rng(0), 4, ((2, 4),) * 8, 3)
-  net = schema.NetParameter()
-  for name, p in params.items():
-    layer = net.layer.add(name=name, type='Convolution')
-    for key in ('weight', 'bias'):
-      blob = layer.blobs.add()
-      blob.shape.dim.extend(p[key].shape)
-      blob.data.extend(p[key].ravel().tolist())
-  path.write_bytes(net.SerializeToString())
-  return path
-
-
 @pytest.fixture(scope='module')
 def inputs(cimt_data_dir, tmp_path_factory) -> Inputs:
   from configs import cimt
@@ -261,7 +247,8 @@ def inputs(cimt_data_dir, tmp_path_factory) -> Inputs:
     bad_raw[kind] = base / f'raw_bad_{kind}'
     shutil.copytree(raw, bad_raw[kind])
     (bad_raw[kind] / rel).write_bytes(junk)
-  caffe = _squeezenet_caffemodel(base / 'squeezenet_small.caffemodel')
+  caffe = caffe_files.write_convolution_net(base / 'squeezenet_small.caffemodel',
+                                            caffe_files.small_squeezenet())
   truncated = base / 'truncated.caffemodel'
   truncated.write_bytes(caffe.read_bytes()[:caffe.stat().st_size // 2])
   other = cimt.get_config('synthetic,depth=scratch,seed=7')

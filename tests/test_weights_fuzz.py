@@ -1,6 +1,7 @@
 """Damaged and arbitrary files: every reader either reads them or raises a ValueError that
 names the file; nothing else escapes (no crash, no other exception type)."""
 
+import caffe_files
 import numpy as np
 import pytest
 import reference_numpy as ref
@@ -10,23 +11,14 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from medft.weights import caffe, keras, safetensors  # noqa: E402
-from third_party.caffe import schema  # noqa: E402
 
 READERS = {'caffe': caffe, 'keras': keras, 'safetensors': safetensors}
 
 
 def _valid_files(directory):
   """One small valid file per format (random SqueezeNet-layout weights, width 1/16)."""
-  params = ref.random_squeezenet1_1(np.random.default_rng(0), 4, ((2, 4),) * 8, 3)
-  net = schema.NetParameter()
-  for name, p in params.items():
-    layer = net.layer.add(name=name, type='Convolution')
-    for key in ('weight', 'bias'):
-      blob = layer.blobs.add()
-      blob.shape.dim.extend(p[key].shape)
-      blob.data.extend(p[key].ravel().tolist())
-  files = {'caffe': directory / 'net.caffemodel'}
-  files['caffe'].write_bytes(net.SerializeToString())
+  params = caffe_files.small_squeezenet()
+  files = {'caffe': caffe_files.write_convolution_net(directory / 'net.caffemodel', params)}
   import h5py
   files['keras'] = directory / 'net.h5'
   with h5py.File(files['keras'], 'w') as f:
