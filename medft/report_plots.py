@@ -6,7 +6,7 @@ Every figure has a title, axis labels with units and a legend. Called by `medft.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import matplotlib
 from absl import logging
@@ -129,7 +129,7 @@ def _cimt_boxplot(plots_dir: Path, app: CimtApp, f: float, arms: Sequence[str], 
                            ('lumen-intima (LI)', 'media-adventitia (MA)')):
     data = []
     for a in arms:
-      _, units = _seed_units(app, sorted(groups[(f, a)], key=lambda r: r.seed))
+      units = _arm_units(app, f, a, groups)
       data.append(app.image_errors(key, units) if units else np.zeros(0))
     ax.boxplot([d if d.size else [np.nan] for d in data], showmeans=True)
     ax.set_xticks(np.arange(1, len(arms) + 1), arms)
@@ -146,35 +146,49 @@ def _cimt_boxplot(plots_dir: Path, app: CimtApp, f: float, arms: Sequence[str], 
         f'CIMT boundary errors per arm (fraction {f:g})', out)
 
 
+def _arm_units(app: App, f: float, arm: str, groups: dict) -> list:
+  """The test units of one arm at fraction `f`, each with its seeds' results."""
+  _, units = _seed_units(app, sorted(groups[(f, arm)], key=lambda r: r.seed))
+  return units
+
+
 def _band(curves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return np.nanpercentile(curves, 2.5, axis=0), np.nanpercentile(curves, 97.5, axis=0)
+
+
+def _arm_curves(app: App, f: float, arms: Sequence[str], groups: dict,
+                curve: Callable[[list], np.ndarray]) -> Iterator[tuple]:
+  """Per arm with test units: `(k, arm, units, curve(units), band)`, where `k` is the arm's
+  colour index and `band` the 95% band of `curve` over BAND_BOOT resamples of the test units
+  (`(low, high)`, or None when every resample's curve is undefined)."""
+  rng = np.random.default_rng(0)
+  for k, a in enumerate(arms):
+    units = _arm_units(app, f, a, groups)
+    if not units:
+      continue
+    boots = []
+    for _ in range(BAND_BOOT):
+      try:
+        boots.append(curve([units[i] for i in rng.integers(len(units), size=len(units))]))
+      except ValueError:
+        continue
+    yield k, a, units, curve(units), _band(np.asarray(boots)) if boots else None
 
 
 def _froc_plot(plots_dir: Path, app: DetectionApp, f: float, arms: Sequence[str],
                groups: dict, out: list) -> None:
   fig, ax = plt.subplots(figsize=(7.5, 5))
   max_fp = max(app.fp_rates) * 1.25
-  rng = np.random.default_rng(0)
-  for k, a in enumerate(arms):
-    _, units = _seed_units(app, sorted(groups[(f, a)], key=lambda r: r.seed))
-    if not units:
-      continue
+  grid = np.linspace(0, max_fp, 101)
 
-    def grid_curve(us):
-      return np.mean([metrics.froc_on_grid(app.curve([u[s] for u in us]), max_fp)['sensitivity']
-                      for s in range(len(us[0]))], axis=0)
+  def grid_curve(us):
+    return np.mean([metrics.froc_on_grid(app.curve([u[s] for u in us]), max_fp)['sensitivity']
+                    for s in range(len(us[0]))], axis=0)
 
-    grid = np.linspace(0, max_fp, 101)
-    boots = []
-    for _ in range(BAND_BOOT):
-      try:
-        boots.append(grid_curve([units[i] for i in rng.integers(len(units), size=len(units))]))
-      except ValueError:
-        continue
-    ax.step(grid, grid_curve(units), where='post', color=f'C{k}', label=a)
-    if boots:
-      low, high = _band(np.asarray(boots))
-      ax.fill_between(grid, low, high, step='post', color=f'C{k}', alpha=0.15)
+  for k, a, _, sensitivity, band in _arm_curves(app, f, arms, groups, grid_curve):
+    ax.step(grid, sensitivity, where='post', color=f'C{k}', label=a)
+    if band:
+      ax.fill_between(grid, *band, step='post', color=f'C{k}', alpha=0.15)
   ax.set_xlabel('false positives per image (frame/volume)')
   ax.set_ylabel('sensitivity (share of lesions detected)')
   ax.set_ylim(0, 1.02)
@@ -189,30 +203,19 @@ def _roc_plot(plots_dir: Path, app: ClassificationApp, f: float, arms: Sequence[
               groups: dict, out: list) -> None:
   fig, ax = plt.subplots(figsize=(6.5, 6))
   grid = np.linspace(0, 1, 101)
-  rng = np.random.default_rng(0)
-  for k, a in enumerate(arms):
-    _, units = _seed_units(app, sorted(groups[(f, a)], key=lambda r: r.seed))
-    if not units:
-      continue
 
-    def tpr_on_grid(us):
-      curves = []
-      for s in range(len(us[0])):
-        fpr, tpr, _ = metrics.roc_curve(*app.pooled([u[s] for u in us]))
-        curves.append(np.interp(grid, fpr, tpr))
-      return np.mean(curves, axis=0)
+  def tpr_on_grid(us):
+    curves = []
+    for s in range(len(us[0])):
+      fpr, tpr, _ = metrics.roc_curve(*app.pooled([u[s] for u in us]))
+      curves.append(np.interp(grid, fpr, tpr))
+    return np.mean(curves, axis=0)
 
-    boots = []
-    for _ in range(BAND_BOOT):
-      try:
-        boots.append(tpr_on_grid([units[i] for i in rng.integers(len(units), size=len(units))]))
-      except ValueError:
-        continue
+  for k, a, units, tpr, band in _arm_curves(app, f, arms, groups, tpr_on_grid):
     auc = app.value(app.primary, units)
-    ax.plot(grid, tpr_on_grid(units), color=f'C{k}', label=f'{a} (AUC {auc:.3f})')
-    if boots:
-      low, high = _band(np.asarray(boots))
-      ax.fill_between(grid, low, high, color=f'C{k}', alpha=0.15)
+    ax.plot(grid, tpr, color=f'C{k}', label=f'{a} (AUC {auc:.3f})')
+    if band:
+      ax.fill_between(grid, *band, color=f'C{k}', alpha=0.15)
   ax.plot([0, 1], [0, 1], 'k:', lw=1, label='chance')
   ax.set_xlabel('false positive rate')
   ax.set_ylabel('true positive rate (sensitivity)')
