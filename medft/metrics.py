@@ -324,6 +324,25 @@ def _resample(metric_fn: Callable[[list], float], units: Sequence, index: np.nda
     return float(metric_fn([units[i] for i in index]))
 
 
+def _bootstrap_values(
+    statistic: Callable[[np.ndarray], float], n_units: int, n_boot: int, seed: int
+) -> tuple[list[float], int]:
+    """``statistic(index)`` on ``n_boot`` resamples (with replacement) of ``n_units`` unit
+    indices; resamples on which it raises ValueError are skipped. Returns the values and the
+    number skipped; raises ValueError when every resample was skipped."""
+    rng = np.random.default_rng(seed)
+    values, skipped = [], 0
+    for _ in range(int(n_boot)):
+        index = rng.integers(0, n_units, n_units)
+        try:
+            values.append(statistic(index))
+        except ValueError:
+            skipped += 1
+    if not values:
+        raise ValueError(f"metric_fn raised ValueError on all {n_boot} bootstrap resamples.")
+    return values, skipped
+
+
 def bootstrap_ci(
     metric_fn: Callable[[list], float],
     units: Sequence,
@@ -341,15 +360,9 @@ def bootstrap_ci(
     units = list(units)
     if not units:
         raise ValueError("bootstrap_ci got no units.")
-    rng = np.random.default_rng(seed)
-    values, skipped = [], 0
-    for _ in range(int(n_boot)):
-        try:
-            values.append(_resample(metric_fn, units, rng.integers(0, len(units), len(units))))
-        except ValueError:
-            skipped += 1
-    if not values:
-        raise ValueError(f"metric_fn raised ValueError on all {n_boot} bootstrap resamples.")
+    values, skipped = _bootstrap_values(
+        lambda index: _resample(metric_fn, units, index), len(units), n_boot, seed
+    )
     low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
     return {
         "value": float(metric_fn(units)),
@@ -378,18 +391,12 @@ def paired_bootstrap(
     if len(units_a) != len(units_b) or not units_a:
         raise ValueError(
             f"need equally many units per arm (>0), got {len(units_a)}, {len(units_b)}.")
-    rng = np.random.default_rng(seed)
-    differences, skipped = [], 0
-    for _ in range(int(n_boot)):
-        index = rng.integers(0, len(units_a), len(units_a))
-        try:
-            differences.append(
-                _resample(metric_fn, units_a, index) - _resample(metric_fn, units_b, index)
-            )
-        except ValueError:
-            skipped += 1
-    if not differences:
-        raise ValueError(f"metric_fn raised ValueError on all {n_boot} bootstrap resamples.")
+    differences, skipped = _bootstrap_values(
+        lambda index: _resample(metric_fn, units_a, index) - _resample(metric_fn, units_b, index),
+        len(units_a),
+        n_boot,
+        seed,
+    )
     differences = np.asarray(differences)
     n = differences.size
     tail = min((differences <= 0).sum(), (differences >= 0).sum())
