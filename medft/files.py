@@ -6,22 +6,26 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` to a temporary sibling, fsyncs it and renames it over `path`."""
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+  """Calls `write(f)` on a temporary sibling, fsyncs it and renames it over `path`."""
   path = Path(path)
   fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
   try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
+    with os.fdopen(fd, 'wb') as f:
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)
     raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+  write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

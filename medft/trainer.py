@@ -23,7 +23,7 @@ import optax
 from absl import logging
 from flax import struct
 
-from medft import files, models, parallel, preprocess, tuning
+from medft import feature_cache, files, models, parallel, preprocess, tuning
 from medft.weights import store
 
 
@@ -180,17 +180,25 @@ def initial_params(config: ml_collections.ConfigDict, model, units) -> tuple[Any
   return tuning.reinit_head(params, fresh, units[-1]), meta
 
 
-def make_steps(model, tx, meta: store.Meta, skip_nonfinite: bool):
-  """The pmapped train step and prediction function."""
+def make_steps(model, tx, meta: store.Meta, skip_nonfinite: bool, start: str | None = None):
+  """The pmapped train step and prediction function.
+
+  With `start` (a unit), the train step takes `batch['features']`, the frozen trunk's output
+  below that unit (`medft.feature_cache`), and runs only the stages from `start` up.
+  """
   input_size = tuple(meta.input_size)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step),
                              jax.lax.axis_index(parallel.AXIS))
-    x = preprocess.prepare(batch['image'], meta, input_size)
+    if start is None:
+      x = preprocess.prepare(batch['image'], meta, input_size)
+    else:
+      x = batch['features']
 
     def loss_fn(params):
-      logits = model.apply({'params': params}, x, train=True, rngs={'dropout': rng})
+      logits = model.apply({'params': params}, x, train=True, start=start,
+                           rngs={'dropout': rng})
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
       return loss, logits
 
@@ -315,10 +323,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     _truncate_metrics(metrics_file, start)
 
   # ---- loop ----------------------------------------------------------------------------
-  p_train_step, p_predict = make_steps(model, tx, meta, config.train.skip_nonfinite)
+  cache, cache_start = _feature_cache(config, model, units, meta, state.params)
+  p_train_step, p_predict = make_steps(model, tx, meta, config.train.skip_nonfinite,
+                                       start=cache_start)
   per_host = batch // jax.process_count()
   host_slice = slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
   batches = _input_pipeline(task, start, steps, batch, host_slice, config.train)
+  if cache is not None:
+    batches = ({'features': cache.features(b['image']), 'label': b['label']} for b in batches)
   rng = jax.random.key(config.seed)
   pstate = parallel.replicate(state)
   val_patches, val_labels, _ = task.eval_patches('validation')
@@ -379,6 +391,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   finally:
     if previous_handler is not None:
       signal.signal(signal.SIGTERM, previous_handler)
+    if cache is not None:
+      cache.save()
+      logging.info('Feature cache: %s', cache.stats())
 
   # ---- final evaluation ----------------------------------------------------------------
   if best_params is None:
@@ -405,11 +420,54 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
         'compile_s': timer.compile_s, 'wall_s': time.time() - wall_start,
         'devices': jax.device_count(), 'backend': jax.default_backend(),
         'compile_cache': {k: _CACHE_EVENTS[k] - compile_counter[k]
-                          for k in ('cache_hits', 'cache_misses')}})
+                          for k in ('cache_hits', 'cache_misses')},
+        'feature_cache': cache.stats() if cache is not None else None})
     files.write_json_atomic(results_file, results)
   logging.info('Done: val_auc %.4f (step %d), test_auc %s -> %s', results['val_auc'],
                results['best_step'], results['test_auc'], results_file)
   return results
+
+
+def _feature_cache(config, model, units, meta: store.Meta, params
+                   ) -> tuple[feature_cache.FeatureCache | None, str | None]:
+  """The frozen-trunk feature cache of this arm and the unit the train step starts at.
+
+  (None, None) when `train.feature_cache` is off or the arm trains every unit.
+  """
+  mode = config.train.get('feature_cache', '')
+  if not mode:
+    return None, None
+  if config.depth == 'scratch' or config.depth == units[0]:
+    logging.info('train.feature_cache: arm %s trains every unit; nothing to cache.',
+                 config.depth)
+    return None, None
+  if mode != 'memory':
+    folder = Path(mode)
+    try:
+      folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise ValueError(f'train.feature_cache={mode} cannot be created ({e.strerror}); give a '
+                       'writable folder, "memory", or "" to turn the cache off.') from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+      raise ValueError(f'train.feature_cache={mode} is not writable; give a writable folder, '
+                       '"memory", or "" to turn the cache off.')
+  stop = units[units.index(config.depth) - 1]
+  frozen = {u: params[u] for u in units[:units.index(config.depth)]}
+  key = feature_cache.fingerprint(frozen, {
+      'arch': config.arch, 'model': config.model.to_dict(), 'dtype': config.dtype,
+      'stop': stop, 'input': {k: v for k, v in meta.to_json().items()
+                              if k in ('channel_order', 'scale', 'mean', 'std', 'input_size')}})
+  input_size = tuple(meta.input_size)
+
+  def trunk(p, patches):
+    x = preprocess.prepare(patches, meta, input_size)
+    return model.apply({'params': p}, x, stop=stop).astype(jnp.float32)
+
+  run = feature_cache.pmapped_trunk(parallel.pmap_predict(trunk), parallel.replicate(frozen))
+  cache = feature_cache.FeatureCache(run, key, mode, config.train.feature_cache_mb * 2**20)
+  logging.info('Feature cache (%s, key %s): %s features held, frozen trunk up to %s.',
+               feature_cache.describe_folder(mode), key, len(cache), stop)
+  return cache, config.depth
 
 
 def _early_state(best_val: float, best_step: int, bad_evals: int) -> dict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -219,3 +219,21 @@ def adaptive_avg_pool(x: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
       cols.append(jnp.mean(x[:, r0:r1, c0:c1, :], axis=(1, 2)))
     rows.append(jnp.stack(cols, axis=1))
   return jnp.stack(rows, axis=1)
+
+
+def stage_range(units: Sequence[str], start: str | None, stop: str | None
+                ) -> Callable[[str], bool]:
+  """Which stages a call runs: `start` .. `stop` (inclusive; None = the first / last unit).
+
+  A model's stages are its tuning units, each ending where the unit's deterministic output is
+  (after its ReLU/pool/LRN, before any dropout), so `model(x, stop=u)` is the frozen-trunk
+  feature a fine-tuning arm can cache and `model(f, start=v)` the rest of the network.
+  """
+  for name in (start, stop):
+    if name is not None and name not in units:
+      raise ValueError(f'stage {name!r} is not a unit of this network ({", ".join(units)}).')
+  lo = units.index(start) if start else 0
+  hi = units.index(stop) if stop else len(units) - 1
+  if lo > hi:
+    raise ValueError(f'stages start={start} stop={stop} are in the wrong order.')
+  return lambda unit: lo <= units.index(unit) <= hi

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from medft.models.alexnet import kernel_init
-from medft.models.layers import Conv, max_pool
+from medft.models.layers import Conv, max_pool, stage_range
 
 # (squeeze, expand) filters of fire2 ... fire9.
 FIRES = ((16, 64), (16, 64), (32, 128), (32, 128), (48, 192), (48, 192), (64, 256), (64, 256))
@@ -45,18 +45,25 @@ class SqueezeNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, start: str | None = None,
+               stop: str | None = None) -> jax.Array:
+    """Logits; or, with `start`/`stop`, only those stages (see `layers.stage_range`)."""
+    runs = stage_range(UNITS, start, stop)
     w = lambda n: max(2, int(n * self.width))  # noqa: E731
     x = x.astype(self.dtype)
-    x = nn.relu(Conv(w(64), 3, stride=2, kernel_init=kernel_init(self.scheme, 0.01),
-                     dtype=self.dtype, name='conv1')(x))
-    x = max_pool(x, 3, 2, self.ceil_mode)
+    if runs('conv1'):
+      x = nn.relu(Conv(w(64), 3, stride=2, kernel_init=kernel_init(self.scheme, 0.01),
+                       dtype=self.dtype, name='conv1')(x))
+      x = max_pool(x, 3, 2, self.ceil_mode)
     for i, (s, e) in enumerate(FIRES, start=2):
-      x = Fire(w(s), w(e), self.scheme, self.dtype, name=f'fire{i}')(x)
-      if i in (3, 5):
-        x = max_pool(x, 3, 2, self.ceil_mode)
-    x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    # The original head: 1x1 conv to the classes, ReLU, global average pool.
-    x = nn.relu(Conv(self.num_classes, 1, kernel_init=nn.initializers.normal(0.01),
-                     dtype=self.dtype, name='conv10')(x))
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+      if runs(f'fire{i}'):
+        x = Fire(w(s), w(e), self.scheme, self.dtype, name=f'fire{i}')(x)
+        if i in (3, 5):
+          x = max_pool(x, 3, 2, self.ceil_mode)
+    if runs('conv10'):
+      x = nn.Dropout(self.dropout, name='dropout_conv10')(x, deterministic=not train)
+      # The original head: 1x1 conv to the classes, ReLU, global average pool.
+      x = nn.relu(Conv(self.num_classes, 1, kernel_init=nn.initializers.normal(0.01),
+                       dtype=self.dtype, name='conv10')(x))
+      x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return x

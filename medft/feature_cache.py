@@ -1,0 +1,174 @@
+"""Frozen-trunk feature cache: shallow fine-tuning arms pay for the frozen layers once.
+
+In arm `fc8` nothing below fc8 changes during training, so the output of the frozen trunk for
+a given patch is the same at every step. With `train.feature_cache` set, the training loop
+turns each host batch of patches into trunk features (`model(x, stop=<last frozen unit>)`,
+the unit's deterministic output before any dropout) and the train step runs only the trained
+stages (`model(f, start=<depth>)`). A patch seen before (the augmented sets of the polyp and
+PE tasks are finite: candidates x views) is looked up instead of recomputed.
+
+Exact by construction: an entry's key is a hash of the patch's bytes, and the cache itself
+belongs to one fingerprint of everything else the feature depends on (architecture and model
+settings, the frozen units' parameter bytes, the input convention, the JAX version and the
+device kind). New data gives new keys; new weights, a new fingerprint; a stale feature is
+never served. The features are those of the same jitted trunk either way, so a run gives the
+same result with the cache cold or warm.
+
+`mode` is '' (off), 'memory' (this run only), or a folder where `<fingerprint>.npz` is kept
+between runs (the seeds and fractions of a sweep arm share the frozen weights, hence the
+file). Files are written atomically; an unreadable one is reported and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+from medft import files, parallel
+
+KEY_BYTES = 16
+
+
+def fingerprint(frozen_params: Any, description: dict) -> str:
+  """Hex digest of the frozen parameters (names, dtypes, shapes, bytes) and `description`."""
+  h = hashlib.sha256()
+  h.update(json.dumps({**description, 'jax': jax.__version__,
+                       'device': jax.devices()[0].device_kind}, sort_keys=True).encode())
+  for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(frozen_params),
+                           key=lambda kv: jax.tree_util.keystr(kv[0])):
+    leaf = np.ascontiguousarray(leaf)
+    h.update(f'{jax.tree_util.keystr(path)}:{leaf.dtype}:{leaf.shape}'.encode())
+    h.update(leaf.tobytes())
+  return h.hexdigest()[:32]
+
+
+def patch_keys(patches: np.ndarray) -> list[bytes]:
+  """One key per patch: a hash of its shape, dtype and bytes."""
+  header = f'{patches.dtype}:{patches.shape[1:]}'.encode()
+  out = []
+  for p in patches:
+    h = hashlib.blake2b(header, digest_size=KEY_BYTES)
+    h.update(np.ascontiguousarray(p).tobytes())
+    out.append(h.digest())
+  return out
+
+
+class FeatureCache:
+  """Maps patches to trunk features, computing only the ones not seen before.
+
+  `trunk(patches)` computes features of a host batch (numpy in, numpy out). `max_bytes`
+  bounds the features held; once full, new patches are computed but not stored.
+  """
+
+  def __init__(self, trunk: Callable[[np.ndarray], np.ndarray], key: str, mode: str,
+               max_bytes: int):
+    if mode not in ('', 'memory') and not mode.strip():
+      raise ValueError('train.feature_cache must be "", "memory" or a folder.')
+    self._trunk = trunk
+    self.key = key
+    self.max_bytes = int(max_bytes)
+    self.path = None if mode == 'memory' else self._file(Path(mode), key)
+    self._store: dict[bytes, np.ndarray] = {}
+    self._bytes = 0
+    self._dirty = False
+    self.hits = self.misses = 0
+    if self.path is not None and self.path.exists():
+      self._load()
+
+  @staticmethod
+  def _file(folder: Path, key: str) -> Path:
+    suffix = f'.p{jax.process_index()}' if jax.process_count() > 1 else ''
+    return folder / f'{key}{suffix}.npz'
+
+  def _load(self) -> None:
+    try:
+      with np.load(self.path, allow_pickle=False) as z:
+        keys, feats = z['keys'], z['features']
+      if keys.ndim != 2 or keys.shape[1] != KEY_BYTES or len(keys) != len(feats):
+        raise ValueError('keys and features do not match')
+    except (OSError, ValueError, KeyError) as e:
+      logging.warning('Feature cache %s is unreadable (%s); it will be rebuilt.', self.path, e)
+      return
+    for k, f in zip(keys, feats):
+      self._add(k.tobytes(), f)
+    self._dirty = False
+    logging.info('Feature cache %s: %d features loaded.', self.path, len(self._store))
+
+  def _add(self, key: bytes, feature: np.ndarray) -> None:
+    if key in self._store or self._bytes + feature.nbytes > self.max_bytes:
+      return
+    self._store[key] = feature
+    self._bytes += feature.nbytes
+    self._dirty = True
+
+  def __len__(self) -> int:
+    return len(self._store)
+
+  def features(self, patches: np.ndarray) -> np.ndarray:
+    """Trunk features of `patches` (B, ...), from the cache where the patch was seen."""
+    keys = patch_keys(patches)
+    missing = [i for i, k in enumerate(keys) if k not in self._store]
+    # A patch repeated within this batch is computed once.
+    first = {}
+    for i in missing:
+      first.setdefault(keys[i], i)
+    computed = {}
+    if first:
+      rows = list(first.values())
+      for i, f in zip(rows, self._trunk(patches[rows])):
+        computed[keys[i]] = f
+        self._add(keys[i], f)
+    self.misses += len(first)
+    self.hits += len(keys) - len(first)
+    return np.stack([self._store.get(k, computed.get(k)) for k in keys])
+
+  def save(self) -> None:
+    """Writes the folder cache (merged with what another run wrote meanwhile)."""
+    if self.path is None or not self._dirty:
+      return
+    if self.path.exists():
+      self._load()
+    keys = np.frombuffer(b''.join(self._store), np.uint8).reshape(-1, KEY_BYTES)
+    feats = np.stack(list(self._store.values()))
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_atomic(self.path, lambda f: np.savez(f, keys=keys, features=feats))
+    self._dirty = False
+    logging.info('Feature cache %s: %d features (%.0f MiB) saved.', self.path, len(keys),
+                 feats.nbytes / 2**20)
+
+  def stats(self) -> dict:
+    total = self.hits + self.misses
+    return {'hits': self.hits, 'misses': self.misses, 'entries': len(self._store),
+            'mib': round(self._bytes / 2**20, 2), 'hit_rate': self.hits / total if total else 0.0,
+            'file': str(self.path) if self.path else None}
+
+
+def pmapped_trunk(predict_fn: Callable, params: Any) -> Callable[[np.ndarray], np.ndarray]:
+  """`patches -> features` over the local devices, padded to a power-of-two batch.
+
+  Few distinct shapes means few compilations however many patches a batch misses.
+  """
+  n_dev = parallel.local_devices()
+
+  def run(patches: np.ndarray) -> np.ndarray:
+    n = len(patches)
+    size = max(n_dev, 1 << (n - 1).bit_length())
+    size = -(-size // n_dev) * n_dev
+    if size > n:
+      patches = np.concatenate([patches, np.repeat(patches[-1:], size - n, axis=0)])
+    out = predict_fn(params, parallel.shard(patches))
+    return np.asarray(jax.device_get(out)).reshape((size,) + out.shape[2:])[:n]
+
+  return run
+
+
+def describe_folder(mode: str) -> str:
+  """For log lines: where the cache lives."""
+  return 'in memory' if mode == 'memory' else os.fspath(mode)
