@@ -64,6 +64,9 @@ def get_config(arg=None):
   c.task.eval_patches_per_class = 30
   # Nominal epoch: training patches per training image (the lr decays once per epoch).
   c.task.patches_per_image = 300
+  # Train on one fixed draw of `patches_per_image` patches per image, as the paper's fixed
+  # training set (and what lets train.feature_cache serve repeats); False = fresh every step.
+  c.task.fixed_pool = False
   # Boundary smoothing window in columns (median, then Gaussian sigma = window / 4).
   c.task.smooth_window = 9
 

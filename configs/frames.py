@@ -29,6 +29,9 @@ def get_config(arg=None):
   c.task.crop_size = 96 if arg.synthetic else 227
   # Nominal epoch: training crops per training frame (paper: 200).
   c.task.crops_per_frame = 200
+  # Train on one fixed draw of `crops_per_frame` crops per frame (what lets
+  # train.feature_cache serve repeats); False = fresh crops every step.
+  c.task.fixed_pool = False
   # Test: fixed random crops averaged per frame (paper: 200).
   c.task.test_crops = 200
   # Validation AUC: fixed crops per frame.

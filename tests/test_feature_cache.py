@@ -111,10 +111,11 @@ def _source(tmp_path, seed=7):
   return str(folder)
 
 
-def _train(data_dir, workdir, init, cache, depth='fc7'):
+def _train(data_dir, workdir, init, cache, depth='fc7', **task):
   config = tiny.config(data_dir, steps=12, depth=depth, init=init)
   config.train.eval_every = 6
   config.train.feature_cache = cache
+  config.task.update(task)
   results = medft.train(config, workdir)
   mngr = ocp.CheckpointManager((workdir / 'checkpoints' / 'latest').absolute())
   params = mngr.restore(mngr.latest_step())['state']['params']
@@ -179,3 +180,11 @@ def test_bf16_features_round_trip_exactly():
   f = model.apply({'params': params}, x, stop='fc7')
   assert f.dtype == jnp.bfloat16
   assert jnp.array_equal(f.astype(jnp.float32).astype(jnp.bfloat16), f)
+
+
+def test_a_fixed_training_pool_is_served_from_the_cache_after_its_first_pass(
+    cimt_data_dir, tmp_path):
+  *_, stats = _train(cimt_data_dir, tmp_path / 'pool', _source(tmp_path), 'memory',
+                     fixed_pool=True, patches_per_image=2)
+  assert stats['misses'] <= 2 * 24  # at most the pool: 2 patches x (fewer than 24) scans
+  assert stats['hits'] + stats['misses'] == 12 * 8 and stats['hit_rate'] > 0.5

@@ -114,3 +114,13 @@ def test_bad_frames_are_reported():
   cfg.crop_size = CROP
   with pytest.raises(ValueError, match='not 0 or 1'):
     get_task('frames', {'train': bad}, cfg, seed=0)
+
+
+def test_fixed_pool_trains_on_one_set_of_crops_and_stays_deterministic():
+  task = _task(crops_per_frame=2, fixed_pool=True)  # 8 frames x 2 = 16 crops in the pool
+  seen = {b.tobytes() for s in range(40) for b in task.train_batch(s, 8)['image']}
+  assert len(seen) <= task.epoch_examples == 16
+  again = _task(crops_per_frame=2, fixed_pool=True).train_batch(3, 8)
+  np.testing.assert_array_equal(again['image'], task.train_batch(3, 8)['image'])
+  fresh = _task(crops_per_frame=2)
+  assert len({b.tobytes() for s in range(40) for b in fresh.train_batch(s, 8)['image']}) > 16

@@ -112,6 +112,7 @@ class CimtTask:
     self.scans = {name: [Scan.from_example(src[i], task_config.patch_size)
                          for i in range(len(src))] for name, src in splits.items()}
     self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    self._pool = None
 
   @property
   def epoch_examples(self) -> int:
@@ -121,10 +122,22 @@ class CimtTask:
     return np.stack([scans[s].windows[r, c] for s, r, c in zip(scan_idx, rows, cols)])
 
   def train_batch(self, step: int, batch: int, host_slice: slice = slice(None)) -> dict:
-    """Global batch `step` (a pure function of seed and step); this host's slice of it."""
+    """Global batch `step` (a pure function of seed and step); this host's slice of it.
+
+    Positions are fresh stratified draws, or with `task.fixed_pool` draws from one fixed
+    stratified set of `epoch_examples` positions.
+    """
     rng = np.random.default_rng([self.seed, 1, step])
-    s, r, c, y = sample_positions(self.scans['train'], batch, rng,
-                                  self.cfg.boundary_margin, self.cfg.roi_margin)
+    if self.cfg.get('fixed_pool', False):
+      if self._pool is None:
+        self._pool = sample_positions(self.scans['train'], self.epoch_examples,
+                                      np.random.default_rng([self.seed, 3]),
+                                      self.cfg.boundary_margin, self.cfg.roi_margin)
+      pick = rng.integers(self.epoch_examples, size=batch)
+      s, r, c, y = (a[pick] for a in self._pool)
+    else:
+      s, r, c, y = sample_positions(self.scans['train'], batch, rng,
+                                    self.cfg.boundary_margin, self.cfg.roi_margin)
     s, r, c, y = s[host_slice], r[host_slice], c[host_slice], y[host_slice]
     return {'image': self._cut(self.scans['train'], s, r, c), 'label': y.astype(np.int32)}
 

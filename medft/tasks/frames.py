@@ -65,9 +65,16 @@ class FramesTask:
     """Global batch `step` (a pure function of seed and step); this host's slice of it."""
     rng = np.random.default_rng([self.seed, 1, step])
     frames = self.frames['train']
-    picks = rng.integers(len(frames), size=batch)
-    # Corners as fractions, so that a draw does not depend on the sizes of other frames.
-    where = rng.random((batch, 2))
+    if self.cfg.get('fixed_pool', False):  # one fixed set of crops, drawn from by index
+      pool = np.random.default_rng([self.seed, 3])
+      n = self.epoch_examples
+      pool_picks, pool_where = pool.integers(len(frames), size=n), pool.random((n, 2))
+      chosen = rng.integers(n, size=batch)
+      picks, where = pool_picks[chosen], pool_where[chosen]
+    else:
+      picks = rng.integers(len(frames), size=batch)
+      # Corners as fractions, so that a draw does not depend on the sizes of other frames.
+      where = rng.random((batch, 2))
     size = self.cfg.crop_size
     images = []
     for k, f in list(zip(picks, where))[host_slice]:
