@@ -1,4 +1,5 @@
-"""Speed of medft against a PyTorch reference: `python -m medft.bench [--quick] [--out=FILE]`.
+"""Speed of medft against a PyTorch reference: `python -m medft.bench [--quick] [--out=FILE]
+[--dtype=float32|bfloat16]`.
 
 Times, for each architecture and tuning depth (`tuning.arms`), the real pmapped train step of
 `trainer.make_steps`; forward-only inference; the CIMT input pipeline (`CimtTask.train_batch`)
@@ -10,10 +11,13 @@ buffer donation) on the AlexNet scratch step, each as a ratio against the librar
 Every time is the median of repeated calls after warm-up; compilation is timed on its own.
 When torch is installed the same network (same layout, batch and frozen layers) is trained in
 the same process, interleaved call by call with the JAX step so that both see the same machine
-load, with as many threads as JAX has cores. Expected output: a table with one row per case,
-e.g. `train alexnet scratch  32  ...  img/s ... vs torch 1.6x`, and with `--out` the same rows
-as JSON (name, arch, depth, batch, step_ms, img_per_s, compile_s, torch_img_per_s, vs_torch,
-gflop_per_s, peak_fraction, ...).
+load, with as many threads as JAX has cores. `--dtype=bfloat16` builds the JAX models with
+bf16 compute (parameters and optimizer state stay float32) and takes the bf16 peak for
+`peak_fraction`; the torch twin then runs under bf16 autocast on CUDA and stays float32 on
+the CPU (`torch_dtype` in its rows). Expected output: a header line naming the dtype, a table
+with one row per case, e.g. `train alexnet scratch  32  ...  img/s ... vs torch 1.6x`, and
+with `--out` the same rows as JSON (name, arch, depth, batch, dtype, step_ms, img_per_s,
+compile_s, torch_img_per_s, vs_torch, gflop_per_s, peak_fraction, ...).
 
 `--quick` (batch 4, width 0.25, arms scratch and head only, two repetitions) checks that
 everything runs in well under three minutes on two CPU cores; its numbers are not meaningful.
@@ -56,6 +60,7 @@ class Settings:
   dense_pixels: int = 512        # ROI pixels timed for each batch size
   dense_single: int = 16         # pixels whose outputs are compared across batch sizes
   pipeline_batches: int = 20
+  dtype: str = 'float32'         # compute dtype of the JAX models (params stay float32)
 
 
 QUICK = Settings(batch=4, width=0.25, reps=2, warmup=1, depths='few', dense_batches=(16,),
@@ -172,12 +177,14 @@ class JaxCase:
   run: Callable[[], Any]
   compile_s: float
   flops: tuple[float | None, str]
-  hlo: str
+  hlo: str                       # the compiled (optimised) HLO module
+  lowered: Any = None            # jax.stages.Lowered: `.as_text()` is the StableHLO
 
 
 def build_model(arch: str, s: Settings, **kwargs):
   if s.width != 1.0:
     kwargs['width'] = s.width
+  kwargs.setdefault('dtype', jnp.dtype(s.dtype))
   return models.get_model(arch, NUM_CLASSES, **kwargs)
 
 
@@ -231,7 +238,7 @@ def jax_train_case(arch: str, depth: str, s: Settings, batch: int | None = None,
   def run():
     holder['state'], metrics = compiled(holder['state'], images, rng)
     jax.block_until_ready((holder['state'], metrics))
-  return JaxCase(run, compile_s, _flops(lowered), compiled.as_text() or '')
+  return JaxCase(run, compile_s, _flops(lowered), compiled.as_text() or '', lowered)
 
 
 def jax_predict_case(arch: str, s: Settings, batch: int | None = None) -> JaxCase:
@@ -249,7 +256,7 @@ def jax_predict_case(arch: str, s: Settings, batch: int | None = None) -> JaxCas
   compiled = lowered.compile(parallel.compiler_options())
   compile_s = time.perf_counter() - t0
   run = lambda: jax.block_until_ready(compiled(pparams, images))  # noqa: E731
-  return JaxCase(run, compile_s, _flops(lowered), compiled.as_text() or '')
+  return JaxCase(run, compile_s, _flops(lowered), compiled.as_text() or '', lowered)
 
 
 def count_ops(hlo: str) -> int:
@@ -277,6 +284,23 @@ def torch_device() -> str:
     return 'cuda'
   torch.set_num_threads(torch_threads())
   return 'cpu'
+
+
+def torch_dtype(s: Settings) -> str:
+  """The torch twin's compute dtype: bf16 autocast on CUDA when JAX runs bf16, else float32.
+
+  On the CPU the twin stays float32 (PyTorch's CPU bf16 kernels are a different comparison).
+  """
+  if s.dtype == 'bfloat16' and jax.default_backend() == 'gpu' and torch_device() == 'cuda':
+    return 'bfloat16'
+  return 'float32'
+
+
+def _autocast(device: str, dtype: str):
+  import torch
+  if dtype == 'bfloat16':
+    return torch.autocast(device, dtype=torch.bfloat16)
+  return contextlib.nullcontext()
 
 
 def _torch_sync(device: str) -> None:
@@ -380,10 +404,13 @@ def torch_train_step(arch: str, depth: str, s: Settings, batch: int) -> Callable
                         momentum=0.9, weight_decay=5e-4)
   x = torch.randn(batch, 3, s.input_size, s.input_size, device=device)
   y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
+  dtype = torch_dtype(s)
 
   def step():
     opt.zero_grad(set_to_none=True)
-    torch.nn.functional.cross_entropy(net(x), y).backward()
+    with _autocast(device, dtype):
+      loss = torch.nn.functional.cross_entropy(net(x), y)
+    loss.backward()
     opt.step()
     _torch_sync(device)
   return step
@@ -395,9 +422,10 @@ def torch_predict(arch: str, s: Settings, batch: int) -> Callable[[], None]:
   net, _ = torch_net(arch, s)
   net.to(device).eval()
   x = torch.randn(batch, 3, s.input_size, s.input_size, device=device)
+  dtype = torch_dtype(s)
 
   def run():
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(device, dtype):
       torch.softmax(net(x), -1)
     _torch_sync(device)
   return run
@@ -427,20 +455,21 @@ def _row(name: str, arch: str | None, depth: str | None, batch: int, seconds: li
   return row
 
 
-def _compare(row: dict, torch_seconds: list[float] | None, batch: int) -> dict:
+def _compare(row: dict, torch_seconds: list[float] | None, batch: int, s: Settings) -> dict:
   if torch_seconds:
     row['torch_img_per_s'] = batch / statistics.median(torch_seconds)
     row['vs_torch'] = row['img_per_s'] / row['torch_img_per_s']
+    row['torch_dtype'] = torch_dtype(s)
   return row
 
 
-def _flop_fields(case: JaxCase, step_s: float) -> dict:
+def _flop_fields(case: JaxCase, step_s: float, dtype: str = 'float32') -> dict:
   info = _device_info()
   flops, source = case.flops
   if not flops:
     return {'gflop_per_s': None, 'peak_fraction': None}
   achieved = flops / step_s  # the program of one device; every device runs it
-  peak = peak_flops(info['device'])
+  peak = peak_flops(info['device'], dtype)
   return {'gflop_per_s': achieved * 1e-9 * info['devices'], 'flops_source': source,
           'peak_fraction': achieved / peak if peak else None}
 
@@ -475,20 +504,22 @@ def bench_train(arch: str, s: Settings, use_torch: bool, log: Callable) -> list[
     t = interleaved(fns, s.reps, s.warmup)
     row = _row(f'train/{arch}/{depth}', arch, depth, s.batch, t['jax'], cpu_seconds=t['jax:cpu'],
                compile_s=case.compile_s, hlo_conv_dot=count_ops(case.hlo),
-               fwd_conv_dot=fwd_ops, **_flop_fields(case, statistics.median(t['jax'])))
+               fwd_conv_dot=fwd_ops,
+               **_flop_fields(case, statistics.median(t['jax']), s.dtype))
     if 'scratch' in t:
       scratch_s = statistics.median(t['scratch'])
       row['vs_scratch'] = statistics.median(t['jax']) / scratch_s
       row['forward_vs_scratch'] = statistics.median(t['forward']) / scratch_s
-    rows.append(_compare(row, t.get('torch'), s.batch))
+    rows.append(_compare(row, t.get('torch'), s.batch, s))
     log(rows[-1])
   fns = {'jax': predict.run}
   if use_torch:
     fns['torch'] = torch_predict(arch, s, s.batch)
   t = interleaved(fns, s.reps, s.warmup)
   row = _row(f'infer/{arch}', arch, 'forward', s.batch, t['jax'], cpu_seconds=t['jax:cpu'],
-             compile_s=predict.compile_s, **_flop_fields(predict, statistics.median(t['jax'])))
-  rows.append(_compare(row, t.get('torch'), s.batch))
+             compile_s=predict.compile_s,
+             **_flop_fields(predict, statistics.median(t['jax']), s.dtype))
+  rows.append(_compare(row, t.get('torch'), s.batch, s))
   log(rows[-1])
   return rows
 
@@ -738,7 +769,12 @@ def run(s: Settings, use_torch: bool | None = None, levers: bool = False, parts=
         lever_archs: Sequence[str] = ('alexnet',)) -> list[dict]:
   """All benchmark rows (see the module docstring)."""
   use_torch = torch_available() if use_torch is None else use_torch
-  log = log or (lambda r: print(format_row(r), flush=True))
+  printed = log or (lambda r: print(format_row(r), flush=True))
+
+  def log(row):  # every row records the compute dtype it was measured with
+    row['dtype'] = s.dtype
+    printed(row)
+
   parallel.check_batch(s.batch)
   parts = ('train', 'pipeline', 'dense') if parts is None else parts
   info = _device_info()
@@ -755,7 +791,7 @@ def run(s: Settings, use_torch: bool | None = None, levers: bool = False, parts=
     for arch in lever_archs:
       rows += bench_levers(s, log, arch=arch, only=only_levers)
   for r in rows:
-    r.update(info)
+    r.update(info, dtype=s.dtype)
   return rows
 
 
@@ -773,6 +809,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   p.add_argument('--reps', type=int, default=0)
   p.add_argument('--depths', choices=('all', 'few'), default=None)
   p.add_argument('--no-torch', action='store_true', help='skip the PyTorch reference')
+  p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32',
+                 help='compute dtype of the JAX cases (params and optimizer state: float32)')
   args = p.parse_args(argv)
   s = QUICK if args.quick else Settings()
   changes = {}
@@ -784,15 +822,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     changes['reps'] = args.reps
   if args.depths:
     changes['depths'] = args.depths
+  changes['dtype'] = args.dtype
   s = dataclasses.replace(s, **changes)
   parts = tuple(x for x in args.parts.split(',') if x)
-  print(f'medft.bench: {_device_info()}, torch reference '
-        f'{"off" if args.no_torch or not torch_available() else "on"}; {s}', flush=True)
+  use_torch = not args.no_torch and torch_available()
+  print(f'medft.bench: dtype={s.dtype} (params float32), {_device_info()}, torch reference '
+        f'{f"on ({torch_dtype(s)})" if use_torch else "off"}; {s}', flush=True)
   done = []
 
   def log(row):  # the file is rewritten after every row, so a killed run keeps its rows
     print(format_row(row), flush=True)
-    done.append(dict(row, **_device_info()))
+    done.append(dict(row, **_device_info(), dtype=s.dtype))
     if args.out:
       files.write_json_atomic(args.out, done)
 

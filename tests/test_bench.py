@@ -1,11 +1,14 @@
 """`python -m medft.bench --quick` runs end to end and writes sane rows."""
 
+import dataclasses
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from medft import bench, models, tuning
@@ -31,6 +34,45 @@ def test_torch_twins_have_the_units_of_the_medft_models():
     step()  # a frozen trunk still runs forward; only the head has gradients
 
 
+def _conv_dot_operand_types(stablehlo: str) -> list[set[str]]:
+  """Element types of the operands of every convolution and dot_general in a StableHLO text."""
+  out = []
+  for line in stablehlo.splitlines():
+    if 'stablehlo.convolution' in line or 'stablehlo.dot_general' in line:
+      operands = line[line.rindex(': (') + 3:line.rindex(') ->')]
+      out.append(set(re.findall(r'x([a-z]+[0-9]+)>', operands)))
+  return out
+
+
+def test_bfloat16_bench_computes_in_bfloat16_and_rows_say_so():
+  s = dataclasses.replace(bench.QUICK, dtype='bfloat16', input_size=67, archs=('alexnet',),
+                          reps=1, warmup=0)
+  case = bench.jax_train_case('alexnet', 'scratch', s)
+  # Forward, input and weight gradients: every conv and matmul of the step takes bf16 operands
+  # (XLA:CPU may then compute them in f32; GPUs and TPUs run them in bf16).
+  types = _conv_dot_operand_types(case.lowered.as_text())
+  assert len(types) > 20 and all(t == {'bf16'} for t in types), types
+  state = case.lowered.in_avals[0][0]  # parameters and optimizer state stay float32
+  floats = {a.dtype.name for a in jax.tree.leaves((state.params, state.opt_state))} - {'int32'}
+  assert floats == {'float32'}
+  f32 = bench.jax_train_case('alexnet', 'scratch', dataclasses.replace(s, dtype='float32'))
+  assert all(t == {'f32'} for t in _conv_dot_operand_types(f32.lowered.as_text()))
+  rows = bench.run(s, use_torch=bench.torch_available(), parts=('train',), log=lambda r: None)
+  assert {r['name'] for r in rows} == {'train/alexnet/scratch', 'train/alexnet/fc8',
+                                       'infer/alexnet'}
+  assert all(r['dtype'] == 'bfloat16' for r in rows)
+  if bench.torch_available():  # on the CPU the torch twin stays float32
+    assert all(r['torch_dtype'] == 'float32' for r in rows)
+
+
+def test_peak_fraction_uses_the_peak_of_the_compute_dtype(monkeypatch):
+  monkeypatch.setattr(bench, '_device_info',
+                      lambda: {'device': 'NVIDIA H100 80GB HBM3', 'devices': 1})
+  case = bench.JaxCase(run=lambda: None, compile_s=0.0, flops=(1e12, 'test'), hlo='')
+  assert bench._flop_fields(case, 1.0, 'bfloat16')['peak_fraction'] == pytest.approx(1 / 989)
+  assert bench._flop_fields(case, 1.0)['peak_fraction'] == pytest.approx(1 / 495)
+
+
 @pytest.mark.slow
 def test_quick_bench_writes_every_row(tmp_path):
   out = tmp_path / 'bench.json'
@@ -46,9 +88,11 @@ def test_quick_bench_writes_every_row(tmp_path):
     assert set(tuning.arms(units)) >= {'scratch', units[-1]}
   assert sorted(by_name) == sorted(expected)
   with_torch = bench.torch_available()
+  assert 'dtype=float32' in proc.stdout.splitlines()[0]
   for row in rows:
     for key in ('name', 'arch', 'depth', 'batch', 'step_ms', 'img_per_s'):
       assert key in row, (row['name'], key)
+    assert row['dtype'] == 'float32'
     assert row['step_ms'] > 0 and math.isfinite(row['img_per_s']) and row['img_per_s'] > 0
     if row['name'].startswith(('train/', 'infer/')):
       assert row['compile_s'] > 0
