@@ -241,6 +241,44 @@ def jax_train_case(arch: str, depth: str, s: Settings, batch: int | None = None,
   return JaxCase(run, compile_s, _flops(lowered), compiled.as_text() or '', lowered)
 
 
+def jax_cached_case(arch: str, depth: str, s: Settings, batch: int | None = None) -> JaxCase:
+  """Arm `depth` with a warm frozen-trunk feature cache (`train.feature_cache`): per step,
+  hashing the batch's patches, looking up their features, copying them to the devices and
+  the train step of the trained stages only. What every epoch after the first costs when the
+  training set is finite (`task.fixed_pool`, the polyp and PE views)."""
+  from medft import feature_cache
+  batch = batch or s.batch
+  model, units = build_model(arch, s)
+  meta = store.default_meta(arch, (s.input_size, s.input_size))
+  params = bench_params(model, s)
+  tx = tuning.make_optimizer(params, units, depth, optim_config(), steps_per_epoch=1000)
+  state = trainer.TrainState(step=np.int32(0), params=params,
+                             opt_state=jax.tree.map(np.asarray, tx.init(params)))
+  stop = units[units.index(depth) - 1]
+  frozen = {u: params[u] for u in units[:units.index(depth)]}
+  cache = feature_cache.FeatureCache(feature_cache.make_trunk(model, meta, stop, frozen),
+                                     'bench', 'memory', max_bytes=2**34)
+  host = _images(s, batch)
+  cache.features(host['image'])  # the first epoch: every patch computed once
+  p_train_step, _ = trainer.make_steps(model, tx, meta, skip_nonfinite=False, start=depth)
+  holder = {'state': parallel.replicate(state)}
+
+  def device_batch():
+    return parallel.to_devices(parallel.shard(
+        {'features': cache.features(host['image']), 'label': host['label']}))
+
+  rng = jax.random.key(0)
+  t0 = time.perf_counter()
+  lowered = p_train_step.lower(holder['state'], device_batch(), rng)
+  compiled = lowered.compile(parallel.compiler_options())
+  compile_s = time.perf_counter() - t0
+
+  def run():
+    holder['state'], metrics = compiled(holder['state'], device_batch(), rng)
+    jax.block_until_ready((holder['state'], metrics))
+  return JaxCase(run, compile_s, _flops(lowered), compiled.as_text() or '')
+
+
 def jax_predict_case(arch: str, s: Settings, batch: int | None = None) -> JaxCase:
   """Forward-only inference (`predict` of `trainer.make_steps`), compiled ahead of time."""
   batch = batch or s.batch
@@ -480,6 +518,26 @@ def arms_to_run(units: Sequence[str], s: Settings) -> tuple[str, ...]:
   return ('scratch', units[-1])
 
 
+def cached_arms(units: Sequence[str], s: Settings) -> tuple[str, ...]:
+  """Arms timed with a warm feature cache too: the head only (and one deeper in a full run)."""
+  return (units[-1],) if s.depths == 'few' else (units[-1], units[-2])
+
+
+def bench_cached(arch: str, depth: str, s: Settings, uncached: JaxCase, scratch: JaxCase
+                 ) -> dict:
+  """`train/<arch>/<depth>/cached`, interleaved with the scratch and the uncached arm step:
+  `vs_scratch` and `vs_uncached` are same-load ratios of step times."""
+  case = jax_cached_case(arch, depth, s)
+  t = interleaved({'jax': case.run, 'scratch': scratch.run, 'uncached': uncached.run},
+                  s.reps, s.warmup)
+  step = statistics.median(t['jax'])
+  row = _row(f'train/{arch}/{depth}/cached', arch, depth, s.batch, t['jax'],
+             cpu_seconds=t['jax:cpu'], compile_s=case.compile_s)
+  row['vs_scratch'] = step / statistics.median(t['scratch'])
+  row['vs_uncached'] = step / statistics.median(t['uncached'])
+  return row
+
+
 def bench_train(arch: str, s: Settings, use_torch: bool, log: Callable) -> list[dict]:
   """Every arm of `arch`: the train step, side by side with the torch twin.
 
@@ -512,6 +570,9 @@ def bench_train(arch: str, s: Settings, use_torch: bool, log: Callable) -> list[
       row['forward_vs_scratch'] = statistics.median(t['forward']) / scratch_s
     rows.append(_compare(row, t.get('torch'), s.batch, s))
     log(rows[-1])
+    if depth in cached_arms(units, s) and scratch is not None:
+      rows.append(bench_cached(arch, depth, s, case, scratch))
+      log(rows[-1])
   fns = {'jax': predict.run}
   if use_torch:
     fns['torch'] = torch_predict(arch, s, s.batch)
@@ -753,6 +814,7 @@ def format_row(r: dict) -> str:
   extra = ''
   for key, label in (('vs_torch', 'vs torch'), ('vs_scratch', 'time vs scratch'),
                      ('forward_vs_scratch', 'forward vs scratch'),
+                     ('vs_uncached', 'time vs uncached'),
                      ('vs_train_step', 'vs train step'),
                      ('vs_one_patch_per_call', 'vs 1 patch/call'), ('vs_default', 'vs default')):
     if r.get(key) is not None:

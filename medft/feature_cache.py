@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from medft import files, parallel
+from medft import files, parallel, preprocess
 
 KEY_BYTES = 16
 
@@ -150,11 +151,21 @@ class FeatureCache:
             'file': str(self.path) if self.path else None}
 
 
-def pmapped_trunk(predict_fn: Callable, params: Any) -> Callable[[np.ndarray], np.ndarray]:
-  """`patches -> features` over the local devices, padded to a power-of-two batch.
+def make_trunk(model, meta, stop: str, frozen_params: Any
+               ) -> Callable[[np.ndarray], np.ndarray]:
+  """`patches -> features` of `model` up to unit `stop`, over the local devices.
 
-  Few distinct shapes means few compilations however many patches a batch misses.
+  Features come back as float32 (exact for a bf16 model too). Batches are padded to a power
+  of two, so a few shapes are compiled however many patches a batch misses.
   """
+  input_size = tuple(meta.input_size)
+
+  def trunk(params, patches):
+    x = preprocess.prepare(patches, meta, input_size)
+    return model.apply({'params': params}, x, stop=stop).astype(jnp.float32)
+
+  predict_fn = parallel.pmap_predict(trunk)
+  params = parallel.replicate(frozen_params)
   n_dev = parallel.local_devices()
 
   def run(patches: np.ndarray) -> np.ndarray:

@@ -393,7 +393,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
       signal.signal(signal.SIGTERM, previous_handler)
     if cache is not None:
       cache.save()
-      logging.info('Feature cache: %s', cache.stats())
+      stats = cache.stats()
+      logging.info('Feature cache: %s', stats)
+      if stats['hits'] + stats['misses'] > 4 * batch and stats['hit_rate'] < 0.1:
+        logging.warning('The feature cache served %.0f%% of the patches: this task draws fresh '
+                        'patches every step. Set task.fixed_pool=True (CIMT, frames) to train '
+                        'on a fixed set, or turn train.feature_cache off.',
+                        100 * stats['hit_rate'])
 
   # ---- final evaluation ----------------------------------------------------------------
   if best_params is None:
@@ -457,13 +463,7 @@ def _feature_cache(config, model, units, meta: store.Meta, params
       'arch': config.arch, 'model': config.model.to_dict(), 'dtype': config.dtype,
       'stop': stop, 'input': {k: v for k, v in meta.to_json().items()
                               if k in ('channel_order', 'scale', 'mean', 'std', 'input_size')}})
-  input_size = tuple(meta.input_size)
-
-  def trunk(p, patches):
-    x = preprocess.prepare(patches, meta, input_size)
-    return model.apply({'params': p}, x, stop=stop).astype(jnp.float32)
-
-  run = feature_cache.pmapped_trunk(parallel.pmap_predict(trunk), parallel.replicate(frozen))
+  run = feature_cache.make_trunk(model, meta, stop, frozen)
   cache = feature_cache.FeatureCache(run, key, mode, config.train.feature_cache_mb * 2**20)
   logging.info('Feature cache (%s, key %s): %s features held, frozen trunk up to %s.',
                feature_cache.describe_folder(mode), key, len(cache), stop)

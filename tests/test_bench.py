@@ -59,10 +59,10 @@ def test_bfloat16_bench_computes_in_bfloat16_and_rows_say_so():
   assert all(t == {'f32'} for t in _conv_dot_operand_types(f32.lowered.as_text()))
   rows = bench.run(s, use_torch=bench.torch_available(), parts=('train',), log=lambda r: None)
   assert {r['name'] for r in rows} == {'train/alexnet/scratch', 'train/alexnet/fc8',
-                                       'infer/alexnet'}
+                                       'train/alexnet/fc8/cached', 'infer/alexnet'}
   assert all(r['dtype'] == 'bfloat16' for r in rows)
   if bench.torch_available():  # on the CPU the torch twin stays float32
-    assert all(r['torch_dtype'] == 'float32' for r in rows)
+    assert all(r['torch_dtype'] == 'float32' for r in rows if 'vs_torch' in r)
 
 
 def test_peak_fraction_uses_the_peak_of_the_compute_dtype(monkeypatch):
@@ -85,6 +85,7 @@ def test_quick_bench_writes_every_row(tmp_path):
   for arch in bench.QUICK.archs:
     _, units = models.get_model(arch, bench.NUM_CLASSES)
     expected += [f'train/{arch}/{d}' for d in ('scratch', units[-1])] + [f'infer/{arch}']
+    expected.append(f'train/{arch}/{units[-1]}/cached')
     assert set(tuning.arms(units)) >= {'scratch', units[-1]}
   assert sorted(by_name) == sorted(expected)
   with_torch = bench.torch_available()
@@ -96,7 +97,7 @@ def test_quick_bench_writes_every_row(tmp_path):
     assert row['step_ms'] > 0 and math.isfinite(row['img_per_s']) and row['img_per_s'] > 0
     if row['name'].startswith(('train/', 'infer/')):
       assert row['compile_s'] > 0
-      if with_torch:
+      if with_torch and not row['name'].endswith('/cached'):
         assert row['torch_img_per_s'] > 0
         assert row['vs_torch'] == pytest.approx(row['img_per_s'] / row['torch_img_per_s'])
   # Frozen units get no backward pass: the head-only arm compiles to the forward's
@@ -106,5 +107,7 @@ def test_quick_bench_writes_every_row(tmp_path):
     head = by_name[f'train/{arch}/{units[-1]}']
     assert head['hlo_conv_dot'] == head['fwd_conv_dot'] + 1
     assert by_name[f'train/{arch}/scratch']['hlo_conv_dot'] > head['hlo_conv_dot'] + 1
+    cached = by_name[f'train/{arch}/{units[-1]}/cached']
+    assert cached['vs_scratch'] > 0 and cached['vs_uncached'] > 0
   assert by_name['pipeline/cimt/train_batch']['vs_train_step'] > 0
   assert by_name['dense/cimt/batch16']['max_abs_diff_vs_one'] < 1e-4
