@@ -188,3 +188,19 @@ def test_a_fixed_training_pool_is_served_from_the_cache_after_its_first_pass(
                      fixed_pool=True, patches_per_image=2)
   assert stats['misses'] <= 2 * 24  # at most the pool: 2 patches x (fewer than 24) scans
   assert stats['hits'] + stats['misses'] == 12 * 8 and stats['hit_rate'] > 0.5
+
+
+@pytest.mark.slow
+def test_cached_arm_on_four_devices_matches_one(cimt_data_dir, tmp_path):
+  from test_train import _params, _run
+  args = ['depth=fc7', f'init={_source(tmp_path)}', 'model.dropout=0',
+          'train.feature_cache=memory', 'task.fixed_pool=true', 'task.patches_per_image=2']
+  _run(tmp_path / 'one', cimt_data_dir, 12, *args)
+  _run(tmp_path / 'four', cimt_data_dir, 12, *args, devices=4)
+  one, four = _params(tmp_path / 'one'), _params(tmp_path / 'four')
+  for k in one:
+    np.testing.assert_allclose(four[k], one[k], rtol=2e-4, atol=2e-5, err_msg=k)
+  stats = [json.loads((tmp_path / d / 'timing.json').read_text()) for d in ('one', 'four')]
+  assert stats[1]['devices'] == 4
+  assert stats[0]['feature_cache'] == stats[1]['feature_cache']
+  assert stats[0]['feature_cache']['hits'] > 0
