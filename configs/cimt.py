@@ -35,6 +35,8 @@ per train step of 32 on this CPU):
   * 100 training steps of batch 32 per arm (2.7 epochs of the 15 training subjects at
     patches_per_image=40), lr 0.003 (head 0.03 when fine-tuning) instead of 0.001, He init
     for scratch and the new head; validation every 50 steps;
+  * a fixed training set (task.fixed_pool, as the paper's), so the shallow arms reuse their
+    frozen trunk's features (train.feature_cache=memory; timing.json has the hit rate);
   * test boundaries from every 16th ROI column (eval_col_stride=16, smoothing window 5
     columns) and 20 patches per class per image for the AUCs;
   * finished runs keep only their best checkpoint (sweep.keep_checkpoints=best).
@@ -91,6 +93,8 @@ def _demo(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
   c.train.patience = 100
   c.train.checkpoint_every = 1000
   c.task.patches_per_image = 40
+  c.task.fixed_pool = True
+  c.train.feature_cache = 'memory'
   c.task.eval_col_stride = 16
   c.task.smooth_window = 5
   c.task.eval_patches_per_class = 20
