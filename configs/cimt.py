@@ -23,11 +23,10 @@ makes the synthetic CIMT twin (48 images of 24 subjects), pre-trains the source 
 natural-photo crops (`medft.pretrain`, 200 steps, cached in demo/source_model), trains scratch
 and the fine-tuning arms fc8, fc6 and conv1 at training fractions 0.5 and 1 (8 runs), and
 writes demo/report.md (+ report.json, report.csv, plots/). Measured on this project's 2-core
-CPU machine: 4 min 05 s wall (313 CPU-seconds) while it was otherwise lightly loaded, 8 min
-50 s while other jobs kept it busy (the demo got 0.6 cores on average); results were
-bit-identical between runs; 0.65 GB on disk. `--mode=auto` on the same folder then reuses
-its runs. Demo choices, all to fit the budget (the paper's 227x227 network costs 1.5-2.6 s
-per train step of 32 on this CPU):
+CPU machine: 3 min 20 s wall with cold caches in a fresh virtual environment, otherwise
+idle; results were bit-identical between runs; 0.65 GB on disk. `--mode=auto` on the same
+folder then reuses its runs. Demo choices, all to fit the budget (the paper's 227x227 AlexNet
+costs ~0.8 s per train step of 32 on this CPU):
   * AlexNet at full width (every layer and filter count of the paper) but a 67x67 input
     instead of 227x227 (~0.2 s per train step); the feature map before fc6 shrinks to
     1x1x256, so fc6 has 256 x 4096 weights instead of 9216 x 4096;
