@@ -6,6 +6,8 @@ turns each host batch of patches into trunk features (`model(x, stop=<last froze
 the unit's deterministic output before any dropout) and the train step runs only the trained
 stages (`model(f, start=<depth>)`). A patch seen before (the augmented sets of the polyp and
 PE tasks are finite: candidates x views) is looked up instead of recomputed.
+The fixed validation patches go through the trunk once, and each evaluation runs only the
+trained stages on their features (`trainer.head_predict`).
 
 Exact by construction: an entry's key is a hash of the patch's bytes, and the cache itself
 belongs to one fingerprint of everything else the feature depends on (architecture and model
@@ -112,8 +114,11 @@ class FeatureCache:
   def __len__(self) -> int:
     return len(self._store)
 
-  def features(self, patches: np.ndarray) -> np.ndarray:
-    """Trunk features of `patches` (B, ...), from the cache where the patch was seen."""
+  def features(self, patches: np.ndarray, count: bool = True) -> np.ndarray:
+    """Trunk features of `patches` (B, ...), from the cache where the patch was seen.
+
+    `count=False` leaves the hit/miss counts (the training stream's) alone.
+    """
     keys = patch_keys(patches)
     missing = [i for i, k in enumerate(keys) if k not in self._store]
     # A patch repeated within this batch is computed once.
@@ -126,8 +131,9 @@ class FeatureCache:
       for i, f in zip(rows, self._trunk(patches[rows])):
         computed[keys[i]] = f
         self._add(keys[i], f)
-    self.misses += len(first)
-    self.hits += len(keys) - len(first)
+    if count:
+      self.misses += len(first)
+      self.hits += len(keys) - len(first)
     return np.stack([self._store.get(k, computed.get(k)) for k in keys])
 
   def save(self) -> None:

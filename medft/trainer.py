@@ -334,9 +334,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   rng = jax.random.key(config.seed)
   pstate = parallel.replicate(state)
   val_patches, val_labels, _ = task.eval_patches('validation')
+  val_inputs, p_val_predict = val_patches, p_predict
+  if cache is not None:  # validation patches are fixed: their trunk features are too
+    val_features = _cached_features(cache, val_patches, 4 * batch)
+    if val_features is not None:
+      val_inputs, p_val_predict = val_features, head_predict(model, cache_start)
 
   def evaluate_val(p):
-    probs = parallel.predict_in_batches(p_predict, p, val_patches, 4 * batch)
+    probs = parallel.predict_in_batches(p_val_predict, p, val_inputs, 4 * batch)
     if not np.all(np.isfinite(probs)):
       logging.warning('Validation predictions are not finite; counted as no improvement.')
       return float('nan')
@@ -468,6 +473,29 @@ def _feature_cache(config, model, units, meta: store.Meta, params
   logging.info('Feature cache (%s, key %s): %s features held, frozen trunk up to %s.',
                feature_cache.describe_folder(mode), key, len(cache), stop)
   return cache, config.depth
+
+
+def head_predict(model, start: str):
+  """Pmapped class probabilities from trunk features, running the stages from `start` up."""
+  def predict(params, features):
+    return jax.nn.softmax(model.apply({'params': params}, features, train=False, start=start))
+  return parallel.pmap_predict(predict)
+
+
+def _cached_features(cache: feature_cache.FeatureCache, patches: np.ndarray,
+                     chunk: int) -> np.ndarray | None:
+  """Trunk features of a fixed set of patches (through the cache), or None when they would
+  take more than half the cache's size bound (evaluation then runs the whole network)."""
+  if not len(patches):
+    return None
+  first = cache.features(patches[:chunk], count=False)
+  if first[0].nbytes * len(patches) > cache.max_bytes // 2:
+    logging.info('Validation features would exceed half of train.feature_cache_mb; '
+                 'validation runs the whole network.')
+    return None
+  rest = [cache.features(patches[i:i + chunk], count=False)
+          for i in range(chunk, len(patches), chunk)]
+  return np.concatenate([first, *rest])
 
 
 def _early_state(best_val: float, best_step: int, bad_evals: int) -> dict:
