@@ -307,6 +307,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   state = TrainState(step=np.asarray(0, np.int32), params=params,
                      opt_state=jax.tree.map(np.asarray, tx.init(params)))
   early = _early_state(-1.0, -1, 0)
+  # Frozen units never change, so the initial parameters define the cache (before the
+  # workdir is written: a bad cache folder leaves it untouched).
+  cache, cache_start = _feature_cache(config, model, units, meta, params)
 
   # ---- checkpoints (resume) ------------------------------------------------------------
   _prepare_workdir(config, workdir)
@@ -323,7 +326,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     _truncate_metrics(metrics_file, start)
 
   # ---- loop ----------------------------------------------------------------------------
-  cache, cache_start = _feature_cache(config, model, units, meta, state.params)
   p_train_step, p_predict = make_steps(model, tx, meta, config.train.skip_nonfinite,
                                        start=cache_start)
   per_host = batch // jax.process_count()
