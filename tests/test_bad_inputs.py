@@ -201,6 +201,11 @@ CASES = [
          _names('{case}/notes.txt'), 'choose a writable folder', setup=_file_parent),
     Case('workdir_other_config', _run_args('synthetic,depth=scratch'),
          _names('--workdir={case}/run', 'seed'), 'Use a new --workdir', setup=_write_other_run),
+    Case('feature_cache_under_a_file', _run_args(
+        'synthetic,depth=fc8', '--config.init={inputs.alexnet_10}',
+        '--config.train.feature_cache={case}/notes.txt/cache'),
+         _names('train.feature_cache={case}/notes.txt/cache'), 'give a writable folder',
+         setup=_file_parent),
     Case('workdir_damaged_config', _run_args('synthetic,depth=scratch'),
          _names('{case}/run/config.json', 'not valid JSON'), 'Use an empty --workdir',
          setup=_write_bad_json),
