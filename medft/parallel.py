@@ -72,6 +72,17 @@ def prefetch_to_device(batches: Iterator[Any], size: int = 2) -> Iterator[Any]:
       put(batch)
 
 
+def mean_over_devices(tree: Any) -> Any:
+  """`pmean` over the device axis, inside a pmapped function; the identity on one device.
+
+  XLA:CPU executes a one-device all-reduce as a copy of every leaf (24 ms of a 575 ms
+  torchvision AlexNet step on 2 cores for the gradients), so it is not emitted there.
+  """
+  if jax.lax.axis_size(AXIS) == 1:
+    return tree
+  return jax.lax.pmean(tree, AXIS)
+
+
 def compiler_options() -> dict[str, Any]:
   """XLA options the train and predict steps are compiled with (see `_WithOptions`).
 

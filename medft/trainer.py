@@ -203,8 +203,7 @@ def make_steps(model, tx, meta: store.Meta, skip_nonfinite: bool, start: str | N
       return loss, logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = jax.lax.pmean(grads, parallel.AXIS)
-    loss = jax.lax.pmean(loss, parallel.AXIS)
+    grads, loss = parallel.mean_over_devices((grads, loss))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     # Checked on the updates, not the raw gradients: frozen units' updates are constant
     # zeros, so XLA can drop their gradient computation altogether.
@@ -215,7 +214,8 @@ def make_steps(model, tx, meta: store.Meta, skip_nonfinite: bool, start: str | N
         lambda a, b: jnp.where(finite, a, b), new, old)
     new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                            opt_state=keep(opt_state, state.opt_state))
-    accuracy = jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch['label']), parallel.AXIS)
+    accuracy = parallel.mean_over_devices(
+        jnp.mean(jnp.argmax(logits, -1) == batch['label']))
     return new_state, {'loss': loss, 'accuracy': accuracy, 'finite': finite}
 
   def predict(params, patches):
