@@ -23,7 +23,7 @@ makes the synthetic CIMT twin (48 images of 24 subjects), pre-trains the source 
 natural-photo crops (`medft.pretrain`, 200 steps, cached in demo/source_model), trains scratch
 and the fine-tuning arms fc8, fc6 and conv1 at training fractions 0.5 and 1 (8 runs), and
 writes demo/report.md (+ report.json, report.csv, plots/). Measured on this project's 2-core
-CPU machine: 3 min 20 s wall with cold caches in a fresh virtual environment, otherwise
+CPU machine: 3 min 04 s wall with cold caches in a fresh virtual environment, otherwise
 idle; results were bit-identical between runs; 0.65 GB on disk. `--mode=auto` on the same
 folder then reuses its runs. Demo choices, all to fit the budget (the paper's 227x227 AlexNet
 costs ~0.8 s per train step of 32 on this CPU):
