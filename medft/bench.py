@@ -206,6 +206,27 @@ def bench_params(model, s: Settings, seed: int = 0) -> Any:
   return jax.tree_util.tree_map_with_path(init, shapes['params'])
 
 
+@dataclasses.dataclass
+class Arm:
+  """What every JAX case starts from: network, input convention, parameters, optimizer."""
+  model: Any
+  units: tuple[str, ...]
+  meta: store.Meta
+  params: Any
+  tx: Any
+
+  def state(self) -> trainer.TrainState:
+    return trainer.TrainState(step=np.int32(0), params=self.params,
+                              opt_state=jax.tree.map(np.asarray, self.tx.init(self.params)))
+
+
+def arm(arch: str, depth: str, s: Settings, **model_kwargs) -> Arm:
+  model, units = build_model(arch, s, **model_kwargs)
+  params = bench_params(model, s)
+  return Arm(model, units, store.default_meta(arch, (s.input_size, s.input_size)), params,
+             tuning.make_optimizer(params, units, depth, optim_config(), steps_per_epoch=1000))
+
+
 def _images(s: Settings, batch: int, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   return {'image': rng.integers(0, 256, (batch, s.input_size, s.input_size, 3), np.uint8),
@@ -217,16 +238,11 @@ def jax_train_case(arch: str, depth: str, s: Settings, batch: int | None = None,
                    pmap_fn: Callable | None = None) -> JaxCase:
   """The real pmapped train step (`trainer.make_steps`) of one arm, compiled ahead of time."""
   batch = batch or s.batch
-  model, units = build_model(arch, s, **(model_kwargs or {}))
-  meta = store.default_meta(arch, (s.input_size, s.input_size))
-  params = bench_params(model, s)
-  tx = tuning.make_optimizer(params, units, depth, optim_config(), steps_per_epoch=1000)
-  state = trainer.TrainState(step=np.int32(0), params=params,
-                             opt_state=jax.tree.map(np.asarray, tx.init(params)))
+  a = arm(arch, depth, s, **(model_kwargs or {}))
   with (patched(parallel, 'pmap_train_step', pmap_fn) if pmap_fn
         else contextlib.nullcontext()):
-    p_train_step, _ = trainer.make_steps(model, tx, meta, skip_nonfinite=False)
-  holder = {'state': parallel.replicate(state)}
+    p_train_step, _ = trainer.make_steps(a.model, a.tx, a.meta, skip_nonfinite=False)
+  holder = {'state': parallel.replicate(a.state())}
   images = parallel.to_devices(parallel.shard(_images(s, batch)))
   rng = jax.random.key(0)
   options = parallel.compiler_options() if compiler_options is None else compiler_options
@@ -248,20 +264,15 @@ def jax_cached_case(arch: str, depth: str, s: Settings, batch: int | None = None
   training set is finite (`task.fixed_pool`, the polyp and PE views)."""
   from medft import feature_cache
   batch = batch or s.batch
-  model, units = build_model(arch, s)
-  meta = store.default_meta(arch, (s.input_size, s.input_size))
-  params = bench_params(model, s)
-  tx = tuning.make_optimizer(params, units, depth, optim_config(), steps_per_epoch=1000)
-  state = trainer.TrainState(step=np.int32(0), params=params,
-                             opt_state=jax.tree.map(np.asarray, tx.init(params)))
-  stop = units[units.index(depth) - 1]
-  frozen = {u: params[u] for u in units[:units.index(depth)]}
-  cache = feature_cache.FeatureCache(feature_cache.make_trunk(model, meta, stop, frozen),
+  a = arm(arch, depth, s)
+  stop = a.units[a.units.index(depth) - 1]
+  frozen = {u: a.params[u] for u in a.units[:a.units.index(depth)]}
+  cache = feature_cache.FeatureCache(feature_cache.make_trunk(a.model, a.meta, stop, frozen),
                                      'bench', 'memory', max_bytes=2**34)
   host = _images(s, batch)
   cache.features(host['image'])  # the first epoch: every patch computed once
-  p_train_step, _ = trainer.make_steps(model, tx, meta, skip_nonfinite=False, start=depth)
-  holder = {'state': parallel.replicate(state)}
+  p_train_step, _ = trainer.make_steps(a.model, a.tx, a.meta, skip_nonfinite=False, start=depth)
+  holder = {'state': parallel.replicate(a.state())}
 
   def device_batch():
     return parallel.to_devices(parallel.shard(
@@ -282,12 +293,9 @@ def jax_cached_case(arch: str, depth: str, s: Settings, batch: int | None = None
 def jax_predict_case(arch: str, s: Settings, batch: int | None = None) -> JaxCase:
   """Forward-only inference (`predict` of `trainer.make_steps`), compiled ahead of time."""
   batch = batch or s.batch
-  model, units = build_model(arch, s)
-  meta = store.default_meta(arch, (s.input_size, s.input_size))
-  params = bench_params(model, s)
-  tx = tuning.make_optimizer(params, units, 'scratch', optim_config(), 1000)
-  _, p_predict = trainer.make_steps(model, tx, meta, skip_nonfinite=False)
-  pparams = parallel.replicate(params)
+  a = arm(arch, 'scratch', s)
+  _, p_predict = trainer.make_steps(a.model, a.tx, a.meta, skip_nonfinite=False)
+  pparams = parallel.replicate(a.params)
   images = parallel.to_devices(parallel.shard(_images(s, batch)['image']))
   t0 = time.perf_counter()
   lowered = p_predict.lower(pparams, images)
@@ -639,12 +647,9 @@ def bench_dense(s: Settings, log: Callable, arch: str = 'alexnet') -> list[dict]
   """
   task = cimt_task()
   scan = task.scans['test'][0]
-  model, units = build_model(arch, s)
-  meta = store.default_meta(arch, (s.input_size, s.input_size))
-  params = bench_params(model, s)
-  tx = tuning.make_optimizer(params, units, 'scratch', optim_config(), 1000)
-  _, p_predict = trainer.make_steps(model, tx, meta, skip_nonfinite=False)
-  pparams = parallel.replicate(params)
+  a = arm(arch, 'scratch', s)
+  _, p_predict = trainer.make_steps(a.model, a.tx, a.meta, skip_nonfinite=False)
+  pparams = parallel.replicate(a.params)
   roi_rows, cols = scan.roi_rows(task.cfg.roi_margin), scan.columns[::task.cfg.eval_col_stride]
   rr, cc = np.meshgrid(roi_rows, cols, indexing='ij')
   patches = scan.windows[rr.ravel(), cc.ravel()]
