@@ -44,6 +44,15 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
+def set_field(c: ml_collections.ConfigDict, dotted: str, value: str) -> None:
+  """`model.width=0.25` style override, converted to the type of the existing field."""
+  *parents, leaf = dotted.split('.')
+  for name in parents:
+    c = c[name]
+  old = c[leaf]
+  c[leaf] = value.lower() in ('1', 'true') if isinstance(old, bool) else type(old)(value)
+
+
 # Arguments every application config accepts for the accelerator presets.
 PRESET_ARGS = {'tpu': False, 'gpu': False}
 

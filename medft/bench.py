@@ -216,8 +216,7 @@ class Arm:
   tx: Any
 
   def state(self) -> trainer.TrainState:
-    return trainer.TrainState(step=np.int32(0), params=self.params,
-                              opt_state=jax.tree.map(np.asarray, self.tx.init(self.params)))
+    return trainer.TrainState.create(self.params, self.tx)
 
 
 def arm(arch: str, depth: str, s: Settings, **model_kwargs) -> Arm:
@@ -265,8 +264,7 @@ def jax_cached_case(arch: str, depth: str, s: Settings, batch: int | None = None
   from medft import feature_cache
   batch = batch or s.batch
   a = arm(arch, depth, s)
-  stop = a.units[a.units.index(depth) - 1]
-  frozen = {u: a.params[u] for u in a.units[:a.units.index(depth)]}
+  stop, frozen = feature_cache.frozen_trunk(a.units, depth, a.params)
   cache = feature_cache.FeatureCache(feature_cache.make_trunk(a.model, a.meta, stop, frozen),
                                      'bench', 'memory', max_bytes=2**34)
   host = _images(s, batch)

@@ -7,7 +7,7 @@ the unit's deterministic output before any dropout) and the train step runs only
 stages (`model(f, start=<depth>)`). A patch seen before (the augmented sets of the polyp and
 PE tasks are finite: candidates x views) is looked up instead of recomputed.
 The fixed validation patches go through the trunk once, and each evaluation runs only the
-trained stages on their features (`trainer.head_predict`).
+trained stages on their features (`trainer.make_predict(..., start)`).
 
 Exact by construction: an entry's key is a hash of the patch's bytes, and the cache itself
 belongs to one fingerprint of everything else the feature depends on (architecture and model
@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from medft import files, parallel, preprocess
+from medft import files, parallel, preprocess, tuning
 
 KEY_BYTES = 16
 
@@ -72,10 +71,7 @@ class FeatureCache:
 
   def __init__(self, trunk: Callable[[np.ndarray], np.ndarray], key: str, mode: str,
                max_bytes: int):
-    if mode not in ('', 'memory') and not mode.strip():
-      raise ValueError('train.feature_cache must be "", "memory" or a folder.')
     self._trunk = trunk
-    self.key = key
     self.max_bytes = int(max_bytes)
     self.path = None if mode == 'memory' else self._file(Path(mode), key)
     self._store: dict[bytes, np.ndarray] = {}
@@ -120,11 +116,10 @@ class FeatureCache:
     `count=False` leaves the hit/miss counts (the training stream's) alone.
     """
     keys = patch_keys(patches)
-    missing = [i for i, k in enumerate(keys) if k not in self._store]
-    # A patch repeated within this batch is computed once.
-    first = {}
-    for i in missing:
-      first.setdefault(keys[i], i)
+    first = {}  # unseen key -> its first row (a patch repeated in the batch is computed once)
+    for i, k in enumerate(keys):
+      if k not in self._store:
+        first.setdefault(k, i)
     computed = {}
     if first:
       rows = list(first.values())
@@ -157,11 +152,17 @@ class FeatureCache:
             'file': str(self.path) if self.path else None}
 
 
+def frozen_trunk(units: Sequence[str], depth: str, params: Any) -> tuple[str, dict]:
+  """The last frozen unit of fine-tuning arm `depth` and the frozen units' parameters."""
+  frozen = [u for u in units if u not in tuning.trained_units(units, depth)]
+  return frozen[-1], {u: params[u] for u in frozen}
+
+
 def make_trunk(model, meta, stop: str, frozen_params: Any
                ) -> Callable[[np.ndarray], np.ndarray]:
-  """`patches -> features` of `model` up to unit `stop`, over the local devices.
+  """`patches -> features` of `model` up to unit `stop`, over this host's devices.
 
-  Features come back as float32 (exact for a bf16 model too). Batches are padded to a power
+  Features come back as float32 (exact for a bf16 model too). Calls are padded to a power
   of two, so a few shapes are compiled however many patches a batch misses.
   """
   input_size = tuple(meta.input_size)
@@ -172,20 +173,5 @@ def make_trunk(model, meta, stop: str, frozen_params: Any
 
   predict_fn = parallel.pmap_predict(trunk)
   params = parallel.replicate(frozen_params)
-  n_dev = parallel.local_devices()
-
-  def run(patches: np.ndarray) -> np.ndarray:
-    n = len(patches)
-    size = max(n_dev, 1 << (n - 1).bit_length())
-    size = -(-size // n_dev) * n_dev
-    if size > n:
-      patches = np.concatenate([patches, np.repeat(patches[-1:], size - n, axis=0)])
-    out = predict_fn(params, parallel.shard(patches))
-    return np.asarray(jax.device_get(out)).reshape((size,) + out.shape[2:])[:n]
-
-  return run
-
-
-def describe_folder(mode: str) -> str:
-  """For log lines: where the cache lives."""
-  return 'in memory' if mode == 'memory' else os.fspath(mode)
+  return lambda patches: parallel.predict_local(
+      predict_fn, params, patches, batch=1 << (len(patches) - 1).bit_length())

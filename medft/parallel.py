@@ -151,14 +151,16 @@ def predict_in_batches(predict_fn: Callable, params: Any, inputs: np.ndarray,
     if len(mine) < per:  # equal shapes for the gather; padding rows are dropped below
       filler = inputs[-1:] if len(inputs) else np.zeros((1,) + inputs.shape[1:], inputs.dtype)
       mine = np.concatenate([mine, np.repeat(filler, per - len(mine), axis=0)])
-    local = _predict_local(predict_fn, params, mine, batch)
+    local = predict_local(predict_fn, params, mine, batch)
     gathered = np.asarray(multihost_utils.process_allgather(local, tiled=True))
     return gathered[:len(inputs)]
-  return _predict_local(predict_fn, params, inputs, batch)
+  return predict_local(predict_fn, params, inputs, batch)
 
 
-def _predict_local(predict_fn: Callable, params: Any, inputs: np.ndarray,
-                   batch: int) -> np.ndarray:
+def predict_local(predict_fn: Callable, params: Any, inputs: np.ndarray,
+                  batch: int) -> np.ndarray:
+  """`predict_fn(params, x)` over `inputs` on this host's devices, in calls of `batch` rows
+  (rounded to the device count; the last call padded, so every call has one shape)."""
   n_dev = local_devices()
   batch = max(n_dev, batch // n_dev * n_dev)
   outs = []

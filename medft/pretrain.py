@@ -287,8 +287,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
       weight_decay=p.weight_decay, lr_decay_per_epoch=p.lr_decay))
   steps_per_decay = max(1, p.steps // 10)  # lr x lr_decay ten times over the run
   tx = tuning.make_optimizer(params, units, 'scratch', optim, steps_per_decay)
-  state = trainer.TrainState(step=np.int32(0), params=params,
-                             opt_state=jax.tree.map(np.asarray, tx.init(params)))
+  state = trainer.TrainState.create(params, tx)
 
   # ---- checkpoints ----
   ckpt = trainer._Checkpoints(workdir)  # noqa: SLF001  (same orbax layout as a run)

@@ -71,8 +71,7 @@ def setup(config: ml_collections.ConfigDict):
   parallel.check_batch(config.train.batch)
   tx = tuning.make_optimizer(params, units, config.depth, config.optim,
                              max(1, task.epoch_examples // config.train.batch))
-  state = trainer.TrainState(step=np.asarray(0, np.int32), params=params,
-                             opt_state=jax.tree.map(np.asarray, tx.init(params)))
+  state = trainer.TrainState.create(params, tx)
   p_train_step, _ = trainer.make_steps(model, tx, meta, config.train.skip_nonfinite)
   return p_train_step, parallel.replicate(state), task, jax.random.key(config.seed)
 
@@ -226,17 +225,8 @@ def measure(config: ml_collections.ConfigDict, steps: int = 20, logdir: str | Pa
   return out
 
 
-def set_field(config: ml_collections.ConfigDict, dotted: str, value: str) -> None:
-  """`model.width=0.25` style override, converted to the type of the existing field."""
-  *parents, leaf = dotted.split('.')
-  for name in parents:
-    config = config[name]
-  old = config[leaf]
-  config[leaf] = (value.lower() in ('1', 'true') if isinstance(old, bool) else type(old)(value))
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  from configs import cimt
+  from configs import cimt, common
   p = argparse.ArgumentParser(prog='python -m medft.step_trace',
                               description=__doc__.split('\n')[0])
   p.add_argument('--config', default='demo,depth=scratch', help='argument of configs/cimt.py')
@@ -251,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   config = cimt.get_config(args.config)
   for item in args.set:
     field, _, value = item.partition('=')
-    set_field(config, field, value)
+    common.set_field(config, field, value)
   out = measure(config, args.steps, args.logdir,
                 None if args.sync_sleep_ms is None else args.sync_sleep_ms / 1e3,
                 python_tracer=args.python_tracer)

@@ -32,6 +32,12 @@ class TrainState(struct.PyTreeNode):
   params: Any
   opt_state: Any
 
+  @classmethod
+  def create(cls, params: Any, tx: optax.GradientTransformation) -> 'TrainState':
+    """Step 0 with a fresh optimizer state, as host numpy arrays (what orbax checkpoints)."""
+    return cls(step=np.asarray(0, np.int32), params=params,
+               opt_state=jax.tree.map(np.asarray, tx.init(params)))
+
 
 class NonFiniteError(RuntimeError):
   """A non-finite loss or update stopped the run."""
@@ -184,17 +190,15 @@ def make_steps(model, tx, meta: store.Meta, skip_nonfinite: bool, start: str | N
   """The pmapped train step and prediction function.
 
   With `start` (a unit), the train step takes `batch['features']`, the frozen trunk's output
-  below that unit (`medft.feature_cache`), and runs only the stages from `start` up.
+  below that unit (`medft.feature_cache`), and runs only the stages from `start` up; the
+  prediction function always takes patches (`make_predict` for features).
   """
-  input_size = tuple(meta.input_size)
+  network_input = _network_input(meta, start)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step),
                              jax.lax.axis_index(parallel.AXIS))
-    if start is None:
-      x = preprocess.prepare(batch['image'], meta, input_size)
-    else:
-      x = batch['features']
+    x = network_input(batch['image'] if start is None else batch['features'])
 
     def loss_fn(params):
       logits = model.apply({'params': params}, x, train=True, start=start,
@@ -218,12 +222,26 @@ def make_steps(model, tx, meta: store.Meta, skip_nonfinite: bool, start: str | N
         jnp.mean(jnp.argmax(logits, -1) == batch['label']))
     return new_state, {'loss': loss, 'accuracy': accuracy, 'finite': finite}
 
-  def predict(params, patches):
-    x = preprocess.prepare(patches, meta, input_size)
-    return jax.nn.softmax(model.apply({'params': params}, x, train=False))
-
   del skip_nonfinite
-  return parallel.pmap_train_step(train_step), parallel.pmap_predict(predict)
+  return parallel.pmap_train_step(train_step), make_predict(model, meta)
+
+
+def _network_input(meta: store.Meta, start: str | None):
+  """uint8 patches -> the network input; trunk features (with `start`) pass as they are."""
+  if start is not None:
+    return lambda features: features
+  return lambda patches: preprocess.prepare(patches, meta, tuple(meta.input_size))
+
+
+def make_predict(model, meta: store.Meta, start: str | None = None):
+  """Pmapped class probabilities of uint8 patches, or with `start` of trunk features (the
+  stages from `start` up)."""
+  network_input = _network_input(meta, start)
+
+  def predict(params, inputs):
+    logits = model.apply({'params': params}, network_input(inputs), train=False, start=start)
+    return jax.nn.softmax(logits)
+  return parallel.pmap_predict(predict)
 
 
 class _Checkpoints:
@@ -304,8 +322,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
 
   # ---- optimizer -----------------------------------------------------------------------
   tx = tuning.make_optimizer(params, units, config.depth, config.optim, steps_per_epoch)
-  state = TrainState(step=np.asarray(0, np.int32), params=params,
-                     opt_state=jax.tree.map(np.asarray, tx.init(params)))
+  state = TrainState.create(params, tx)
   early = _early_state(-1.0, -1, 0)
   # Frozen units never change, so the initial parameters define the cache (before the
   # workdir is written: a bad cache folder leaves it untouched).
@@ -340,7 +357,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   if cache is not None:  # validation patches are fixed: their trunk features are too
     val_features = _cached_features(cache, val_patches, 4 * batch)
     if val_features is not None:
-      val_inputs, p_val_predict = val_features, head_predict(model, cache_start)
+      val_inputs, p_val_predict = val_features, make_predict(model, meta, cache_start)
 
   def evaluate_val(p):
     probs = parallel.predict_in_batches(p_val_predict, p, val_inputs, 4 * batch)
@@ -450,6 +467,9 @@ def _feature_cache(config, model, units, meta: store.Meta, params
   mode = config.train.get('feature_cache', '')
   if not mode:
     return None, None
+  if not mode.strip():
+    raise ValueError(f'train.feature_cache={mode!r} is blank; give "memory", a folder, or "" '
+                     'to turn the cache off.')
   if config.depth == 'scratch' or config.depth == units[0]:
     logging.info('train.feature_cache: arm %s trains every unit; nothing to cache.',
                  config.depth)
@@ -464,8 +484,7 @@ def _feature_cache(config, model, units, meta: store.Meta, params
     if not os.access(folder, os.W_OK | os.X_OK):
       raise ValueError(f'train.feature_cache={mode} is not writable; give a writable folder, '
                        '"memory", or "" to turn the cache off.')
-  stop = units[units.index(config.depth) - 1]
-  frozen = {u: params[u] for u in units[:units.index(config.depth)]}
+  stop, frozen = feature_cache.frozen_trunk(units, config.depth, params)
   key = feature_cache.fingerprint(frozen, {
       'arch': config.arch, 'model': config.model.to_dict(), 'dtype': config.dtype,
       'stop': stop, 'input': {k: v for k, v in meta.to_json().items()
@@ -473,15 +492,8 @@ def _feature_cache(config, model, units, meta: store.Meta, params
   run = feature_cache.make_trunk(model, meta, stop, frozen)
   cache = feature_cache.FeatureCache(run, key, mode, config.train.feature_cache_mb * 2**20)
   logging.info('Feature cache (%s, key %s): %s features held, frozen trunk up to %s.',
-               feature_cache.describe_folder(mode), key, len(cache), stop)
+               'in memory' if mode == 'memory' else mode, key, len(cache), stop)
   return cache, config.depth
-
-
-def head_predict(model, start: str):
-  """Pmapped class probabilities from trunk features, running the stages from `start` up."""
-  def predict(params, features):
-    return jax.nn.softmax(model.apply({'params': params}, features, train=False, start=start))
-  return parallel.pmap_predict(predict)
 
 
 def _cached_features(cache: feature_cache.FeatureCache, patches: np.ndarray,

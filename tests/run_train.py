@@ -22,13 +22,14 @@ import tiny  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 import medft  # noqa: E402
+from configs import common  # noqa: E402
 
 
 def main(workdir, data_dir, steps, *overrides):
   config = tiny.config(data_dir, steps=int(steps))
   for item in overrides:
     key, value = item.split('=', 1)
-    tiny.set_field(config, key, value)
+    common.set_field(config, key, value)
   medft.train(config, workdir)
   import orbax.checkpoint as ocp  # every process joins the restore: orbax syncs them
   mngr = ocp.CheckpointManager(Path(workdir, 'checkpoints', 'latest').absolute())

@@ -173,6 +173,9 @@ def test_unwritable_cache_folder_is_refused_by_name(cimt_data_dir, tmp_path):
   with pytest.raises(ValueError, match='train.feature_cache=.*file/sub'):
     _train(cimt_data_dir, tmp_path / 'r', _source(tmp_path), str(blocker / 'sub'))
   assert not (tmp_path / 'r').exists()  # refused before the workdir was written
+  with pytest.raises(ValueError, match="train.feature_cache=' ' is blank"):
+    _train(cimt_data_dir, tmp_path / 'r', _source(tmp_path), ' ')
+  assert not (tmp_path / 'r').exists()
 
 
 def test_bf16_features_round_trip_exactly():

@@ -23,12 +23,3 @@ def config(data_dir, steps: int = 30, depth: str = 'scratch',
   c.train.patience = 100
   c.train.workers = 1
   return c
-
-
-def set_field(c: ml_collections.ConfigDict, dotted: str, value: str) -> None:
-  """`model.dropout=0` style overrides with the type of the existing field."""
-  *parents, leaf = dotted.split('.')
-  for p in parents:
-    c = c[p]
-  old = c[leaf]
-  c[leaf] = type(old)(value) if not isinstance(old, bool) else value.lower() in ('1', 'true')
