@@ -232,28 +232,33 @@ def _images(s: Settings, batch: int, seed: int = 0) -> dict:
           'label': rng.integers(0, NUM_CLASSES, batch).astype(np.int32)}
 
 
-def jax_train_case(arch: str, depth: str, s: Settings, batch: int | None = None,
-                   compiler_options: dict | None = None, model_kwargs: dict | None = None,
-                   pmap_fn: Callable | None = None) -> JaxCase:
-  """The real pmapped train step (`trainer.make_steps`) of one arm, compiled ahead of time."""
-  batch = batch or s.batch
-  a = arm(arch, depth, s, **(model_kwargs or {}))
-  with (patched(parallel, 'pmap_train_step', pmap_fn) if pmap_fn
-        else contextlib.nullcontext()):
-    p_train_step, _ = trainer.make_steps(a.model, a.tx, a.meta, skip_nonfinite=False)
+def _step_case(p_train_step, a: Arm, batch_fn: Callable[[], Any],
+               options: dict[str, Any]) -> JaxCase:
+  """A pmapped train step compiled ahead of time with `options`; each run feeds `batch_fn()`."""
   holder = {'state': parallel.replicate(a.state())}
-  images = parallel.to_devices(parallel.shard(_images(s, batch)))
   rng = jax.random.key(0)
-  options = parallel.compiler_options() if compiler_options is None else compiler_options
   t0 = time.perf_counter()
-  lowered = p_train_step.lower(holder['state'], images, rng)
+  lowered = p_train_step.lower(holder['state'], batch_fn(), rng)
   compiled = lowered.compile(options)
   compile_s = time.perf_counter() - t0
 
   def run():
-    holder['state'], metrics = compiled(holder['state'], images, rng)
+    holder['state'], metrics = compiled(holder['state'], batch_fn(), rng)
     jax.block_until_ready((holder['state'], metrics))
   return JaxCase(run, compile_s, _flops(lowered), compiled.as_text() or '', lowered)
+
+
+def jax_train_case(arch: str, depth: str, s: Settings, batch: int | None = None,
+                   compiler_options: dict | None = None, model_kwargs: dict | None = None,
+                   pmap_fn: Callable | None = None) -> JaxCase:
+  """The real pmapped train step (`trainer.make_steps`) of one arm, compiled ahead of time."""
+  a = arm(arch, depth, s, **(model_kwargs or {}))
+  with (patched(parallel, 'pmap_train_step', pmap_fn) if pmap_fn
+        else contextlib.nullcontext()):
+    p_train_step, _ = trainer.make_steps(a.model, a.tx, a.meta, skip_nonfinite=False)
+  images = parallel.to_devices(parallel.shard(_images(s, batch or s.batch)))
+  options = parallel.compiler_options() if compiler_options is None else compiler_options
+  return _step_case(p_train_step, a, lambda: images, options)
 
 
 def jax_cached_case(arch: str, depth: str, s: Settings, batch: int | None = None) -> JaxCase:
@@ -262,30 +267,18 @@ def jax_cached_case(arch: str, depth: str, s: Settings, batch: int | None = None
   the train step of the trained stages only. What every epoch after the first costs when the
   training set is finite (`task.fixed_pool`, the polyp and PE views)."""
   from medft import feature_cache
-  batch = batch or s.batch
   a = arm(arch, depth, s)
   stop, frozen = feature_cache.frozen_trunk(a.units, depth, a.params)
   cache = feature_cache.FeatureCache(feature_cache.make_trunk(a.model, a.meta, stop, frozen),
                                      'bench', 'memory', max_bytes=2**34)
-  host = _images(s, batch)
+  host = _images(s, batch or s.batch)
   cache.features(host['image'])  # the first epoch: every patch computed once
   p_train_step, _ = trainer.make_steps(a.model, a.tx, a.meta, skip_nonfinite=False, start=depth)
-  holder = {'state': parallel.replicate(a.state())}
 
   def device_batch():
     return parallel.to_devices(parallel.shard(
         {'features': cache.features(host['image']), 'label': host['label']}))
-
-  rng = jax.random.key(0)
-  t0 = time.perf_counter()
-  lowered = p_train_step.lower(holder['state'], device_batch(), rng)
-  compiled = lowered.compile(parallel.compiler_options())
-  compile_s = time.perf_counter() - t0
-
-  def run():
-    holder['state'], metrics = compiled(holder['state'], device_batch(), rng)
-    jax.block_until_ready((holder['state'], metrics))
-  return JaxCase(run, compile_s, _flops(lowered), compiled.as_text() or '')
+  return _step_case(p_train_step, a, device_batch, parallel.compiler_options())
 
 
 def jax_predict_case(arch: str, s: Settings, batch: int | None = None) -> JaxCase:
