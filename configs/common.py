@@ -187,6 +187,7 @@ def app_config(arg: ml_collections.ConfigDict, num_classes: int,
   c.task = ml_collections.ConfigDict()
   return c
 
+
 def pretrain_defaults(source: str = 'pretext', steps: int = 400,
                       batch: int = 32) -> ml_collections.ConfigDict:
   """The `config.pretrain` block read by `medft.pretrain` (app configs and imagenet_pretrain)."""

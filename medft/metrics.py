@@ -23,34 +23,34 @@ import scipy.stats
 
 
 def _binary_labels_and_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (labels as 0/1 int array, scores as float64), both 1-D and equally long."""
-    labels = np.asarray(labels).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    if labels.shape != scores.shape:
-        raise ValueError(f"labels has {labels.size} entries but scores has {scores.size}.")
-    if labels.size and not np.isin(labels, (0, 1)).all():
-        bad = np.unique(labels[~np.isin(labels, (0, 1))])[:5]
-        raise ValueError(f"labels must be 0/1 (or bool); found values {bad.tolist()}.")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"scores contain {int((~np.isfinite(scores)).sum())} NaN/inf values.")
-    labels = labels.astype(np.int64)
-    num_pos = int(labels.sum())
-    if num_pos == 0 or num_pos == labels.size:
-        present = "positives" if num_pos else "negatives"
-        raise ValueError(
-            f"ROC needs both classes, but all {labels.size} labels are {present} "
-            "(e.g. a bootstrap resample or a subject without lesions)."
-        )
-    return labels, scores
+  """Returns (labels as 0/1 int array, scores as float64), both 1-D and equally long."""
+  labels = np.asarray(labels).ravel()
+  scores = np.asarray(scores, dtype=np.float64).ravel()
+  if labels.shape != scores.shape:
+    raise ValueError(f'labels has {labels.size} entries but scores has {scores.size}.')
+  if labels.size and not np.isin(labels, (0, 1)).all():
+    bad = np.unique(labels[~np.isin(labels, (0, 1))])[:5]
+    raise ValueError(f'labels must be 0/1 (or bool); found values {bad.tolist()}.')
+  if not np.isfinite(scores).all():
+    raise ValueError(f'scores contain {int((~np.isfinite(scores)).sum())} NaN/inf values.')
+  labels = labels.astype(np.int64)
+  num_pos = int(labels.sum())
+  if num_pos == 0 or num_pos == labels.size:
+    present = 'positives' if num_pos else 'negatives'
+    raise ValueError(
+      f'ROC needs both classes, but all {labels.size} labels are {present} '
+      '(e.g. a bootstrap resample or a subject without lesions).'
+    )
+  return labels, scores
 
 
 def _fractions(values: Sequence[float] | float, name: str, upper: float | None) -> np.ndarray:
-    values = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    if values.ndim != 1 or not np.isfinite(values).all() or (values < 0).any():
-        raise ValueError(f"{name} must be finite non-negative numbers, got {values.tolist()}.")
-    if upper is not None and (values > upper).any():
-        raise ValueError(f"{name} must be <= {upper}, got {values.tolist()}.")
-    return values
+  values = np.atleast_1d(np.asarray(values, dtype=np.float64))
+  if values.ndim != 1 or not np.isfinite(values).all() or (values < 0).any():
+    raise ValueError(f'{name} must be finite non-negative numbers, got {values.tolist()}.')
+  if upper is not None and (values > upper).any():
+    raise ValueError(f'{name} must be <= {upper}, got {values.tolist()}.')
+  return values
 
 
 # ---------------------------------------------------------------------------
@@ -59,66 +59,66 @@ def _fractions(values: Sequence[float] | float, name: str, upper: float | None) 
 
 
 def roc_curve(
-    labels: Any, scores: Any, drop_intermediate: bool = True
+  labels: Any, scores: Any, drop_intermediate: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ROC curve (fpr, tpr, thresholds), identical to ``sklearn.metrics.roc_curve``.
+  """ROC curve (fpr, tpr, thresholds), identical to ``sklearn.metrics.roc_curve``.
 
-    One operating point per distinct score (tied scores enter together, so ties give a
-    diagonal segment), preceded by (0, 0) at threshold ``inf``. ``drop_intermediate``
-    applies scikit-learn's rule: drop points collinear on a horizontal or vertical run
-    (second difference of both counts is zero); the piecewise-linear curve is unchanged.
-    """
-    labels, scores = _binary_labels_and_scores(labels, scores)
-    order = np.argsort(scores, kind="mergesort")[::-1]
-    scores, labels = scores[order], labels[order]
-    # The last index of each run of equal scores is an operating point.
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
-    tps = np.cumsum(labels)[last_of_tie].astype(np.float64)
-    fps = (last_of_tie + 1) - tps
-    thresholds = scores[last_of_tie]
-    if drop_intermediate and fps.size > 2:
-        keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
-        tps, fps, thresholds = tps[keep], fps[keep], thresholds[keep]
-    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
-    thresholds = np.r_[np.inf, thresholds]
-    return fps / fps[-1], tps / tps[-1], thresholds
+  One operating point per distinct score (tied scores enter together, so ties give a
+  diagonal segment), preceded by (0, 0) at threshold ``inf``. ``drop_intermediate``
+  applies scikit-learn's rule: drop points collinear on a horizontal or vertical run
+  (second difference of both counts is zero); the piecewise-linear curve is unchanged.
+  """
+  labels, scores = _binary_labels_and_scores(labels, scores)
+  order = np.argsort(scores, kind='mergesort')[::-1]
+  scores, labels = scores[order], labels[order]
+  # The last index of each run of equal scores is an operating point.
+  last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
+  tps = np.cumsum(labels)[last_of_tie].astype(np.float64)
+  fps = (last_of_tie + 1) - tps
+  thresholds = scores[last_of_tie]
+  if drop_intermediate and fps.size > 2:
+    keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+    tps, fps, thresholds = tps[keep], fps[keep], thresholds[keep]
+  tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+  thresholds = np.r_[np.inf, thresholds]
+  return fps / fps[-1], tps / tps[-1], thresholds
 
 
 def roc_auc(labels: Any, scores: Any) -> float:
-    """Area under the ROC curve as the Mann-Whitney statistic.
+  """Area under the ROC curve as the Mann-Whitney statistic.
 
-    Ties between a positive and a negative get half credit, which equals the
-    trapezoidal area of ``roc_curve`` and ``sklearn.metrics.roc_auc_score``.
-    """
-    labels, scores = _binary_labels_and_scores(labels, scores)
-    ranks = scipy.stats.rankdata(scores)  # average ranks for ties = half credit
-    num_pos = int(labels.sum())
-    num_neg = labels.size - num_pos
-    rank_sum = ranks[labels == 1].sum()
-    return float((rank_sum - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
+  Ties between a positive and a negative get half credit, which equals the
+  trapezoidal area of ``roc_curve`` and ``sklearn.metrics.roc_auc_score``.
+  """
+  labels, scores = _binary_labels_and_scores(labels, scores)
+  ranks = scipy.stats.rankdata(scores)  # average ranks for ties = half credit
+  num_pos = int(labels.sum())
+  num_neg = labels.size - num_pos
+  rank_sum = ranks[labels == 1].sum()
+  return float((rank_sum - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
 
 
 def sensitivity_at_fpr(
-    labels: Any, scores: Any, fprs: Sequence[float] = (0.10, 0.15, 0.20)
+  labels: Any, scores: Any, fprs: Sequence[float] = (0.10, 0.15, 0.20)
 ) -> list[float]:
-    """Sensitivity (TPR) at each false-positive rate in ``fprs``, in the same order.
+  """Sensitivity (TPR) at each false-positive rate in ``fprs``, in the same order.
 
-    Rule: the ROC curve is read as the piecewise-linear curve through its operating
-    points (points in between are reachable by randomising between two thresholds).
-    Where the curve is vertical at the requested FPR, the top of the segment is used,
-    i.e. the best sensitivity attainable without exceeding that FPR.
-    """
-    targets = _fractions(fprs, "fprs", upper=1.0)
-    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
-    result = []
-    for target in targets:
-        last = int(np.searchsorted(fpr, target, side="right")) - 1  # fpr[last] <= target
-        if fpr[last] == target or last == fpr.size - 1:
-            result.append(float(tpr[last]))
-        else:
-            weight = (target - fpr[last]) / (fpr[last + 1] - fpr[last])
-            result.append(float(tpr[last] + weight * (tpr[last + 1] - tpr[last])))
-    return result
+  Rule: the ROC curve is read as the piecewise-linear curve through its operating
+  points (points in between are reachable by randomising between two thresholds).
+  Where the curve is vertical at the requested FPR, the top of the segment is used,
+  i.e. the best sensitivity attainable without exceeding that FPR.
+  """
+  targets = _fractions(fprs, 'fprs', upper=1.0)
+  fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+  result = []
+  for target in targets:
+    last = int(np.searchsorted(fpr, target, side='right')) - 1  # fpr[last] <= target
+    if fpr[last] == target or last == fpr.size - 1:
+      result.append(float(tpr[last]))
+    else:
+      weight = (target - fpr[last]) / (fpr[last + 1] - fpr[last])
+      result.append(float(tpr[last] + weight * (tpr[last + 1] - tpr[last])))
+  return result
 
 
 # ---------------------------------------------------------------------------
@@ -129,137 +129,133 @@ def sensitivity_at_fpr(
 _FP_RATE_TOLERANCE = 1e-12
 
 
-def froc_curve(
-    scores: Any, lesion_ids: Any, num_lesions: int, num_images: int
-) -> dict[str, Any]:
-    """Free-response ROC of a detector from its scored candidates.
+def froc_curve(scores: Any, lesion_ids: Any, num_lesions: int, num_images: int) -> dict[str, Any]:
+  """Free-response ROC of a detector from its scored candidates.
 
-    ``lesion_ids[i]`` is the lesion that candidate i hits, or -1 for a false positive;
-    lesion ids must be unique across the whole data set (``pool_detection_units``
-    renumbers per-unit ids). ``num_lesions`` counts every lesion, including those no
-    candidate hits; ``num_images`` counts every frame/volume, including lesion-free ones.
+  ``lesion_ids[i]`` is the lesion that candidate i hits, or -1 for a false positive;
+  lesion ids must be unique across the whole data set (``pool_detection_units``
+  renumbers per-unit ids). ``num_lesions`` counts every lesion, including those no
+  candidate hits; ``num_images`` counts every frame/volume, including lesion-free ones.
 
-    At threshold t a lesion is detected if any candidate with score >= t hits it; extra
-    hits on a detected lesion are neither new detections nor false positives. Tied
-    scores enter together (one point per distinct score). Returns
-    ``{'thresholds', 'fp_per_image', 'sensitivity', 'num_lesions', 'num_images'}`` with
-    the curve starting at (0 FP, 0 sensitivity, threshold inf).
-    """
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    lesion_ids = np.asarray(lesion_ids).ravel()
-    if scores.shape != lesion_ids.shape:
-        raise ValueError(f"scores has {scores.size} entries but lesion_ids has {lesion_ids.size}.")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"scores contain {int((~np.isfinite(scores)).sum())} NaN/inf values.")
-    if lesion_ids.size and not np.issubdtype(lesion_ids.dtype, np.integer):
-        raise ValueError(
-            f"lesion_ids must be integers (-1 = false positive), got {lesion_ids.dtype}.")
-    if lesion_ids.size and lesion_ids.min() < -1:
-        raise ValueError(f"lesion_ids must be >= -1, found {int(lesion_ids.min())}.")
-    if int(num_images) <= 0 or int(num_lesions) <= 0:
-        raise ValueError(f"num_images ({num_images}) and num_lesions ({num_lesions}) must be > 0.")
-    num_hit = np.unique(lesion_ids[lesion_ids >= 0]).size
-    if num_hit > num_lesions:
-        raise ValueError(
-            f"candidates hit {num_hit} distinct lesions but num_lesions={num_lesions}.")
+  At threshold t a lesion is detected if any candidate with score >= t hits it; extra
+  hits on a detected lesion are neither new detections nor false positives. Tied
+  scores enter together (one point per distinct score). Returns
+  ``{'thresholds', 'fp_per_image', 'sensitivity', 'num_lesions', 'num_images'}`` with
+  the curve starting at (0 FP, 0 sensitivity, threshold inf).
+  """
+  scores = np.asarray(scores, dtype=np.float64).ravel()
+  lesion_ids = np.asarray(lesion_ids).ravel()
+  if scores.shape != lesion_ids.shape:
+    raise ValueError(f'scores has {scores.size} entries but lesion_ids has {lesion_ids.size}.')
+  if not np.isfinite(scores).all():
+    raise ValueError(f'scores contain {int((~np.isfinite(scores)).sum())} NaN/inf values.')
+  if lesion_ids.size and not np.issubdtype(lesion_ids.dtype, np.integer):
+    raise ValueError(f'lesion_ids must be integers (-1 = false positive), got {lesion_ids.dtype}.')
+  if lesion_ids.size and lesion_ids.min() < -1:
+    raise ValueError(f'lesion_ids must be >= -1, found {int(lesion_ids.min())}.')
+  if int(num_images) <= 0 or int(num_lesions) <= 0:
+    raise ValueError(f'num_images ({num_images}) and num_lesions ({num_lesions}) must be > 0.')
+  num_hit = np.unique(lesion_ids[lesion_ids >= 0]).size
+  if num_hit > num_lesions:
+    raise ValueError(f'candidates hit {num_hit} distinct lesions but num_lesions={num_lesions}.')
 
-    order = np.argsort(scores, kind="mergesort")[::-1]
-    scores, lesion_ids = scores[order], lesion_ids[order]
-    is_false_positive = lesion_ids < 0
-    # A hit counts only at the lesion's highest-scoring candidate (first in sorted order).
-    first_hit = np.zeros(scores.size, dtype=bool)
-    hit_positions = np.flatnonzero(~is_false_positive)
-    _, first = np.unique(lesion_ids[hit_positions], return_index=True)
-    first_hit[hit_positions[first]] = True
+  order = np.argsort(scores, kind='mergesort')[::-1]
+  scores, lesion_ids = scores[order], lesion_ids[order]
+  is_false_positive = lesion_ids < 0
+  # A hit counts only at the lesion's highest-scoring candidate (first in sorted order).
+  first_hit = np.zeros(scores.size, dtype=bool)
+  hit_positions = np.flatnonzero(~is_false_positive)
+  _, first = np.unique(lesion_ids[hit_positions], return_index=True)
+  first_hit[hit_positions[first]] = True
 
-    last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1].astype(np.int64)
-    if scores.size == 0:
-        last_of_tie = last_of_tie[:0]
-    detected = np.cumsum(first_hit)[last_of_tie]
-    false_positives = np.cumsum(is_false_positive)[last_of_tie]
-    return {
-        "thresholds": [float("inf")] + scores[last_of_tie].tolist(),
-        "fp_per_image": [0.0] + (false_positives / num_images).tolist(),
-        "sensitivity": [0.0] + (detected / num_lesions).tolist(),
-        "num_lesions": int(num_lesions),
-        "num_images": int(num_images),
-    }
+  last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1].astype(np.int64)
+  if scores.size == 0:
+    last_of_tie = last_of_tie[:0]
+  detected = np.cumsum(first_hit)[last_of_tie]
+  false_positives = np.cumsum(is_false_positive)[last_of_tie]
+  return {
+    'thresholds': [float('inf')] + scores[last_of_tie].tolist(),
+    'fp_per_image': [0.0] + (false_positives / num_images).tolist(),
+    'sensitivity': [0.0] + (detected / num_lesions).tolist(),
+    'num_lesions': int(num_lesions),
+    'num_images': int(num_images),
+  }
 
 
 def froc_sensitivity_at(curve: Mapping[str, Any], fp_rates: Sequence[float]) -> list[float]:
-    """Sensitivity at each FP/image in ``fp_rates``, from a ``froc_curve`` result.
+  """Sensitivity at each FP/image in ``fp_rates``, from a ``froc_curve`` result.
 
-    Step-function rule (no interpolation): the highest sensitivity among operating
-    points whose FP/image is <= the target. Beyond the last point (all candidates
-    accepted) the curve stays at its final sensitivity.
-    """
-    targets = _fractions(fp_rates, "fp_rates", upper=None)
-    fp = np.asarray(curve["fp_per_image"], dtype=np.float64)
-    sensitivity = np.asarray(curve["sensitivity"], dtype=np.float64)
-    result = []
-    for target in targets:
-        allowed = fp <= target + _FP_RATE_TOLERANCE * max(1.0, target)
-        result.append(float(sensitivity[allowed].max()))  # (0, 0) is always allowed
-    return result
+  Step-function rule (no interpolation): the highest sensitivity among operating
+  points whose FP/image is <= the target. Beyond the last point (all candidates
+  accepted) the curve stays at its final sensitivity.
+  """
+  targets = _fractions(fp_rates, 'fp_rates', upper=None)
+  fp = np.asarray(curve['fp_per_image'], dtype=np.float64)
+  sensitivity = np.asarray(curve['sensitivity'], dtype=np.float64)
+  result = []
+  for target in targets:
+    allowed = fp <= target + _FP_RATE_TOLERANCE * max(1.0, target)
+    result.append(float(sensitivity[allowed].max()))  # (0, 0) is always allowed
+  return result
 
 
 def froc_on_grid(
-    curve: Mapping[str, Any], max_fp: float, num_points: int = 101
+  curve: Mapping[str, Any], max_fp: float, num_points: int = 101
 ) -> dict[str, list[float]]:
-    """The FROC curve sampled at ``num_points`` evenly spaced FP/image in [0, max_fp].
+  """The FROC curve sampled at ``num_points`` evenly spaced FP/image in [0, max_fp].
 
-    Curves of different folds or bootstrap resamples share this grid, so they can be
-    averaged point-wise or given point-wise confidence bands.
-    """
-    if num_points < 2 or not max_fp > 0:
-        raise ValueError(f"need max_fp > 0 and num_points >= 2, got {max_fp}, {num_points}.")
-    grid = np.linspace(0.0, float(max_fp), int(num_points))
-    return {"fp_per_image": grid.tolist(), "sensitivity": froc_sensitivity_at(curve, grid)}
+  Curves of different folds or bootstrap resamples share this grid, so they can be
+  averaged point-wise or given point-wise confidence bands.
+  """
+  if num_points < 2 or not max_fp > 0:
+    raise ValueError(f'need max_fp > 0 and num_points >= 2, got {max_fp}, {num_points}.')
+  grid = np.linspace(0.0, float(max_fp), int(num_points))
+  return {'fp_per_image': grid.tolist(), 'sensitivity': froc_sensitivity_at(curve, grid)}
 
 
 def froc_partial_area(curve: Mapping[str, Any], fp_rates: Sequence[float]) -> float:
-    """Mean sensitivity over the given FP/image points (e.g. 1..5 FP/volume for PE).
+  """Mean sensitivity over the given FP/image points (e.g. 1..5 FP/volume for PE).
 
-    A one-number summary of the low-FP part of the curve that bootstrap tests can compare.
-    """
-    return float(np.mean(froc_sensitivity_at(curve, fp_rates)))
+  A one-number summary of the low-FP part of the curve that bootstrap tests can compare.
+  """
+  return float(np.mean(froc_sensitivity_at(curve, fp_rates)))
 
 
 def pool_detection_units(units: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Concatenates per-unit candidates into ``froc_curve`` keyword arguments.
+  """Concatenates per-unit candidates into ``froc_curve`` keyword arguments.
 
-    Each unit (a video or a CT volume) is a mapping with ``scores``, ``lesion_ids``
-    (-1 = false positive, ids local to the unit), ``num_lesions`` and ``num_images``.
-    Lesion ids are renumbered per list position, so a unit drawn twice by the bootstrap
-    contributes its lesions twice instead of having them merged.
-    Use as ``froc_curve(**pool_detection_units(units))``.
-    """
-    if len(units) == 0:
-        raise ValueError("pool_detection_units got no units.")
-    scores, lesion_ids = [], []
-    offset, num_lesions, num_images = 0, 0, 0
-    for position, unit in enumerate(units):
-        unit_ids = np.asarray(unit["lesion_ids"]).ravel()
-        hit = unit_ids >= 0
-        _, compact = np.unique(unit_ids[hit], return_inverse=True)
-        if hit.any() and compact.max() + 1 > int(unit["num_lesions"]):
-            raise ValueError(
-                f"unit {position} hits {compact.max() + 1} distinct lesions but "
-                f"num_lesions={unit['num_lesions']}."
-            )
-        new_ids = np.full(unit_ids.shape, -1, dtype=np.int64)
-        new_ids[hit] = compact.ravel() + offset
-        scores.append(np.asarray(unit["scores"], dtype=np.float64).ravel())
-        lesion_ids.append(new_ids)
-        offset += int(unit["num_lesions"])
-        num_lesions += int(unit["num_lesions"])
-        num_images += int(unit["num_images"])
-    return {
-        "scores": np.concatenate(scores),
-        "lesion_ids": np.concatenate(lesion_ids),
-        "num_lesions": num_lesions,
-        "num_images": num_images,
-    }
+  Each unit (a video or a CT volume) is a mapping with ``scores``, ``lesion_ids``
+  (-1 = false positive, ids local to the unit), ``num_lesions`` and ``num_images``.
+  Lesion ids are renumbered per list position, so a unit drawn twice by the bootstrap
+  contributes its lesions twice instead of having them merged.
+  Use as ``froc_curve(**pool_detection_units(units))``.
+  """
+  if len(units) == 0:
+    raise ValueError('pool_detection_units got no units.')
+  scores, lesion_ids = [], []
+  offset, num_lesions, num_images = 0, 0, 0
+  for position, unit in enumerate(units):
+    unit_ids = np.asarray(unit['lesion_ids']).ravel()
+    hit = unit_ids >= 0
+    _, compact = np.unique(unit_ids[hit], return_inverse=True)
+    if hit.any() and compact.max() + 1 > int(unit['num_lesions']):
+      raise ValueError(
+        f'unit {position} hits {compact.max() + 1} distinct lesions but '
+        f'num_lesions={unit["num_lesions"]}.'
+      )
+    new_ids = np.full(unit_ids.shape, -1, dtype=np.int64)
+    new_ids[hit] = compact.ravel() + offset
+    scores.append(np.asarray(unit['scores'], dtype=np.float64).ravel())
+    lesion_ids.append(new_ids)
+    offset += int(unit['num_lesions'])
+    num_lesions += int(unit['num_lesions'])
+    num_images += int(unit['num_images'])
+  return {
+    'scores': np.concatenate(scores),
+    'lesion_ids': np.concatenate(lesion_ids),
+    'num_lesions': num_lesions,
+    'num_images': num_images,
+  }
 
 
 # ---------------------------------------------------------------------------
@@ -268,51 +264,50 @@ def pool_detection_units(units: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _paired_rows(pred: Any, ref: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Prediction and reference rows at columns where the reference is defined."""
-    pred = np.asarray(pred, dtype=np.float64).ravel()
-    ref = np.asarray(ref, dtype=np.float64).ravel()
-    if pred.shape != ref.shape:
-        raise ValueError(f"{name}: prediction has {pred.size} columns, reference {ref.size}.")
-    valid = np.isfinite(ref)
-    if not valid.any():
-        raise ValueError(f"{name}: the reference has no finite column.")
-    if not np.isfinite(pred[valid]).all():
-        missing = int((~np.isfinite(pred[valid])).sum())
-        raise ValueError(
-            f"{name}: prediction is NaN/inf at {missing} columns the reference defines.")
-    return pred[valid], ref[valid]
+  """Prediction and reference rows at columns where the reference is defined."""
+  pred = np.asarray(pred, dtype=np.float64).ravel()
+  ref = np.asarray(ref, dtype=np.float64).ravel()
+  if pred.shape != ref.shape:
+    raise ValueError(f'{name}: prediction has {pred.size} columns, reference {ref.size}.')
+  valid = np.isfinite(ref)
+  if not valid.any():
+    raise ValueError(f'{name}: the reference has no finite column.')
+  if not np.isfinite(pred[valid]).all():
+    missing = int((~np.isfinite(pred[valid])).sum())
+    raise ValueError(f'{name}: prediction is NaN/inf at {missing} columns the reference defines.')
+  return pred[valid], ref[valid]
 
 
 def boundary_error_um(pred_rows: Any, ref_rows: Any, cf_mm_per_px: float) -> float:
-    """Mean absolute row distance between predicted and reference boundary, in µm.
+  """Mean absolute row distance between predicted and reference boundary, in µm.
 
-    Rows are per image column (same columns in both); columns where the reference is
-    NaN are not annotated and are ignored. ``cf_mm_per_px`` is the image's conversion
-    factor, so the result is mean |pred - ref| * CF * 1000.
-    """
-    pred, ref = _paired_rows(pred_rows, ref_rows, "boundary")
-    return float(np.mean(np.abs(pred - ref)) * cf_mm_per_px * 1000.0)
+  Rows are per image column (same columns in both); columns where the reference is
+  NaN are not annotated and are ignored. ``cf_mm_per_px`` is the image's conversion
+  factor, so the result is mean |pred - ref| * CF * 1000.
+  """
+  pred, ref = _paired_rows(pred_rows, ref_rows, 'boundary')
+  return float(np.mean(np.abs(pred - ref)) * cf_mm_per_px * 1000.0)
 
 
 def cimt_error_um(
-    pred_li: Any, pred_ma: Any, ref_li: Any, ref_ma: Any, cf_mm_per_px: float
+  pred_li: Any, pred_ma: Any, ref_li: Any, ref_ma: Any, cf_mm_per_px: float
 ) -> float:
-    """Absolute error of the mean intima-media thickness, in µm.
+  """Absolute error of the mean intima-media thickness, in µm.
 
-    Thickness per column is MA row - LI row; the error is |mean predicted thickness -
-    mean reference thickness| * CF * 1000, both means over the columns where both
-    reference boundaries are defined (so a common shift of both boundaries costs 0).
-    """
-    ref_li = np.asarray(ref_li, dtype=np.float64).ravel()
-    ref_ma = np.asarray(ref_ma, dtype=np.float64).ravel()
-    if ref_li.shape != ref_ma.shape:
-        raise ValueError(f"ref_li has {ref_li.size} columns but ref_ma has {ref_ma.size}.")
-    # NaN where either reference boundary is missing, so both means use the same columns.
-    both = np.where(np.isfinite(ref_li) & np.isfinite(ref_ma), 0.0, np.nan)
-    p_li, r_li = _paired_rows(pred_li, ref_li + both, "LI")
-    p_ma, r_ma = _paired_rows(pred_ma, ref_ma + both, "MA")
-    difference_px = np.mean(p_ma - p_li) - np.mean(r_ma - r_li)
-    return float(abs(difference_px) * cf_mm_per_px * 1000.0)
+  Thickness per column is MA row - LI row; the error is |mean predicted thickness -
+  mean reference thickness| * CF * 1000, both means over the columns where both
+  reference boundaries are defined (so a common shift of both boundaries costs 0).
+  """
+  ref_li = np.asarray(ref_li, dtype=np.float64).ravel()
+  ref_ma = np.asarray(ref_ma, dtype=np.float64).ravel()
+  if ref_li.shape != ref_ma.shape:
+    raise ValueError(f'ref_li has {ref_li.size} columns but ref_ma has {ref_ma.size}.')
+  # NaN where either reference boundary is missing, so both means use the same columns.
+  both = np.where(np.isfinite(ref_li) & np.isfinite(ref_ma), 0.0, np.nan)
+  p_li, r_li = _paired_rows(pred_li, ref_li + both, 'LI')
+  p_ma, r_ma = _paired_rows(pred_ma, ref_ma + both, 'MA')
+  difference_px = np.mean(p_ma - p_li) - np.mean(r_ma - r_li)
+  return float(abs(difference_px) * cf_mm_per_px * 1000.0)
 
 
 # ---------------------------------------------------------------------------
@@ -321,160 +316,158 @@ def cimt_error_um(
 
 
 def _resample(metric_fn: Callable[[list], float], units: Sequence, index: np.ndarray) -> float:
-    return float(metric_fn([units[i] for i in index]))
+  return float(metric_fn([units[i] for i in index]))
 
 
 def _bootstrap_values(
-    statistic: Callable[[np.ndarray], float], n_units: int, n_boot: int, seed: int
+  statistic: Callable[[np.ndarray], float], n_units: int, n_boot: int, seed: int
 ) -> tuple[list[float], int]:
-    """``statistic(index)`` on ``n_boot`` resamples (with replacement) of ``n_units`` unit
-    indices; resamples on which it raises ValueError are skipped. Returns the values and the
-    number skipped; raises ValueError when every resample was skipped."""
-    rng = np.random.default_rng(seed)
-    values, skipped = [], 0
-    for _ in range(int(n_boot)):
-        index = rng.integers(0, n_units, n_units)
-        try:
-            values.append(statistic(index))
-        except ValueError:
-            skipped += 1
-    if not values:
-        raise ValueError(f"metric_fn raised ValueError on all {n_boot} bootstrap resamples.")
-    return values, skipped
+  """``statistic(index)`` on ``n_boot`` resamples (with replacement) of ``n_units`` unit
+  indices; resamples on which it raises ValueError are skipped. Returns the values and the
+  number skipped; raises ValueError when every resample was skipped."""
+  rng = np.random.default_rng(seed)
+  values, skipped = [], 0
+  for _ in range(int(n_boot)):
+    index = rng.integers(0, n_units, n_units)
+    try:
+      values.append(statistic(index))
+    except ValueError:
+      skipped += 1
+  if not values:
+    raise ValueError(f'metric_fn raised ValueError on all {n_boot} bootstrap resamples.')
+  return values, skipped
 
 
 def bootstrap_ci(
-    metric_fn: Callable[[list], float],
-    units: Sequence,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
+  metric_fn: Callable[[list], float],
+  units: Sequence,
+  n_boot: int = 1000,
+  seed: int = 0,
+  alpha: float = 0.05,
 ) -> dict[str, float]:
-    """Percentile bootstrap CI of ``metric_fn(units)``, resampling whole units.
+  """Percentile bootstrap CI of ``metric_fn(units)``, resampling whole units.
 
-    Units are the independent samples (subjects, videos, volumes); patches of one unit
-    are correlated, so resampling patches would give too narrow intervals.
-    ``metric_fn`` receives a list of units. Resamples on which it raises ValueError
-    (e.g. no positive left for an AUC) are skipped and counted in ``n_skipped``.
-    """
-    units = list(units)
-    if not units:
-        raise ValueError("bootstrap_ci got no units.")
-    values, skipped = _bootstrap_values(
-        lambda index: _resample(metric_fn, units, index), len(units), n_boot, seed
-    )
-    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
-    return {
-        "value": float(metric_fn(units)),
-        "low": float(low),
-        "high": float(high),
-        "n_boot": len(values),
-        "n_skipped": skipped,
-    }
+  Units are the independent samples (subjects, videos, volumes); patches of one unit
+  are correlated, so resampling patches would give too narrow intervals.
+  ``metric_fn`` receives a list of units. Resamples on which it raises ValueError
+  (e.g. no positive left for an AUC) are skipped and counted in ``n_skipped``.
+  """
+  units = list(units)
+  if not units:
+    raise ValueError('bootstrap_ci got no units.')
+  values, skipped = _bootstrap_values(
+    lambda index: _resample(metric_fn, units, index), len(units), n_boot, seed
+  )
+  low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+  return {
+    'value': float(metric_fn(units)),
+    'low': float(low),
+    'high': float(high),
+    'n_boot': len(values),
+    'n_skipped': skipped,
+  }
 
 
 def paired_bootstrap(
-    metric_fn: Callable[[list], float],
-    units_a: Sequence,
-    units_b: Sequence,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
+  metric_fn: Callable[[list], float],
+  units_a: Sequence,
+  units_b: Sequence,
+  n_boot: int = 1000,
+  seed: int = 0,
+  alpha: float = 0.05,
 ) -> dict[str, float]:
-    """Bootstrap of metric(A) - metric(B) with the same resampled units in both arms.
+  """Bootstrap of metric(A) - metric(B) with the same resampled units in both arms.
 
-    ``units_a[i]`` and ``units_b[i]`` are the same unit evaluated by two methods.
-    Two-sided p-value: twice the smaller share of resampled differences on either side
-    of 0, with the +1 correction ((k + 1) / (n + 1)) so it is never exactly 0; capped at 1.
-    """
-    units_a, units_b = list(units_a), list(units_b)
-    if len(units_a) != len(units_b) or not units_a:
-        raise ValueError(
-            f"need equally many units per arm (>0), got {len(units_a)}, {len(units_b)}.")
-    differences, skipped = _bootstrap_values(
-        lambda index: _resample(metric_fn, units_a, index) - _resample(metric_fn, units_b, index),
-        len(units_a),
-        n_boot,
-        seed,
-    )
-    differences = np.asarray(differences)
-    n = differences.size
-    tail = min((differences <= 0).sum(), (differences >= 0).sum())
-    low, high = np.quantile(differences, [alpha / 2, 1 - alpha / 2])
-    value_a, value_b = float(metric_fn(units_a)), float(metric_fn(units_b))
-    return {
-        "value_a": value_a,
-        "value_b": value_b,
-        "difference": value_a - value_b,
-        "low": float(low),
-        "high": float(high),
-        "p_value": float(min(1.0, 2.0 * (tail + 1) / (n + 1))),
-        "n_boot": int(n),
-        "n_skipped": skipped,
-    }
+  ``units_a[i]`` and ``units_b[i]`` are the same unit evaluated by two methods.
+  Two-sided p-value: twice the smaller share of resampled differences on either side
+  of 0, with the +1 correction ((k + 1) / (n + 1)) so it is never exactly 0; capped at 1.
+  """
+  units_a, units_b = list(units_a), list(units_b)
+  if len(units_a) != len(units_b) or not units_a:
+    raise ValueError(f'need equally many units per arm (>0), got {len(units_a)}, {len(units_b)}.')
+  differences, skipped = _bootstrap_values(
+    lambda index: _resample(metric_fn, units_a, index) - _resample(metric_fn, units_b, index),
+    len(units_a),
+    n_boot,
+    seed,
+  )
+  differences = np.asarray(differences)
+  n = differences.size
+  tail = min((differences <= 0).sum(), (differences >= 0).sum())
+  low, high = np.quantile(differences, [alpha / 2, 1 - alpha / 2])
+  value_a, value_b = float(metric_fn(units_a)), float(metric_fn(units_b))
+  return {
+    'value_a': value_a,
+    'value_b': value_b,
+    'difference': value_a - value_b,
+    'low': float(low),
+    'high': float(high),
+    'p_value': float(min(1.0, 2.0 * (tail + 1) / (n + 1))),
+    'n_boot': int(n),
+    'n_skipped': skipped,
+  }
 
 
 def paired_permutation_test(
-    metric_fn: Callable[[list], float],
-    units_a: Sequence,
-    units_b: Sequence,
-    n_permutations: int = 1000,
-    seed: int = 0,
+  metric_fn: Callable[[list], float],
+  units_a: Sequence,
+  units_b: Sequence,
+  n_permutations: int = 1000,
+  seed: int = 0,
 ) -> dict[str, float]:
-    """Two-sided permutation test of metric(A) - metric(B), swapping arms per unit.
+  """Two-sided permutation test of metric(A) - metric(B), swapping arms per unit.
 
-    Under the null the two methods are exchangeable within each unit; the p-value is
-    (1 + #{|permuted difference| >= |observed|}) / (n_permutations + 1).
-    """
-    units_a, units_b = list(units_a), list(units_b)
-    if len(units_a) != len(units_b) or not units_a:
-        raise ValueError(
-            f"need equally many units per arm (>0), got {len(units_a)}, {len(units_b)}.")
-    observed = float(metric_fn(units_a)) - float(metric_fn(units_b))
-    rng = np.random.default_rng(seed)
-    at_least_as_extreme = 0
-    for _ in range(int(n_permutations)):
-        swap = rng.random(len(units_a)) < 0.5
-        perm_a = [b if s else a for a, b, s in zip(units_a, units_b, swap)]
-        perm_b = [a if s else b for a, b, s in zip(units_a, units_b, swap)]
-        permuted = float(metric_fn(perm_a)) - float(metric_fn(perm_b))
-        # Tolerance so that exact ties (e.g. identical arms) count as extreme.
-        at_least_as_extreme += abs(permuted) >= abs(observed) - 1e-12 * max(1.0, abs(observed))
-    return {
-        "difference": observed,
-        "p_value": (1 + at_least_as_extreme) / (int(n_permutations) + 1),
-        "n_permutations": int(n_permutations),
-    }
+  Under the null the two methods are exchangeable within each unit; the p-value is
+  (1 + #{|permuted difference| >= |observed|}) / (n_permutations + 1).
+  """
+  units_a, units_b = list(units_a), list(units_b)
+  if len(units_a) != len(units_b) or not units_a:
+    raise ValueError(f'need equally many units per arm (>0), got {len(units_a)}, {len(units_b)}.')
+  observed = float(metric_fn(units_a)) - float(metric_fn(units_b))
+  rng = np.random.default_rng(seed)
+  at_least_as_extreme = 0
+  for _ in range(int(n_permutations)):
+    swap = rng.random(len(units_a)) < 0.5
+    perm_a = [b if s else a for a, b, s in zip(units_a, units_b, swap)]
+    perm_b = [a if s else b for a, b, s in zip(units_a, units_b, swap)]
+    permuted = float(metric_fn(perm_a)) - float(metric_fn(perm_b))
+    # Tolerance so that exact ties (e.g. identical arms) count as extreme.
+    at_least_as_extreme += abs(permuted) >= abs(observed) - 1e-12 * max(1.0, abs(observed))
+  return {
+    'difference': observed,
+    'p_value': (1 + at_least_as_extreme) / (int(n_permutations) + 1),
+    'n_permutations': int(n_permutations),
+  }
 
 
 def paired_wilcoxon(errors_a: Any, errors_b: Any) -> dict[str, float]:
-    """Wilcoxon signed-rank test on paired per-unit errors (``scipy.stats.wilcoxon``).
+  """Wilcoxon signed-rank test on paired per-unit errors (``scipy.stats.wilcoxon``).
 
-    If every difference is zero the methods are indistinguishable: statistic 0, p = 1
-    (scipy would return NaN). ``n`` counts pairs, ``n_nonzero`` those the test ranks.
-    """
-    a = np.asarray(errors_a, dtype=np.float64).ravel()
-    b = np.asarray(errors_b, dtype=np.float64).ravel()
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"need equally many paired errors (>0), got {a.size} and {b.size}.")
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError("paired_wilcoxon got NaN/inf errors; drop those units explicitly.")
-    n_nonzero = int(np.count_nonzero(a - b))
-    if n_nonzero == 0:
-        return {"statistic": 0.0, "p_value": 1.0, "n": int(a.size), "n_nonzero": 0}
-    result = scipy.stats.wilcoxon(a, b)
-    return {
-        "statistic": float(result.statistic),
-        "p_value": float(result.pvalue),
-        "n": int(a.size),
-        "n_nonzero": n_nonzero,
-    }
+  If every difference is zero the methods are indistinguishable: statistic 0, p = 1
+  (scipy would return NaN). ``n`` counts pairs, ``n_nonzero`` those the test ranks.
+  """
+  a = np.asarray(errors_a, dtype=np.float64).ravel()
+  b = np.asarray(errors_b, dtype=np.float64).ravel()
+  if a.shape != b.shape or a.size == 0:
+    raise ValueError(f'need equally many paired errors (>0), got {a.size} and {b.size}.')
+  if not (np.isfinite(a).all() and np.isfinite(b).all()):
+    raise ValueError('paired_wilcoxon got NaN/inf errors; drop those units explicitly.')
+  n_nonzero = int(np.count_nonzero(a - b))
+  if n_nonzero == 0:
+    return {'statistic': 0.0, 'p_value': 1.0, 'n': int(a.size), 'n_nonzero': 0}
+  result = scipy.stats.wilcoxon(a, b)
+  return {
+    'statistic': float(result.statistic),
+    'p_value': float(result.pvalue),
+    'n': int(a.size),
+    'n_nonzero': n_nonzero,
+  }
 
 
 def mean_sd(values: Any) -> dict[str, float]:
-    """Mean and sample standard deviation (ddof=1, as papers report); sd is NaN if n < 2."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise ValueError("mean_sd got no values.")
-    sd = float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
-    return {"mean": float(np.mean(values)), "sd": sd, "n": int(values.size)}
+  """Mean and sample standard deviation (ddof=1, as papers report); sd is NaN if n < 2."""
+  values = np.asarray(values, dtype=np.float64).ravel()
+  if values.size == 0:
+    raise ValueError('mean_sd got no values.')
+  sd = float(np.std(values, ddof=1)) if values.size > 1 else float('nan')
+  return {'mean': float(np.mean(values)), 'sd': sd, 'n': int(values.size)}
