@@ -112,7 +112,11 @@ class CimtTask:
     self.scans = {name: [Scan.from_example(src[i], task_config.patch_size)
                          for i in range(len(src))] for name, src in splits.items()}
     self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    self._pool = None
+    self._pool = None  # task.fixed_pool: (scan, row, col, label) of every training patch
+    if task_config.get('fixed_pool', False) and 'train' in self.scans:
+      self._pool = sample_positions(self.scans['train'], self.epoch_examples,
+                                    np.random.default_rng([seed, 3]),
+                                    task_config.boundary_margin, task_config.roi_margin)
 
   @property
   def epoch_examples(self) -> int:
@@ -128,11 +132,7 @@ class CimtTask:
     stratified set of `epoch_examples` positions.
     """
     rng = np.random.default_rng([self.seed, 1, step])
-    if self.cfg.get('fixed_pool', False):
-      if self._pool is None:
-        self._pool = sample_positions(self.scans['train'], self.epoch_examples,
-                                      np.random.default_rng([self.seed, 3]),
-                                      self.cfg.boundary_margin, self.cfg.roi_margin)
+    if self._pool is not None:
       pick = rng.integers(self.epoch_examples, size=batch)
       s, r, c, y = (a[pick] for a in self._pool)
     else:

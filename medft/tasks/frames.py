@@ -56,6 +56,11 @@ class FramesTask:
     self.frames = {name: [Frame.from_example(src[i], task_config.crop_size)
                           for i in range(len(src))] for name, src in splits.items()}
     self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    self._pool = None  # task.fixed_pool: (frame index, corner fraction) of every training crop
+    if task_config.get('fixed_pool', False) and 'train' in self.frames:
+      pool = np.random.default_rng([seed, 3])
+      n = self.epoch_examples
+      self._pool = pool.integers(len(self.frames['train']), size=n), pool.random((n, 2))
 
   @property
   def epoch_examples(self) -> int:
@@ -65,12 +70,9 @@ class FramesTask:
     """Global batch `step` (a pure function of seed and step); this host's slice of it."""
     rng = np.random.default_rng([self.seed, 1, step])
     frames = self.frames['train']
-    if self.cfg.get('fixed_pool', False):  # one fixed set of crops, drawn from by index
-      pool = np.random.default_rng([self.seed, 3])
-      n = self.epoch_examples
-      pool_picks, pool_where = pool.integers(len(frames), size=n), pool.random((n, 2))
-      chosen = rng.integers(n, size=batch)
-      picks, where = pool_picks[chosen], pool_where[chosen]
+    if self._pool is not None:  # one fixed set of crops, drawn from by index
+      chosen = rng.integers(self.epoch_examples, size=batch)
+      picks, where = self._pool[0][chosen], self._pool[1][chosen]
     else:
       picks = rng.integers(len(frames), size=batch)
       # Corners as fractions, so that a draw does not depend on the sizes of other frames.
