@@ -828,14 +828,14 @@ def run(s: Settings, use_torch: bool | None = None, levers: bool = False, parts=
   """All benchmark rows (see the module docstring)."""
   use_torch = torch_available() if use_torch is None else use_torch
   printed = log or (lambda r: print(format_row(r), flush=True))
+  info = _device_info()
 
-  def log(row):  # every row records the compute dtype it was measured with
-    row['dtype'] = s.dtype
+  def log(row):  # every row records the machine and the compute dtype it was measured with
+    row.update(info, dtype=s.dtype)
     printed(row)
 
   parallel.check_batch(s.batch)
   parts = ('train', 'pipeline', 'dense') if parts is None else parts
-  info = _device_info()
   rows = []
   if 'train' in parts:
     for arch in s.archs:
@@ -848,8 +848,6 @@ def run(s: Settings, use_torch: bool | None = None, levers: bool = False, parts=
   if levers or 'levers' in parts:
     for arch in lever_archs:
       rows += bench_levers(s, log, arch=arch, only=only_levers)
-  for r in rows:
-    r.update(info, dtype=s.dtype)
   return rows
 
 
@@ -890,7 +888,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
   def log(row):  # the file is rewritten after every row, so a killed run keeps its rows
     print(format_row(row), flush=True)
-    done.append(dict(row, **_device_info(), dtype=s.dtype))
+    done.append(dict(row))
     if args.out:
       files.write_json_atomic(args.out, done)
 
