@@ -264,9 +264,9 @@ def detect_app(tests: Sequence[dict]) -> App:
       return CimtApp()
     units = _unit_list(test)
     if units and 'lesion_ids' in units[0]:
-      fp = test.get('fp_rates') or (test.get('froc') or {}).get('fp_rates') or [
-          0.125, 0.25, 0.5, 1, 2, 4, 8]
-      return DetectionApp(fp)
+      # Results written before detection.report recorded its FP rates: the FROC range of
+      # the CAD literature.
+      return DetectionApp(test.get('fp_rates') or [0.125, 0.25, 0.5, 1, 2, 4, 8])
     if units and 'labels' in units[0] and 'scores' in units[0]:
       return ClassificationApp()
   return App()

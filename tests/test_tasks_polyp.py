@@ -148,6 +148,7 @@ def test_perfect_predictor_gives_sensitivity_one_and_auc_one():
   assert result['num_lesions'] == result['lesions_hit'] == 6  # frames 0,1,3,4,6,7 of 8
   assert result['num_frames'] == 8 and result['num_units'] == 4
   assert result['froc']['sensitivity'][0] == 1.0  # at 0 FP/frame already
+  assert result['fp_rates'] == [0.01, 0.001]  # what the report scores arms at
   import json
   json.dumps(result)
 

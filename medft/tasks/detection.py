@@ -10,14 +10,14 @@ from medft import metrics
 
 
 def report(units: list[dict], fp_rates: Sequence[float], froc_max_fp: float,
-                     n_boot: int, seed: int, per: str, summary_rates: Sequence[float] = ()
-                     ) -> dict:
+           n_boot: int, seed: int, per: str, summary_rates: Sequence[float] = ()) -> dict:
   """FROC and candidate AUC of per-unit detections, with bootstrap CIs over units.
 
   `units[i]` holds `scores`, `lesion_ids` (-1 = false positive, unit-local ids),
   `num_lesions`, `num_images`; they are returned as `per_unit` so a report can recompute any
-  metric, or a paired bootstrap between arms, on the same units. `summary_rates`, when given,
-  adds the mean sensitivity over those FP rates (e.g. 1..5 FP/volume) as `froc_mean`.
+  metric, or a paired bootstrap between arms, on the same units, at the same `fp_rates`.
+  `summary_rates`, when given, adds the mean sensitivity over those FP rates (e.g. 1..5
+  FP/volume) as `froc_mean`.
   """
   def froc(us):
     return metrics.froc_curve(**metrics.pool_detection_units(us))
@@ -48,6 +48,7 @@ def report(units: list[dict], fp_rates: Sequence[float], froc_max_fp: float,
       'num_positive_candidates': int(labels.sum()),
       'lesions_hit': int(sum(len({i for i in u['lesion_ids'] if i >= 0}) for u in units)),
       'per_unit': units,
+      'fp_rates': [float(r) for r in fp_rates],
   }
   if result['num_lesions']:
     grid = metrics.froc_on_grid(froc(units), froc_max_fp)
