@@ -216,17 +216,19 @@ def _run_one(config, run: Run, sweep_dir: Path, init: str) -> dict | None:
     logging.error('%s', e)
     files.write_json_atomic(workdir / 'failed.json', {'error': str(e), 'time': time.time()})
     return None
-  _prune_checkpoints(workdir, study_setting(config, 'sweep', 'keep_checkpoints'))
+  for name in dropped_checkpoints(config):  # frees the disk a finished run no longer needs
+    shutil.rmtree(workdir / 'checkpoints' / name, ignore_errors=True)
   return results
 
 
-def _prune_checkpoints(workdir: Path, keep: str) -> None:
-  """Frees the disk a finished run no longer needs (`sweep.keep_checkpoints`)."""
-  if keep not in ('all', 'best', 'none'):
+def dropped_checkpoints(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The checkpoint folders a finished run drops under `sweep.keep_checkpoints` (checked
+  before a study starts, so a bad value deletes nothing)."""
+  keep = study_setting(config, 'sweep', 'keep_checkpoints')
+  dropped = {'all': (), 'best': ('latest',), 'none': ('latest', 'best')}
+  if keep not in dropped:
     raise ValueError(f'sweep.keep_checkpoints={keep!r}: expected all, best or none.')
-  doomed = {'all': [], 'best': ['latest'], 'none': ['latest', 'best']}[keep]
-  for name in doomed:
-    shutil.rmtree(workdir / 'checkpoints' / name, ignore_errors=True)
+  return dropped[keep]
 
 
 def _write_plan(config, sweep_dir: Path, runs: Sequence[Run], init: str) -> None:
@@ -244,12 +246,13 @@ def _write_plan(config, sweep_dir: Path, runs: Sequence[Run], init: str) -> None
 def sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Runs this shard's part of the study into `workdir` and returns the report (a dict)."""
   sweep_dir = Path(workdir)
+  dropped = dropped_checkpoints(config)
   runs = plan(config)
   shard = study_setting(config, 'sweep', 'shard')
   mine = shard_of(runs, shard)
   t0 = time.time()
   init = source_init(config, sweep_dir, needs_init=any(r.arm != 'scratch' for r in runs))
-  if init and study_setting(config, 'sweep', 'keep_checkpoints') != 'all':
+  if init and dropped:
     shutil.rmtree(sweep_dir / SOURCE_MODEL_DIR / 'checkpoints', ignore_errors=True)
   _write_plan(config, sweep_dir, runs, init)
   logging.info('Sweep: %d runs planned, %d in this shard (%s).', len(runs), len(mine),
@@ -290,6 +293,7 @@ def auto_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   a sweep already finished are reused (and the other way round).
   """
   sweep_dir = Path(workdir)
+  dropped_checkpoints(config)
   units = units_of(config)
   tolerance = float(study_setting(config, 'auto', 'tolerance'))
   patience = max(1, int(study_setting(config, 'auto', 'patience')))

@@ -162,3 +162,14 @@ def test_auto_chooses_a_depth_and_records_the_curve(swept):
   assert record['test'] and 'li_error_um' in record['test']
   md = (folder / 'report.md').read_text()
   assert '## Automatic depth choice' in md and 'Against the sweep' in md
+
+
+@pytest.mark.parametrize('study', [sweep, auto_tune])
+def test_bad_keep_checkpoints_is_refused_before_anything_is_deleted(study, tmp_path):
+  config = cimt.get_config('synthetic,pretext')
+  config.sweep.keep_checkpoints = 'bset'
+  kept = tmp_path / 'source_model' / 'checkpoints'
+  kept.mkdir(parents=True)
+  with pytest.raises(ValueError, match="sweep.keep_checkpoints='bset'.*all, best or none"):
+    study(config, tmp_path)
+  assert kept.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ['source_model']
