@@ -46,7 +46,7 @@ N_BOOT = 1000
 # table's entry instead of stopping the whole report.
 BAD_DATA = (ValueError, KeyError, TypeError, IndexError)
 PLOTS = 'plots'
-PRETEXT_FORMAT = 'medft-pretext'
+PRETEXT_FORMAT = report_text.PRETEXT_FORMAT
 
 
 # ---- runs --------------------------------------------------------------------------------
@@ -134,12 +134,8 @@ def _metrics_rows(path: Path) -> list[dict]:
 
 def arm_order(arms: Sequence[str], arch: str | None) -> list[str]:
   """scratch first, then head-only to all layers (the paper's order); unknown names last."""
-  try:
-    from medft.models import ARCHS
-    units = ARCHS[arch][1] if arch in ARCHS else ()
-  except ImportError:
-    units = ()
-  known = ['scratch'] + list(reversed(units))
+  from medft import models, tuning
+  known = list(tuning.arms(models.ARCHS[arch][1] if arch in models.ARCHS else ()))
   return sorted(set(arms), key=lambda a: (known.index(a) if a in known else len(known), a))
 
 

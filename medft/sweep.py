@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import ml_collections
 from absl import logging
 
-from medft import files, trainer
+from medft import files, trainer, tuning
 from medft.models import ARCHS
 
 # Config blocks that describe the study, not a run: stripped from each run's config so that
@@ -100,7 +100,7 @@ def units_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 def all_arms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """scratch, then the head only, deepening to every unit (the paper's order)."""
-  return ('scratch',) + tuple(reversed(units_of(config)))
+  return tuning.arms(units_of(config))
 
 
 def plan(config: ml_collections.ConfigDict) -> list[Run]:
