@@ -125,12 +125,10 @@ def _depth_plot(plots_dir: Path, app: App, rows: Sequence[dict], arms: Sequence[
 def _cimt_boxplot(plots_dir: Path, app: CimtApp, f: float, arms: Sequence[str], groups: dict,
                   out: list) -> None:
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+  arm_units = [_arm_units(app, f, a, groups) for a in arms]
   for ax, key, name in zip(axes, ('li_error_um', 'ma_error_um'),
                            ('lumen-intima (LI)', 'media-adventitia (MA)')):
-    data = []
-    for a in arms:
-      units = _arm_units(app, f, a, groups)
-      data.append(app.image_errors(key, units) if units else np.zeros(0))
+    data = [app.image_errors(key, units) if units else np.zeros(0) for units in arm_units]
     ax.boxplot([d if d.size else [np.nan] for d in data], showmeans=True)
     ax.set_xticks(np.arange(1, len(arms) + 1), arms)
     ax.set_xlabel('arm')
