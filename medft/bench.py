@@ -255,7 +255,7 @@ def jax_train_case(arch: str, depth: str, s: Settings, batch: int | None = None,
   a = arm(arch, depth, s, **(model_kwargs or {}))
   with (patched(parallel, 'pmap_train_step', pmap_fn) if pmap_fn
         else contextlib.nullcontext()):
-    p_train_step, _ = trainer.make_steps(a.model, a.tx, a.meta, skip_nonfinite=False)
+    p_train_step, _ = trainer.make_steps(a.model, a.tx, a.meta)
   images = parallel.to_devices(parallel.shard(_images(s, batch or s.batch)))
   options = parallel.compiler_options() if compiler_options is None else compiler_options
   return _step_case(p_train_step, a, lambda: images, options)
@@ -273,7 +273,7 @@ def jax_cached_case(arch: str, depth: str, s: Settings, batch: int | None = None
                                      'bench', 'memory', max_bytes=2**34)
   host = _images(s, batch or s.batch)
   cache.features(host['image'])  # the first epoch: every patch computed once
-  p_train_step, _ = trainer.make_steps(a.model, a.tx, a.meta, skip_nonfinite=False, start=depth)
+  p_train_step, _ = trainer.make_steps(a.model, a.tx, a.meta, start=depth)
 
   def device_batch():
     return parallel.to_devices(parallel.shard(
@@ -285,7 +285,7 @@ def jax_predict_case(arch: str, s: Settings, batch: int | None = None) -> JaxCas
   """Forward-only inference (`predict` of `trainer.make_steps`), compiled ahead of time."""
   batch = batch or s.batch
   a = arm(arch, 'scratch', s)
-  _, p_predict = trainer.make_steps(a.model, a.tx, a.meta, skip_nonfinite=False)
+  _, p_predict = trainer.make_steps(a.model, a.tx, a.meta)
   pparams = parallel.replicate(a.params)
   images = parallel.to_devices(parallel.shard(_images(s, batch)['image']))
   t0 = time.perf_counter()
@@ -639,7 +639,7 @@ def bench_dense(s: Settings, log: Callable, arch: str = 'alexnet') -> list[dict]
   task = cimt_task()
   scan = task.scans['test'][0]
   a = arm(arch, 'scratch', s)
-  _, p_predict = trainer.make_steps(a.model, a.tx, a.meta, skip_nonfinite=False)
+  _, p_predict = trainer.make_steps(a.model, a.tx, a.meta)
   pparams = parallel.replicate(a.params)
   roi_rows, cols = scan.roi_rows(task.cfg.roi_margin), scan.columns[::task.cfg.eval_col_stride]
   rr, cc = np.meshgrid(roi_rows, cols, indexing='ij')

@@ -300,7 +300,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
   trainer._truncate_metrics(metrics_file, start)  # noqa: SLF001
 
   # ---- loop ----
-  p_train_step, p_predict = trainer.make_steps(model, tx, meta, skip_nonfinite=False)
+  p_train_step, p_predict = trainer.make_steps(model, tx, meta)
   train_cfg = ml_collections.ConfigDict(dict(workers=p.workers, prefetch=4))
   batches = trainer._input_pipeline(source, start, p.steps, p.batch, slice(None),  # noqa: SLF001
                                     train_cfg)

@@ -72,7 +72,7 @@ def setup(config: ml_collections.ConfigDict):
   tx = tuning.make_optimizer(params, units, config.depth, config.optim,
                              max(1, task.epoch_examples // config.train.batch))
   state = trainer.TrainState.create(params, tx)
-  p_train_step, _ = trainer.make_steps(model, tx, meta, config.train.skip_nonfinite)
+  p_train_step, _ = trainer.make_steps(model, tx, meta)
   return p_train_step, parallel.replicate(state), task, jax.random.key(config.seed)
 
 

@@ -186,7 +186,7 @@ def initial_params(config: ml_collections.ConfigDict, model, units) -> tuple[Any
   return tuning.reinit_head(params, fresh, units[-1]), meta
 
 
-def make_steps(model, tx, meta: store.Meta, skip_nonfinite: bool, start: str | None = None):
+def make_steps(model, tx, meta: store.Meta, start: str | None = None):
   """The pmapped train step and prediction function.
 
   With `start` (a unit), the train step takes `batch['features']`, the frozen trunk's output
@@ -222,7 +222,6 @@ def make_steps(model, tx, meta: store.Meta, skip_nonfinite: bool, start: str | N
         jnp.mean(jnp.argmax(logits, -1) == batch['label']))
     return new_state, {'loss': loss, 'accuracy': accuracy, 'finite': finite}
 
-  del skip_nonfinite
   return parallel.pmap_train_step(train_step), make_predict(model, meta)
 
 
@@ -343,8 +342,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     _truncate_metrics(metrics_file, start)
 
   # ---- loop ----------------------------------------------------------------------------
-  p_train_step, p_predict = make_steps(model, tx, meta, config.train.skip_nonfinite,
-                                       start=cache_start)
+  p_train_step, p_predict = make_steps(model, tx, meta, start=cache_start)
   per_host = batch // jax.process_count()
   host_slice = slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
   batches = _input_pipeline(task, start, steps, batch, host_slice, config.train)

@@ -21,7 +21,7 @@ def _setup(depth):
       jax.random.key(0), jnp.zeros((1, 67, 67, 3)))['params'])
   tx = tuning.make_optimizer(params, units, depth, config.optim, steps_per_epoch=2)
   meta = store.default_meta('alexnet', (67, 67))
-  step, _ = trainer.make_steps(model, tx, meta, skip_nonfinite=False)
+  step, _ = trainer.make_steps(model, tx, meta)
   return params, tx, step
 
 
