@@ -468,6 +468,9 @@ def _feature_cache(config, model, units, meta: store.Meta, params
   if not mode.strip():
     raise ValueError(f'train.feature_cache={mode!r} is blank; give "memory", a folder, or "" '
                      'to turn the cache off.')
+  if not config.train.feature_cache_mb > 0:
+    raise ValueError(f'train.feature_cache_mb={config.train.feature_cache_mb} must be above 0 '
+                     '(MiB of features the cache may hold).')
   if config.depth == 'scratch' or config.depth == units[0]:
     logging.info('train.feature_cache: arm %s trains every unit; nothing to cache.',
                  config.depth)

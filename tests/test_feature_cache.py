@@ -111,10 +111,11 @@ def _source(tmp_path, seed=7):
   return str(folder)
 
 
-def _train(data_dir, workdir, init, cache, depth='fc7', **task):
+def _train(data_dir, workdir, init, cache, depth='fc7', feature_cache_mb=2048, **task):
   config = tiny.config(data_dir, steps=12, depth=depth, init=init)
   config.train.eval_every = 6
   config.train.feature_cache = cache
+  config.train.feature_cache_mb = feature_cache_mb
   config.task.update(task)
   results = medft.train(config, workdir)
   mngr = ocp.CheckpointManager((workdir / 'checkpoints' / 'latest').absolute())
@@ -175,6 +176,9 @@ def test_unwritable_cache_folder_is_refused_by_name(cimt_data_dir, tmp_path):
   assert not (tmp_path / 'r').exists()  # refused before the workdir was written
   with pytest.raises(ValueError, match="train.feature_cache=' ' is blank"):
     _train(cimt_data_dir, tmp_path / 'r', _source(tmp_path), ' ')
+  assert not (tmp_path / 'r').exists()
+  with pytest.raises(ValueError, match='train.feature_cache_mb=0 must be above 0'):
+    _train(cimt_data_dir, tmp_path / 'r', _source(tmp_path), 'memory', feature_cache_mb=0)
   assert not (tmp_path / 'r').exists()
 
 
