@@ -39,9 +39,10 @@ flags.DEFINE_bool('verbose', False, 'Show Python tracebacks and library debug lo
 flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
-# Errors that describe bad input; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyError,
-               ImportError, medft.NonFiniteError)
+# Errors that describe bad input (medft.errors); anything else is a bug and keeps its
+# traceback. The builtin types stay in the list until every raise site names its UserError.
+USER_ERRORS = (medft.UserError, ValueError, FileNotFoundError, FileExistsError,
+               PermissionError, KeyError, ImportError)
 
 
 class _QuietLibraries(py_logging.Filter):

@@ -24,6 +24,7 @@ from absl import logging
 from flax import struct
 
 from medft import feature_cache, files, models, parallel, preprocess, tuning
+from medft.errors import NonFiniteError  # noqa: F401  (re-exported as medft.trainer.NonFiniteError)
 from medft.weights import store
 
 
@@ -37,10 +38,6 @@ class TrainState(struct.PyTreeNode):
     """Step 0 with a fresh optimizer state, as host numpy arrays (what orbax checkpoints)."""
     return cls(step=np.asarray(0, np.int32), params=params,
                opt_state=jax.tree.map(np.asarray, tx.init(params)))
-
-
-class NonFiniteError(RuntimeError):
-  """A non-finite loss or update stopped the run."""
 
 
 class Preempted(RuntimeError):

@@ -17,11 +17,13 @@ from typing import Any, ClassVar
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
+from medft.errors import MissingInputError
+
 # The only split a medft builder writes: train/validation/test are chosen at read time.
 FULL_SPLIT = 'full'
 
 
-class ManualDirError(FileNotFoundError):
+class ManualDirError(MissingInputError):
   """The user's download is missing or incomplete."""
 
 
