@@ -121,6 +121,33 @@ def sensitivity_at_fpr(
   return result
 
 
+def threshold_at_fpr(labels: Any, scores: Any, fpr: float) -> float:
+  """The lowest score threshold whose false-positive rate is <= ``fpr`` (``inf`` if none).
+
+  Scores >= the threshold are called positive. This is the ROC operating point at the top
+  of the last vertex at or below ``fpr``, without the interpolation ``sensitivity_at_fpr``
+  uses, so it can be applied to each unit's frames to give per-unit sensitivities.
+  """
+  fpr_target = float(_fractions(fpr, 'fpr', upper=1.0)[0])
+  fprs, _, thresholds = roc_curve(labels, scores, drop_intermediate=False)
+  return float(thresholds[np.flatnonzero(fprs <= fpr_target + 1e-12)[-1]])
+
+
+def auc_placements(labels: Any, scores: Any) -> np.ndarray:
+  """Per positive: the share of negatives it outscores (ties count half).
+
+  These are the Mann-Whitney (DeLong) components of the AUC: their mean is ``roc_auc``,
+  so the mean placement of one unit's positives is that unit's share of the pooled AUC.
+  Returned in the order of the positives in ``labels``.
+  """
+  labels, scores = _binary_labels_and_scores(labels, scores)
+  negatives = np.sort(scores[labels == 0])
+  positives = scores[labels == 1]
+  below = np.searchsorted(negatives, positives, side='left')
+  tied = np.searchsorted(negatives, positives, side='right') - below
+  return (below + 0.5 * tied) / negatives.size
+
+
 # ---------------------------------------------------------------------------
 # FROC (detection)
 # ---------------------------------------------------------------------------
@@ -219,6 +246,45 @@ def froc_partial_area(curve: Mapping[str, Any], fp_rates: Sequence[float]) -> fl
   A one-number summary of the low-FP part of the curve that bootstrap tests can compare.
   """
   return float(np.mean(froc_sensitivity_at(curve, fp_rates)))
+
+
+def froc_threshold_at(curve: Mapping[str, Any], fp_rate: float) -> float:
+  """The score threshold of ``froc_sensitivity_at(curve, [fp_rate])``'s operating point.
+
+  Candidates scoring >= the returned value are accepted (``inf``: none is). Applying it to
+  each unit's candidates gives per-unit sensitivities whose lesion-weighted mean is the
+  pooled sensitivity at ``fp_rate``.
+  """
+  target = float(_fractions(fp_rate, 'fp_rate', upper=None)[0])
+  fp = np.asarray(curve['fp_per_image'], dtype=np.float64)
+  allowed = np.flatnonzero(fp <= target + _FP_RATE_TOLERANCE * max(1.0, target))
+  return float(curve['thresholds'][allowed[-1]])  # the curve's sensitivity never falls
+
+
+def unit_lesion_sensitivity(units: Sequence[Mapping[str, Any]], threshold: float) -> np.ndarray:
+  """Per unit: share of its lesions hit by a candidate scoring >= ``threshold``.
+
+  NaN for a unit without lesions (its sensitivity is undefined). ``units`` as for
+  ``pool_detection_units``; with ``threshold=-inf`` this is each unit's candidate recall.
+  """
+  out = np.full(len(units), np.nan)
+  for k, unit in enumerate(units):
+    if int(unit['num_lesions']) > 0:
+      ids = np.asarray(unit['lesion_ids']).ravel()
+      accepted = ids[(np.asarray(unit['scores'], dtype=np.float64).ravel() >= threshold)
+                     & (ids >= 0)]
+      out[k] = np.unique(accepted).size / int(unit['num_lesions'])
+  return out
+
+
+def candidate_recall(units: Sequence[Mapping[str, Any]]) -> float:
+  """Share of all lesions that at least one candidate hits: the ceiling of any FROC."""
+  lesions = sum(int(u['num_lesions']) for u in units)
+  if lesions <= 0:
+    raise ValueError('candidate_recall: the units hold no lesion.')
+  hit = sum(np.unique(np.asarray(u['lesion_ids'])[np.asarray(u['lesion_ids']) >= 0]).size
+            for u in units)
+  return float(hit / lesions)
 
 
 def pool_detection_units(units: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -471,3 +537,42 @@ def mean_sd(values: Any) -> dict[str, float]:
     raise ValueError('mean_sd got no values.')
   sd = float(np.std(values, ddof=1)) if values.size > 1 else float('nan')
   return {'mean': float(np.mean(values)), 'sd': sd, 'n': int(values.size)}
+
+
+# ---------------------------------------------------------------------------
+# Multiplicity
+# ---------------------------------------------------------------------------
+
+
+def holm(p_values: Any) -> list[float]:
+  """Holm's step-down adjusted p-values (family-wise error control), in the input order.
+
+  With the p-values sorted ascending, p_(i) becomes max_{j<=i} min(1, (m - j + 1) p_(j)); a
+  hypothesis is rejected at level alpha when its adjusted p-value is < alpha.
+  """
+  p = np.asarray(p_values, dtype=np.float64).ravel()
+  if p.size == 0:
+    return []
+  if not (np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()):
+    raise ValueError(f'p-values must lie in [0, 1], got {p.tolist()}.')
+  order = np.argsort(p, kind='mergesort')
+  stepped = np.maximum.accumulate((p.size - np.arange(p.size)) * p[order])
+  adjusted = np.empty_like(p)
+  adjusted[order] = np.minimum(1.0, stepped)
+  return adjusted.tolist()
+
+
+CORRECTIONS = {
+  'holm': 'Holm step-down (family-wise error rate)',
+  'bh': 'Benjamini-Hochberg (false discovery rate)',
+}
+
+
+def adjust_p(p_values: Any, method: str = 'holm') -> list[float]:
+  """Adjusted p-values of one family: ``holm`` or ``bh`` (scipy.stats.false_discovery_control)."""
+  if method not in CORRECTIONS:
+    raise ValueError(f'correction {method!r}: expected one of {", ".join(CORRECTIONS)}.')
+  if method == 'holm':
+    return holm(p_values)
+  p = np.asarray(p_values, dtype=np.float64).ravel()
+  return scipy.stats.false_discovery_control(p, method='bh').tolist() if p.size else []
