@@ -430,7 +430,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
 
   test = task.evaluate(predict_numpy, 'test') if len(ds.splits.get('test', ())) else None
   results = {
-      'arm': config.depth, 'depth': config.depth, 'arch': config.arch,
+      'app': ds.app, 'arm': config.depth, 'depth': config.depth, 'arch': config.arch,
       'fraction': config.data.fraction, 'seed': config.seed, 'dataset': config.data.name,
       'init': config.init or None, 'init_source': meta.source_format if config.init else None,
       'steps': int(step), 'total_steps': steps, 'steps_per_epoch': steps_per_epoch,

@@ -8,6 +8,10 @@ import numpy as np
 
 from medft import metrics
 
+# `froc_log`: the FROC at FP/image 0, then FROC_POINTS log-spaced points from FROC_LOW to
+# max(FROC_HIGH, task.froc_max_fp) (`froc` stays the linear grid up to task.froc_max_fp).
+FROC_LOW, FROC_HIGH, FROC_POINTS = 1e-4, 10.0, 121
+
 
 def report(units: list[dict], fp_rates: Sequence[float], froc_max_fp: float,
            n_boot: int, seed: int, per: str, summary_rates: Sequence[float] = ()) -> dict:
@@ -16,6 +20,7 @@ def report(units: list[dict], fp_rates: Sequence[float], froc_max_fp: float,
   `units[i]` holds `scores`, `lesion_ids` (-1 = false positive, unit-local ids),
   `num_lesions`, `num_images`; they are returned as `per_unit` so a report can recompute any
   metric, or a paired bootstrap between arms, on the same units, at the same `fp_rates`.
+  `candidate_recall` (share of lesions any candidate hits) is the ceiling of every FROC.
   `summary_rates`, when given, adds the mean sensitivity over those FP rates (e.g. 1..5
   FP/volume) as `froc_mean`.
   """
@@ -51,8 +56,14 @@ def report(units: list[dict], fp_rates: Sequence[float], froc_max_fp: float,
       'fp_rates': [float(r) for r in fp_rates],
   }
   if result['num_lesions']:
-    grid = metrics.froc_on_grid(froc(units), froc_max_fp)
+    result['candidate_recall'] = metrics.candidate_recall(units)
+    curve = froc(units)
+    grid = metrics.froc_on_grid(curve, froc_max_fp)
     result['froc'] = {f'fp_per_{per}': grid['fp_per_image'], 'sensitivity': grid['sensitivity']}
+    # The paper's ranges (1e-4..10 FP/frame, up to 10 FP/volume) on a log grid.
+    log_grid = np.r_[0.0, np.geomspace(FROC_LOW, max(FROC_HIGH, froc_max_fp), FROC_POINTS)]
+    result['froc_log'] = {f'fp_per_{per}': log_grid.tolist(),
+                          'sensitivity': metrics.froc_sensitivity_at(curve, log_grid)}
   if len(summary_rates):
     result['froc_mean'] = ci(lambda us: metrics.froc_partial_area(froc(us), summary_rates))
     result['froc_mean']['fp_rates'] = [float(r) for r in summary_rates]

@@ -141,6 +141,7 @@ class FramesTask:
         'sensitivity_at_fpr': {
             str(r): ci(lambda us, r=r: metrics.sensitivity_at_fpr(*pooled(us), [r])[0])
             for r in self.cfg.fprs},
+        'fprs': [float(r) for r in self.cfg.fprs],
         'num_units': len(per_unit),
         'num_frames': int(labels.size),
         'num_positive_frames': int(labels.sum()),
