@@ -45,7 +45,7 @@ from medft.models import ARCHS
 
 # Config blocks that describe the study, not a run: stripped from each run's config so that
 # changing the plan (more arms, another shard) never invalidates finished runs.
-STUDY_FIELDS = ('sweep', 'auto', 'pretrain')
+STUDY_FIELDS = ('sweep', 'auto', 'pretrain', 'report')
 SOURCE_MODEL_DIR = 'source_model'
 
 
@@ -72,6 +72,8 @@ def study_setting(config: ml_collections.ConfigDict, block: str, key: str) -> An
   defaults = {
       ('sweep', 'arms'): '', ('sweep', 'fractions'): '', ('sweep', 'seeds'): '',
       ('sweep', 'shard'): '', ('sweep', 'report'): True, ('sweep', 'keep_checkpoints'): 'all',
+      # Multiplicity correction of the report's all-pairs tables: 'holm' or 'bh'.
+      ('report', 'correction'): 'holm',
       ('auto', 'tolerance'): 0.002, ('auto', 'patience'): 1,
   }
   node = config.get(block)
@@ -99,14 +101,20 @@ def units_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def all_arms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """scratch, then the head only, deepening to every unit (the paper's order)."""
+  """Every valid arm name: scratch, scratch_<init scheme> (e.g. scratch_xavier, scratch_he),
+  then the head only, deepening to every unit (the paper's order)."""
   return tuning.arms(units_of(config))
+
+
+def default_arms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The arms of a sweep that names none: scratch and every fine-tuning depth."""
+  return tuning.arms(units_of(config), scratch_schemes=False)
 
 
 def plan(config: ml_collections.ConfigDict) -> list[Run]:
   """Every requested run, in a fixed order (fraction, then arm, then seed)."""
   known = all_arms(config)
-  arms = _items(study_setting(config, 'sweep', 'arms')) or list(known)
+  arms = _items(study_setting(config, 'sweep', 'arms')) or list(default_arms(config))
   unknown = [a for a in arms if a not in known]
   if unknown:
     raise ValueError(f'sweep.arms: {", ".join(unknown)} not arms of {config.arch}; choose from '
@@ -142,12 +150,16 @@ def shard_of(runs: Sequence[Run], shard: str) -> list[Run]:
 
 def run_config(config: ml_collections.ConfigDict, run: Run,
                init: str) -> ml_collections.ConfigDict:
-  """The config of one run: the study blocks removed, arm/fraction/seed/init set."""
+  """The config of one run: the study blocks removed, arm/fraction/seed/init set (a
+  `scratch_<scheme>` arm is depth scratch with model.init_scheme=<scheme>)."""
   d = config.to_dict()
   for key in STUDY_FIELDS:
     d.pop(key, None)
   c = ml_collections.ConfigDict(d)
-  c.depth, c.seed, c.init = run.arm, int(run.seed), init
+  depth, scheme = tuning.arm_settings(run.arm)
+  c.depth, c.seed, c.init = depth, int(run.seed), init
+  if scheme is not None:
+    c.model.init_scheme = scheme
   c.data.fraction = float(run.fraction)
   return c
 
@@ -251,7 +263,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   shard = study_setting(config, 'sweep', 'shard')
   mine = shard_of(runs, shard)
   t0 = time.time()
-  init = source_init(config, sweep_dir, needs_init=any(r.arm != 'scratch' for r in runs))
+  init = source_init(config, sweep_dir, needs_init=any(not tuning.is_scratch(r.arm) for r in runs))
   if init and dropped:
     shutil.rmtree(sweep_dir / SOURCE_MODEL_DIR / 'checkpoints', ignore_errors=True)
   _write_plan(config, sweep_dir, runs, init)
@@ -268,7 +280,8 @@ def _finish(config, sweep_dir: Path) -> dict:
   if not study_setting(config, 'sweep', 'report'):
     return {'sweep_dir': str(sweep_dir)}
   from medft import report  # matplotlib only when a report is wanted
-  return report.build_report(sweep_dir)
+  return report.build_report(sweep_dir,
+                             correction=study_setting(config, 'report', 'correction'))
 
 
 # ---- automatic depth ---------------------------------------------------------------------
@@ -344,5 +357,5 @@ def auto_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                stopped)
   if study_setting(config, 'sweep', 'report'):
     from medft import report
-    report.build_report(sweep_dir)
+    report.build_report(sweep_dir, correction=study_setting(config, 'report', 'correction'))
   return out

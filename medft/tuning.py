@@ -22,9 +22,33 @@ from flax import traverse_util
 FROZEN = 'frozen'
 
 
-def arms(units: Sequence[str]) -> tuple[str, ...]:
-  """All arms of an architecture: scratch, then the head only, deepening to all units."""
-  return ('scratch',) + tuple(reversed(units))
+SCRATCH = 'scratch'
+# Scratch arms under a named init scheme (`scratch_xavier`: depth scratch, model.init_scheme
+# xavier); plain `scratch` keeps the config's model.init_scheme (BVLC Gaussian by default).
+INIT_SCHEMES = ('gaussian', 'xavier', 'he')
+
+
+def scratch_arms() -> tuple[str, ...]:
+  return (SCRATCH,) + tuple(f'{SCRATCH}_{s}' for s in INIT_SCHEMES)
+
+
+def arms(units: Sequence[str], scratch_schemes: bool = True) -> tuple[str, ...]:
+  """Every arm name of an architecture, in the paper's order: scratch (and, unless
+  `scratch_schemes=False`, scratch under each init scheme), then the head only, deepening
+  to all units."""
+  scratch = scratch_arms() if scratch_schemes else (SCRATCH,)
+  return scratch + tuple(reversed(units))
+
+
+def arm_settings(arm: str) -> tuple[str, str | None]:
+  """(depth, init scheme or None = the config's) of an arm name."""
+  if arm.startswith(f'{SCRATCH}_') and arm[len(SCRATCH) + 1:] in INIT_SCHEMES:
+    return SCRATCH, arm[len(SCRATCH) + 1:]
+  return arm, None
+
+
+def is_scratch(arm: str) -> bool:
+  return arm_settings(arm)[0] == SCRATCH
 
 
 def trained_units(units: Sequence[str], depth: str) -> tuple[str, ...]:
