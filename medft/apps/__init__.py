@@ -72,6 +72,12 @@ class Spec:
   per_unit_rule: str                   # the per-unit value of the rank test, in words
   plots: tuple[str, ...]               # 'froc', 'roc', 'boxplot' (+ depth, convergence)
   curve_axis: Axis | None = None       # FROC/ROC x axis
+  # FROC/ROC: y at each x of `grid` for one seed's records; the x of the operating points;
+  # the y label; the point drawn as the curve's ceiling (e.g. candidate recall).
+  curve: Callable[[Sequence[Record], np.ndarray], np.ndarray] | None = None
+  curve_marks: Callable[[Mapping], Sequence[float]] | None = None
+  curve_ylabel: str = ''
+  ceiling_key: str = ''
   box_keys: tuple[str, ...] = ()       # per-item values drawn as box plots
   items: Callable[[Sequence[Record], str], np.ndarray] | None = None  # box plot values
 

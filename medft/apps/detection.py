@@ -41,8 +41,9 @@ def _sensitivity_point(rate: float, per: str) -> Point:
                pooled, per_unit)
 
 
-RECALL = Point('candidate_recall', 'candidate recall (ceiling: share of lesions any candidate '
-               'hits)', '', True, pooled=metrics.candidate_recall, compared=False)
+# The share of test lesions any candidate hits: no arm's sensitivity can exceed it.
+RECALL = Point('candidate_recall', 'candidate recall (ceiling)', '', True,
+               pooled=metrics.candidate_recall, compared=False)
 
 
 def make(name: str, unit_name: str, per: str, axis: Axis) -> Spec:
@@ -59,4 +60,7 @@ def make(name: str, unit_name: str, per: str, axis: Axis) -> Spec:
       record_keys=('unit', 'scores', 'lesion_ids', 'num_lesions', 'num_images'),
       units=lambda test: {str(u['unit']): u for u in test['per_unit']}, points=points,
       primary=lambda test: 'auc', per_unit_rule=PER_UNIT_RULE, plots=('froc',),
-      curve_axis=axis)
+      curve_axis=axis,
+      curve=lambda records, grid: np.asarray(metrics.froc_sensitivity_at(froc(records), grid)),
+      curve_marks=lambda test: [float(r) for r in test['fp_rates']],
+      curve_ylabel='sensitivity (share of lesions detected)', ceiling_key=RECALL.key)

@@ -40,6 +40,11 @@ def _sensitivity_point(fpr: float) -> Point:
                pooled, per_unit)
 
 
+def _roc_on_grid(records: Sequence[Mapping], grid: np.ndarray) -> np.ndarray:
+  fpr, tpr, _ = metrics.roc_curve(*_pooled(records))
+  return np.interp(grid, fpr, tpr)
+
+
 def points(test: Mapping) -> tuple[Point, ...]:
   return tuple(_sensitivity_point(float(f)) for f in test['fprs']) + (
       auc_point('frame AUC', lambda r: (r['labels'], r['scores'])),)
@@ -55,4 +60,6 @@ SPEC = Spec(
                    'positive frames left out); for AUC, the mean placement of its positive '
                    'frames among all pooled negatives'),
     plots=('roc',), curve_axis=Axis('linear', 0.0, 0.5, '1 - specificity (false positive '
-                                                           'rate)'))
+                                                           'rate)'),
+    curve=_roc_on_grid, curve_marks=lambda test: [float(f) for f in test['fprs']],
+    curve_ylabel='sensitivity (true positive rate)')

@@ -1,0 +1,247 @@
+"""The report's figures in the paper's form (matplotlib, Agg backend, PNG).
+
+  depth.png               primary metric (and AUC) vs tuning depth, one line per fraction
+  froc_f<f>.png / roc_f<f>.png   the app's curve on its declared axis (FROC: log 1e-4..10
+                          FP/frame for polyps as Fig. 2a, 0..10 FP/volume for PE as Fig. 4; ROC
+                          to 1 - specificity 0.5 as Fig. 6), 95% bands over test units, the
+                          operating points and the candidate-recall ceiling marked
+  box_f<f>.png            box plots of per-image values with mean and SD per box (Fig. 9)
+  convergence_f<f>.png    validation AUC vs mini-batches on a log axis: the deepest
+                          fine-tuning arm against each scratch arm (init scheme) (Fig. 10)
+  auto_depth.png          the automatic depth choice
+Every figure has a title, axis labels with units and a legend. What is drawn is read from the
+application's declaration (`medft.apps`), never from the shape of the results.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+from absl import logging
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from medft import apps, tuning  # noqa: E402
+from medft.report import stats  # noqa: E402
+from medft.report.runs import RunRecord, metrics_rows  # noqa: E402
+
+BAND_BOOT = 200
+DPI = 110
+GRID_POINTS = 200
+
+
+def _save(fig, plots_dir: Path, name: str, title: str, out: list) -> None:
+  plots_dir.mkdir(parents=True, exist_ok=True)
+  fig.savefig(plots_dir / name, dpi=DPI, bbox_inches='tight')
+  plt.close(fig)
+  out.append({'file': f'{plots_dir.name}/{name}', 'title': title})
+
+
+def _ftag(f: float) -> str:
+  return f'{f:g}'.replace('.', 'p')
+
+
+def make_all(plots_dir: Path, spec: apps.Spec | None, points: Sequence[apps.Point],
+             rows: Sequence[dict], groups: dict, arms: Sequence[str],
+             fractions: Sequence[float], finished: Sequence[RunRecord],
+             auto: dict | None) -> list[dict]:
+  """Draws every figure the data allow; returns [{'file': 'plots/x.png', 'title'}]."""
+  out: list[dict] = []
+  if not finished or spec is None:
+    return out
+
+  def draw(fn, *args) -> None:
+    try:
+      fn(*args)
+    except ValueError as e:  # e.g. a split without lesions: the other figures still come
+      plt.close('all')
+      logging.warning('Plot %s skipped: %s', fn.__name__, e)
+
+  draw(_depth_plot, plots_dir, spec, points, rows, arms, out)
+  for f in fractions:
+    present = [a for a in arms if groups.get((f, a))]
+    if not present:
+      continue
+    units = {a: stats.seed_units(spec, [(r.seed, r.results['test']) for r in groups[(f, a)]
+                                        if r.results.get('test')])[1] for a in present}
+    units = {a: u for a, u in units.items() if u}
+    if units and spec.curve is not None and spec.curve_axis is not None:
+      draw(_curve_plot, plots_dir, spec, f, units, rows, groups, out)
+    if units and spec.box_keys:
+      draw(_box_plot, plots_dir, spec, points, f, units, out)
+    draw(_convergence_plot, plots_dir, f, present, groups, rows, out)
+  if auto and auto.get('curve'):
+    draw(_auto_plot, plots_dir, auto, out)
+  return out
+
+
+def _depth_plot(plots_dir: Path, spec: apps.Spec, points: Sequence[apps.Point],
+                rows: Sequence[dict], arms: Sequence[str], out: list) -> None:
+  """The first two compared points vs tuning depth, one line per training fraction."""
+  panels = [p for p in points if p.compared
+            and any(p.key in (r.get('metrics') or {}) for r in rows)][:2]
+  if not panels:
+    return
+  fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
+  x = np.arange(len(arms))
+  for ax, p in zip(axes[0], panels):
+    for f in sorted({r['fraction'] for r in rows}):
+      y, lo, hi = [], [], []
+      for a in arms:
+        r = next((r for r in rows if r['fraction'] == f and r['arm'] == a), {})
+        e = (r.get('metrics') or {}).get(p.key) or {}
+        v = e.get('value')
+        y.append(np.nan if v is None else v)
+        lo.append(0.0 if v is None or e.get('low') is None else v - e['low'])
+        hi.append(0.0 if v is None or e.get('high') is None else e['high'] - v)
+      y = np.asarray(y, float)
+      ok = np.isfinite(y)
+      if ok.any():
+        ax.errorbar(x[ok], y[ok], yerr=np.asarray([lo, hi])[:, ok], marker='o', capsize=3,
+                    label=f'fraction {f:g}')
+    ax.set_xticks(x, arms, rotation=30)
+    ax.set_xlabel('arm (scratch, then fine-tuning from the head fc8 down to all layers)')
+    ax.set_ylabel(p.label + (f' ({p.unit})' if p.unit else ''))
+    ax.set_title(f'{p.label} vs tuning depth')
+    ax.grid(alpha=0.3)
+    ax.legend(title='training set')
+  fig.suptitle('Test metric per arm (95% bootstrap CI over test '
+               f'{spec.unit_name}s)', y=1.02)
+  _save(fig, plots_dir, 'depth.png', 'Test metric vs tuning depth, one line per fraction', out)
+
+
+def _seed_mean_curve(spec: apps.Spec, units: Sequence[Sequence[Any]],
+                     grid: np.ndarray) -> np.ndarray:
+  return np.mean([spec.curve([u[s] for u in units], grid) for s in range(len(units[0]))], axis=0)
+
+
+def _curve_plot(plots_dir: Path, spec: apps.Spec, f: float, units: dict, rows: Sequence[dict],
+                groups: dict, out: list) -> None:
+  """FROC or ROC per arm on the declared axis, with a 95% band over resampled test units."""
+  axis = spec.curve_axis
+  grid = (np.geomspace(axis.low, axis.high, GRID_POINTS) if axis.scale == 'log'
+          else np.linspace(axis.low, axis.high, GRID_POINTS))
+  fig, ax = plt.subplots(figsize=(7.5, 5.2))
+  rng = np.random.default_rng(0)
+  for k, (arm, us) in enumerate(units.items()):
+    boots = []
+    for _ in range(BAND_BOOT):
+      try:
+        boots.append(_seed_mean_curve(spec, [us[i] for i in rng.integers(len(us), size=len(us))],
+                                      grid))
+      except ValueError:  # a resample without lesions / one class
+        continue
+    ax.plot(grid, _seed_mean_curve(spec, us, grid), color=f'C{k}', label=arm,
+            drawstyle='steps-post')
+    if boots:
+      low, high = np.percentile(boots, [2.5, 97.5], axis=0)
+      ax.fill_between(grid, low, high, step='post', color=f'C{k}', alpha=0.12)
+    row = next((r for r in rows if r['fraction'] == f and r['arm'] == arm), {})
+    ceiling = ((row.get('metrics') or {}).get(spec.ceiling_key) or {}).get('value')
+    if ceiling is not None:
+      ax.axhline(ceiling, color=f'C{k}', ls='--', lw=1,
+                 label=f'{arm}: candidate recall {ceiling:.2f} (ceiling)')
+  first = next(r.results['test'] for a in units for r in groups[(f, a)] if r.results.get('test'))
+  for j, x in enumerate(spec.curve_marks(first) if spec.curve_marks else ()):
+    ax.axvline(x, color='grey', ls=':', lw=1, label='operating points' if j == 0 else None)
+  ax.set_xscale(axis.scale)
+  ax.set_xlim(axis.low, axis.high)
+  ax.set_ylim(0, 1.02)
+  ax.set_xlabel(axis.label + (' (log scale)' if axis.scale == 'log' else ''))
+  ax.set_ylabel(spec.curve_ylabel)
+  kind = 'FROC' if 'froc' in spec.plots else 'ROC'
+  ax.set_title(f'{kind} per arm, training fraction {f:g}\n(shaded: 95% bootstrap band over '
+               f'test {spec.unit_name}s)')
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(fontsize=8, loc='lower right' if kind == 'ROC' else 'upper left')
+  name = f'{kind.lower()}_f{_ftag(f)}.png'
+  _save(fig, plots_dir, name, f'{kind} curves per arm on the paper\'s axis ({axis.scale} '
+        f'{axis.low:g}..{axis.high:g}; fraction {f:g})', out)
+
+
+def _box_plot(plots_dir: Path, spec: apps.Spec, points: Sequence[apps.Point], f: float,
+              units: dict, out: list) -> None:
+  """Per-item values (CIMT: per test image, seed-averaged) per arm, with mean and SD."""
+  keys = [p for p in points if p.key in spec.box_keys]
+  fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.8), squeeze=False)
+  arms = list(units)
+  for ax, p in zip(axes[0], keys):
+    data = [spec.items(units[a], p.key) for a in arms]
+    ax.boxplot([d if d.size else [np.nan] for d in data])
+    x = np.arange(1, len(arms) + 1)
+    means = np.asarray([d.mean() if d.size else np.nan for d in data])
+    sds = np.asarray([d.std(ddof=1) if d.size > 1 else 0.0 for d in data])
+    ax.errorbar(x + 0.25, means, yerr=sds, fmt='D', color='C3', capsize=4, ms=5,
+                label='mean ± SD')
+    top = max(float(np.nanmax(d)) if d.size else 0.0 for d in data)
+    for xi, m, s in zip(x, means, sds):
+      if np.isfinite(m):
+        ax.text(xi, top * 1.04, f'{m:.0f}±{s:.0f}', ha='center', va='bottom', fontsize=8)
+    ax.set_ylim(top=top * 1.15 if top > 0 else 1)
+    ax.set_xticks(x, arms, rotation=30)
+    ax.set_xlabel('arm')
+    ax.set_ylabel(f'{p.label} per test image ({p.unit})')
+    ax.set_title(f'{p.label} (text: mean ± SD per box)')
+    ax.grid(alpha=0.3, axis='y')
+    ax.legend(loc='upper left', fontsize=8)
+  fig.suptitle(f'Boundary error per arm, training fraction {f:g} (box: quartiles and median; '
+               'whiskers: 1.5 IQR)', y=1.02)
+  _save(fig, plots_dir, f'box_f{_ftag(f)}.png',
+        f'Box plots of per-image errors with mean ± SD per arm (fraction {f:g})', out)
+
+
+def _convergence_plot(plots_dir: Path, f: float, arms: Sequence[str], groups: dict,
+                      rows: Sequence[dict], out: list) -> None:
+  """Validation AUC vs mini-batches (log axis): the deepest fine-tuning arm and each scratch
+  arm (one line per init scheme), as the paper's Fig. 10; one line per seed."""
+  tuned = [a for a in arms if not tuning.is_scratch(a)]
+  shown = [a for a in arms if tuning.is_scratch(a)] + tuned[-1:]
+  fig, ax = plt.subplots(figsize=(7.5, 4.6))
+  drawn = False
+  for k, a in enumerate(shown):
+    row = next((r for r in rows if r['fraction'] == f and r['arm'] == a), {})
+    label = a + (f' ({row["init_scheme"]} init)' if a == 'scratch' and row.get('init_scheme')
+                 else '') + ('' if tuning.is_scratch(a) else ' (deepest fine-tuning)')
+    for j, r in enumerate(sorted(groups[(f, a)], key=lambda r: r.seed)):
+      points = [x for x in metrics_rows(r.dir) if 'val_auc' in x and x.get('step', 0) > 0]
+      if points:
+        ax.plot([x['step'] for x in points], [x['val_auc'] for x in points], marker='.',
+                color=f'C{k}', alpha=1.0 if j == 0 else 0.4, label=label if j == 0 else None)
+        drawn = True
+  if not drawn:
+    plt.close(fig)
+    return
+  ax.set_xscale('log')
+  ax.set_xlabel('mini-batches (training steps, log scale)')
+  ax.set_ylabel('validation AUC')
+  ax.set_title(f'Convergence: deepest fine-tuning vs scratch per init scheme, fraction {f:g}')
+  ax.grid(alpha=0.3, which='both')
+  ax.legend(title='arm (one line per seed)', fontsize=8)
+  _save(fig, plots_dir, f'convergence_f{_ftag(f)}.png',
+        f'Validation AUC vs mini-batches (log), deepest fine-tuning vs scratch (fraction {f:g})',
+        out)
+
+
+def _auto_plot(plots_dir: Path, auto: dict, out: list) -> None:
+  curve: list[dict[str, Any]] = auto['curve']
+  fig, ax = plt.subplots(figsize=(6.5, 4.4))
+  x = np.arange(len(curve))
+  ax.plot(x, [p['val_auc'] for p in curve], marker='o', label='validation AUC')
+  chosen = [i for i, p in enumerate(curve) if p['arm'] == auto['chosen']]
+  ax.plot(x[chosen], [curve[i]['val_auc'] for i in chosen], 'r*', ms=16, label='chosen depth')
+  best = curve[chosen[0]]['val_auc'] if chosen else None
+  if best is not None:
+    ax.axhline(best + auto['tolerance'], color='grey', ls='--', lw=1,
+               label=f'chosen + tolerance ({auto["tolerance"]:g})')
+  ax.set_xticks(x, [p['arm'] for p in curve])
+  ax.set_xlabel('fine-tuning depth (lowest trained unit), visited in order')
+  ax.set_ylabel('best validation patch AUC')
+  ax.set_title(f'Automatic depth choice (fraction {auto["fraction"]:g}, seed {auto["seed"]})')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  _save(fig, plots_dir, 'auto_depth.png', 'Automatic depth choice: validation AUC per depth',
+        out)

@@ -1,0 +1,139 @@
+"""The report's statistics over test units, for any application's declared points.
+
+An arm x fraction pools its finished seeds: a point's value is its pooled metric computed per
+seed and averaged over seeds; its 95% interval is the percentile bootstrap over test units
+(whole subjects/videos/volumes, the same resample for every seed and every arm, since the
+resampling seed is fixed and the units are listed in one order).
+
+All pairs of arms, per fraction and point (the paper's Tables S1-S4): the difference A - B of
+the pooled metric with its paired-bootstrap interval over units, and the Wilcoxon
+signed-rank test (`scipy.stats.wilcoxon`, two-sided) on the per-unit values the application
+declares (`medft.apps.Point.per_unit`, averaged over seeds; units where either arm's value is
+undefined are left out, and `n` says how many were ranked). One table (one fraction x one
+point) is one family: its rank-test p-values are adjusted together (Holm by default,
+Benjamini-Hochberg with correction='bh'), and marks come from the adjusted p only.
+
+The functions take per-arm lists of `(seed, test)` where `test` is a results.json `test`
+dict in the application's schema, so simulations can drive exactly what the report runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from medft import apps, metrics
+
+ALPHA = 0.05
+MARKS = ((0.001, '***'), (0.01, '**'), (0.05, '*'))
+FAMILY = 'one table: every pair of arms at one training fraction and one operating point'
+RANK_TEST = 'Wilcoxon signed-rank test (two-sided, scipy.stats.wilcoxon) on per-unit values'
+
+SeedTests = Sequence[tuple[int, Mapping]]  # one arm: (seed, results.json test) per finished run
+
+
+def seed_units(spec: apps.Spec, seed_tests: SeedTests) -> tuple[list[str], list[list[Any]]]:
+  """(unit names, per unit the list over seeds of its record), units every seed has."""
+  per_seed = [spec.units(test) for _, test in sorted(seed_tests, key=lambda st: st[0])]
+  if not per_seed or not all(per_seed):
+    return [], []
+  names = sorted(set.intersection(*(set(u) for u in per_seed)))
+  return names, [[seed[n] for seed in per_seed] for n in names]
+
+
+def present(point: apps.Point, units: Sequence[Sequence[Any]]) -> bool:
+  """Whether every record carries the point's optional field (`Point.needs`)."""
+  if not point.needs:
+    return True
+  items = [x for seeds in units for r in seeds for x in (r if isinstance(r, list) else [r])]
+  return bool(items) and all(point.needs in x for x in items)
+
+
+def value(point: apps.Point, units: Sequence[Sequence[Any]]) -> float:
+  """The pooled metric per seed, averaged over seeds."""
+  return float(np.mean([point.pooled([u[s] for u in units]) for s in range(len(units[0]))]))
+
+
+def unit_values(point: apps.Point, units: Sequence[Sequence[Any]]) -> np.ndarray:
+  """The per-unit values of the rank test, averaged over seeds (NaN where undefined)."""
+  with np.errstate(all='ignore'):
+    per_seed = np.asarray([point.per_unit([u[s] for u in units]) for s in range(len(units[0]))])
+  if np.isnan(per_seed).all(axis=0).any():
+    out = np.full(per_seed.shape[1], np.nan)
+    defined = ~np.isnan(per_seed).all(axis=0)
+    out[defined] = np.nanmean(per_seed[:, defined], axis=0)
+    return out
+  return np.nanmean(per_seed, axis=0)
+
+
+def interval(point: apps.Point, units: Sequence[Sequence[Any]], n_boot: int,
+             seed: int = 0) -> dict:
+  """{'value', 'low', 'high', 'n_boot', 'n_units'} or {'value': None, 'error'}."""
+  try:
+    ci = metrics.bootstrap_ci(lambda us: value(point, us), units, n_boot=n_boot, seed=seed)
+  except ValueError as e:  # e.g. no lesion in this split, or one class only
+    return {'value': None, 'error': str(e)}
+  return {'value': ci['value'], 'low': ci['low'], 'high': ci['high'], 'n_boot': ci['n_boot'],
+          'n_units': len(units)}
+
+
+def _common(spec: apps.Spec, a: SeedTests, b: SeedTests) -> tuple[list, list, list]:
+  """The units two arms share, over the seeds both finished: (names, units_a, units_b)."""
+  seeds = {s for s, _ in a} & {s for s, _ in b}
+  names_a, units_a = seed_units(spec, [st for st in a if st[0] in seeds])
+  names_b, units_b = seed_units(spec, [st for st in b if st[0] in seeds])
+  common = sorted(set(names_a) & set(names_b))
+  return (common, [units_a[names_a.index(n)] for n in common],
+          [units_b[names_b.index(n)] for n in common])
+
+
+def compare(point: apps.Point, units_a: Sequence, units_b: Sequence, n_boot: int,
+            seed: int = 0) -> dict:
+  """Paired difference A - B (bootstrap interval over units) and the rank test's raw p."""
+  out: dict[str, Any] = {'n_units': len(units_a)}
+  try:
+    boot = metrics.paired_bootstrap(lambda us: value(point, us), units_a, units_b,
+                                    n_boot=n_boot, seed=seed)
+    out.update(value_a=boot['value_a'], value_b=boot['value_b'],
+               difference=boot['difference'], low=boot['low'], high=boot['high'],
+               p_bootstrap=boot['p_value'])
+  except ValueError as e:
+    out['bootstrap_error'] = str(e)
+  va, vb = unit_values(point, units_a), unit_values(point, units_b)
+  ok = np.isfinite(va) & np.isfinite(vb)
+  if ok.any():
+    w = metrics.paired_wilcoxon(va[ok], vb[ok])
+    out.update(statistic=w['statistic'], p_raw=w['p_value'], n=w['n'],
+               n_nonzero=w['n_nonzero'])
+  else:
+    out.update(p_raw=None, n=0, rank_error='no unit has a defined value in both arms')
+  return out
+
+
+def mark(p_adjusted: float | None) -> str:
+  if p_adjusted is None:
+    return ''
+  return next((m for limit, m in MARKS if p_adjusted < limit), '')
+
+
+def pairs_table(spec: apps.Spec, point: apps.Point, arms: Mapping[str, SeedTests],
+                n_boot: int, correction: str = 'holm', seed: int = 0) -> list[dict]:
+  """Every pair of `arms` (in their order) at one point: difference, interval, raw and
+  adjusted rank-test p (one family) and the mark from the adjusted p."""
+  rows = []
+  for a, b in itertools.combinations(list(arms), 2):
+    _, ua, ub = _common(spec, arms[a], arms[b])
+    if not ua:
+      rows.append({'a': a, 'b': b, 'n_units': 0, 'p_raw': None, 'n': 0,
+                   'rank_error': 'no test unit shared by both arms'})
+      continue
+    rows.append({'a': a, 'b': b, **compare(point, ua, ub, n_boot, seed)})
+  tested = [r for r in rows if r.get('p_raw') is not None]
+  for r, p in zip(tested, metrics.adjust_p([r['p_raw'] for r in tested], correction)):
+    r['p_adjusted'] = p
+  for r in rows:
+    r.setdefault('p_adjusted', None)
+    r['mark'] = mark(r['p_adjusted'])
+  return rows
