@@ -18,12 +18,15 @@ from ml_collections import config_flags
 
 import medft
 import medft.parallel
+from medft.sweep import study_setting
 
 MODES = {
     'train': lambda config, workdir: medft.train(config, workdir),
     'sweep': lambda config, workdir: medft.sweep(config, workdir),
     'auto': lambda config, workdir: medft.auto_tune(config, workdir),
-    'report': lambda config, workdir: medft.report.build_report(workdir),
+    'report': lambda config, workdir: medft.report.build_report(
+        workdir, correction=('holm' if config is None
+                             else study_setting(config, 'report', 'correction'))),
     'pretrain': lambda config, workdir: medft.pretrain.pretrain(config, workdir),
 }
 

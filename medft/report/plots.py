@@ -126,7 +126,11 @@ def _curve_plot(plots_dir: Path, spec: apps.Spec, f: float, units: dict, rows: S
   grid = (np.geomspace(axis.low, axis.high, GRID_POINTS) if axis.scale == 'log'
           else np.linspace(axis.low, axis.high, GRID_POINTS))
   fig, ax = plt.subplots(figsize=(7.5, 5.2))
+  kind = 'FROC' if 'froc' in spec.plots else 'ROC'
+  # A FROC is a step function of the threshold; an ROC is read piecewise-linearly.
+  style = 'steps-post' if kind == 'FROC' else 'default'
   rng = np.random.default_rng(0)
+  ceilings: dict[float, list[str]] = {}
   for k, (arm, us) in enumerate(units.items()):
     boots = []
     for _ in range(BAND_BOOT):
@@ -135,16 +139,19 @@ def _curve_plot(plots_dir: Path, spec: apps.Spec, f: float, units: dict, rows: S
                                       grid))
       except ValueError:  # a resample without lesions / one class
         continue
-    ax.plot(grid, _seed_mean_curve(spec, us, grid), color=f'C{k}', label=arm,
-            drawstyle='steps-post')
+    ax.plot(grid, _seed_mean_curve(spec, us, grid), color=f'C{k}', label=arm, drawstyle=style)
     if boots:
       low, high = np.percentile(boots, [2.5, 97.5], axis=0)
-      ax.fill_between(grid, low, high, step='post', color=f'C{k}', alpha=0.12)
+      ax.fill_between(grid, low, high, step='post' if kind == 'FROC' else None, color=f'C{k}',
+                      alpha=0.12)
     row = next((r for r in rows if r['fraction'] == f and r['arm'] == arm), {})
     ceiling = ((row.get('metrics') or {}).get(spec.ceiling_key) or {}).get('value')
-    if ceiling is not None:
-      ax.axhline(ceiling, color=f'C{k}', ls='--', lw=1,
-                 label=f'{arm}: candidate recall {ceiling:.2f} (ceiling)')
+    if ceiling is not None:  # the same candidates for every arm: usually one line
+      ceilings.setdefault(round(ceiling, 4), []).append(arm)
+  for j, (ceiling, names) in enumerate(ceilings.items()):
+    ax.axhline(ceiling, color='k', ls='--', lw=1,
+               label=f'candidate recall {ceiling:.2f} (ceiling'
+               + (f', {", ".join(names)})' if len(ceilings) > 1 else ')'))
   first = next(r.results['test'] for a in units for r in groups[(f, a)] if r.results.get('test'))
   for j, x in enumerate(spec.curve_marks(first) if spec.curve_marks else ()):
     ax.axvline(x, color='grey', ls=':', lw=1, label='operating points' if j == 0 else None)
@@ -153,7 +160,6 @@ def _curve_plot(plots_dir: Path, spec: apps.Spec, f: float, units: dict, rows: S
   ax.set_ylim(0, 1.02)
   ax.set_xlabel(axis.label + (' (log scale)' if axis.scale == 'log' else ''))
   ax.set_ylabel(spec.curve_ylabel)
-  kind = 'FROC' if 'froc' in spec.plots else 'ROC'
   ax.set_title(f'{kind} per arm, training fraction {f:g}\n(shaded: 95% bootstrap band over '
                f'test {spec.unit_name}s)')
   ax.grid(alpha=0.3, which='both')
