@@ -1,46 +1,73 @@
-"""The report on hand-made sweep folders: seeds pooled, paired tests, missing runs, plots."""
+"""The report on results.json files written by real tiny task runs of every application.
+
+One session fixture runs a tiny synthetic study per application (polyp: a real 2-arm sweep,
+scratch vs scratch_xavier; PE and frames: one real run, placed under two arm names;
+CIMT: the sweep of tests/test_sweep.py covers it with real arms), then every test reads the
+files those runs wrote. Nothing here writes a results.json by hand, so a key no task writes
+cannot make a test pass. The statistics tests (null, planted difference, CIMT subject shift)
+are in tests/test_report_stats.py.
+"""
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
+import scipy.stats
 from PIL import Image
 
+import medft
+from configs import frames, pe, polyp
+from medft import apps, metrics
+from medft.errors import InputFileError, MissingInputError, NotOursError
 from medft.report import build_report
-from medft.sweep import run_dir
+
+N_BOOT = 50
+TINY = {'model.width': 0.125, 'input_size': 67, 'model.init_scheme': 'he',
+        'optim.base_lr': 0.003, 'train.steps': 4, 'train.batch': 8, 'train.eval_every': 2,
+        'train.log_every': 2, 'train.checkpoint_every': 1000, 'train.workers': 1,
+        'data.test_share': 0.5, 'sweep.report': False}
+APPS = {
+    'polyp': (polyp, 'scratch+scratch_xavier', {
+        'task.patch_size': 24, 'task.scales': (1.0,), 'task.shift_steps': (0,),
+        'task.orientations': 1}),
+    'pe': (pe, 'scratch', {'task.patch_size': 24}),
+    'frames': (frames, 'scratch', {'task.crop_size': 64, 'task.test_crops': 2}),
+}
+EXPECTED_POINTS = {
+    'polyp': ['sensitivity_at_0.01', 'sensitivity_at_0.001', 'auc', 'candidate_recall'],
+    'pe': [f'sensitivity_at_{r}' for r in range(1, 6)] + ['auc', 'candidate_recall'],
+    'frames': ['sensitivity_at_fpr_0.1', 'sensitivity_at_fpr_0.15', 'sensitivity_at_fpr_0.2',
+               'auc'],
+}
 
 
-def _write_run(folder: Path, arm: str, fraction: float, seed: int, test: dict,
-               val_auc: float = 0.8) -> None:
-  d = run_dir(folder, arm, fraction, seed)
-  d.mkdir(parents=True)
-  (d / 'config.json').write_text('{}')
-  (d / 'metrics.jsonl').write_text(''.join(
-      json.dumps({'step': s, 'loss': 1.0 / s, 'val_auc': val_auc - 0.1 / s}) + '\n'
-      for s in (10, 20, 30)))
-  (d / 'results.json').write_text(json.dumps({
-      'arm': arm, 'depth': arm, 'arch': 'alexnet', 'fraction': fraction, 'seed': seed,
-      'dataset': 'synthetic', 'init': None, 'steps': 30, 'total_steps': 30, 'best_step': 30,
-      'val_auc': val_auc, 'test_auc': test.get('auc'), 'test': test}))
-  (d / 'timing.json').write_text(json.dumps({'wall_s': 12.0}))
+def _config(app: str, data_dir: Path):
+  module, arms, extra = APPS[app]
+  c = module.get_config(f'synthetic,arms={arms},fractions=1.0,seeds=0')
+  for key, value in {**TINY, **extra, 'data.data_dir': str(data_dir)}.items():
+    node = c
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
 
 
-def _plan(folder: Path, runs) -> None:
-  (folder / 'sweep.json').write_text(json.dumps({'arch': 'alexnet', 'runs': [
-      {'arm': a, 'fraction': f, 'seed': s, 'dir': str(run_dir('.', a, f, s))}
-      for a, f, s in runs]}))
-
-
-def _cimt_test(rng, mean_error: float, n_subjects: int = 8) -> dict:
-  per_image = []
-  for subject in range(n_subjects):
-    for side in 'LR':
-      li, ma = rng.normal(mean_error, 5), rng.normal(mean_error * 1.5, 5)
-      per_image.append({'id': f's{subject}_{side}', 'unit': f's{subject}',
-                        'li_error_um': li, 'ma_error_um': ma, 'cimt_error_um': abs(ma - li)})
-  return {'auc': 0.9 - mean_error / 1000, 'per_image': per_image,
-          'li_error_um': {'mean': mean_error, 'sd': 5.0, 'n': len(per_image)}}
+@pytest.fixture(scope='session')
+def studies(tmp_path_factory, data_dir):
+  """app -> (sweep folder, report dict): tiny real runs, two arms per app."""
+  root = tmp_path_factory.mktemp('studies')
+  out = {}
+  for app in APPS:
+    folder = root / app
+    medft.sweep(_config(app, data_dir), folder)
+    if app != 'polyp':  # one real run, also reported as a second arm (identical predictions)
+      shutil.copytree(folder / 'scratch', folder / 'scratch_he')
+    out[app] = folder, build_report(folder, n_boot=N_BOOT)
+  return out
 
 
 def _image_ok(path: Path) -> None:
@@ -48,109 +75,162 @@ def _image_ok(path: Path) -> None:
   assert image.shape[0] > 200 and image.shape[1] > 300 and image.std() > 5, path
 
 
-def test_cimt_report_pools_seeds_compares_arms_and_names_missing_runs(tmp_path):
-  rng = np.random.default_rng(0)
-  errors = {'scratch': 100.0, 'fc8': 60.0, 'conv1': 80.0}
-  for arm, error in errors.items():
-    for seed in (0, 1):
-      if (arm, seed) != ('conv1', 1):
-        _write_run(tmp_path, arm, 1.0, seed, _cimt_test(rng, error))
-  # conv1 seed 1 started but was killed; fc6 was planned but never started.
-  killed = run_dir(tmp_path, 'conv1', 1.0, 1)
-  killed.mkdir(parents=True)
-  (killed / 'config.json').write_text('{}')
-  (killed / 'metrics.jsonl').write_text('{"step": 10, "loss": 1.0}\n')
-  _plan(tmp_path, [(a, 1.0, s) for a in ('scratch', 'fc8', 'fc6', 'conv1') for s in (0, 1)])
+def _results(folder: Path, arm: str) -> dict:
+  return json.loads((folder / arm / '1.0' / '0' / 'results.json').read_text())
 
-  report = build_report(tmp_path, n_boot=300)
 
-  status = {(r['arm'], r['seed']): r['status'] for r in report['runs']}
-  assert status[('conv1', 1)] == 'unfinished' and status[('fc6', 0)] == 'missing'
+@pytest.mark.parametrize('app', list(APPS))
+def test_report_reads_each_app_from_its_declaration(studies, app):
+  folder, report = studies[app]
+  spec = apps.get(app)
+  results = _results(folder, 'scratch')
+  assert results['app'] == report['app'] == app and not apps.missing_keys(spec, results['test'])
+  assert [p['key'] for p in report['points']] == EXPECTED_POINTS[app]
   rows = {r['arm']: r for r in report['rows']}
-  assert list(rows) == ['scratch', 'fc8', 'fc6', 'conv1']  # the paper's order
-  assert rows['fc8']['is_best'] and rows['fc6']['n_seeds'] == 0
-  assert rows['scratch']['n_seeds'] == 2 and rows['conv1']['n_seeds'] == 1
-  li = rows['fc8']['metrics']['li_error_um']
-  assert li['low'] < li['value'] < li['high'] and abs(li['value'] - 60) < 5
-  comp = next(c for c in report['comparisons'] if c['arm'] == 'fc8' and c['versus'] == 'scratch')
-  assert comp['li_error_um']['bootstrap']['difference'] < -30
-  assert comp['li_error_um']['wilcoxon']['p_value'] < 0.01
-  assert comp['li_error_um']['bootstrap']['p_value'] < 0.05
+  test = results['test']
+  for point in report['points']:
+    entry = rows['scratch']['metrics'][point['key']]
+    assert entry['low'] <= entry['value'] <= entry['high'], (point, entry)
+    assert entry['n_units'] == len(test['per_unit'])
+  # The report's numbers are the task's own (same pooled definitions), not re-derived ones.
+  m = rows['scratch']['metrics']
+  assert m['auc']['value'] == pytest.approx(test['auc'])
+  if app in ('polyp', 'pe'):
+    per = 'frame' if app == 'polyp' else 'volume'
+    for rate, own in test[f'sensitivity_at_fp_per_{per}'].items():
+      assert m[f'sensitivity_at_{float(rate):g}']['value'] == pytest.approx(own['value'])
+    assert m['candidate_recall']['value'] == pytest.approx(test['candidate_recall'])
+    assert test['candidate_recall'] == pytest.approx(
+        test['lesions_hit'] / test['num_lesions'])
+  else:
+    for fpr, own in test['sensitivity_at_fpr'].items():
+      assert m[f'sensitivity_at_fpr_{float(fpr):g}']['value'] == pytest.approx(own['value'])
 
-  md = (tmp_path / 'report.md').read_text()
-  assert '| fc6 | 1 | 0 | missing |' in md and '| conv1 | 1 | 1 | unfinished |' in md
-  assert '### CIMT table in the paper\'s form' in md and '60.' in md
-  assert 'No finished run used pretrained weights' in md
-  with open(tmp_path / 'report.csv') as f:
+
+@pytest.mark.parametrize('app', list(APPS))
+def test_all_pairs_tables_with_raw_and_adjusted_p(studies, app):
+  folder, report = studies[app]
+  compared = [p['key'] for p in report['points'] if p['compared']]
+  assert [t['point'] for t in report['pairs']] == compared  # one table per point (1 fraction)
+  arms = [r['arm'] for r in report['rows']]
+  for table in report['pairs']:
+    assert table['correction'] == 'holm'
+    assert [(x['a'], x['b']) for x in table['rows']] == [(arms[0], arms[1])]
+    x = table['rows'][0]
+    assert x['p_raw'] is not None and x['p_adjusted'] >= x['p_raw']
+    assert x['n'] == len(_results(folder, 'scratch')['test']['per_unit'])
+    if app != 'polyp':  # the same predictions under two names: no difference, no mark
+      assert x['difference'] == 0 and x['p_raw'] == 1 and x['mark'] == ''
+  md = (folder / 'report.md').read_text()
+  assert '## Results per operating point' in md and '## All pairs of arms' in md
+  assert '| arm A | arm B | A − B [95% CI] | n | W | p (raw) | p (adj.) | mark |' in md
+  assert 'Holm step-down' in md and 'Wilcoxon signed-rank' in md
+  assert md.count('### Fraction 1: ') == len(compared)
+  if app != 'frames':
+    assert ' candidate recall (ceiling) |' in md
+  with open(folder / 'report.csv') as f:
     table = list(csv.DictReader(f))
-  assert [r['arm'] for r in table] == ['scratch', 'fc8', 'fc6', 'conv1']
-  assert float(table[1]['vs_scratch_li_error_um_diff']) < -30  # fc8, the best arm
-  assert table[0]['vs_best_li_error_um_diff'] == ''  # scratch vs best = fc8's row, mirrored
-  assert {Path(p['file']).name for p in report['plots']} >= {
-      'depth.png', 'cimt_boxplot_f1.png', 'val_auc_f1.png'}
+  pair_rows = [r for r in table if r['section'] == 'pair']
+  assert len(pair_rows) == len(compared) and all(r['p_adjusted'] for r in pair_rows)
+  assert {r['metric'] for r in table if r['section'] == 'point'} == set(EXPECTED_POINTS[app])
+
+
+@pytest.mark.parametrize('app', list(APPS))
+def test_paper_form_plots(studies, app):
+  folder, report = studies[app]
+  names = {Path(p['file']).name for p in report['plots']}
+  curve = 'roc_f1.png' if app == 'frames' else 'froc_f1.png'
+  assert {'depth.png', curve, 'convergence_f1.png'} <= names
+  md = (folder / 'report.md').read_text()
   for p in report['plots']:
-    _image_ok(tmp_path / p['file'])
+    assert f']({p["file"]})' in md
+    _image_ok(folder / p['file'])
+  title = next(p['title'] for p in report['plots'] if p['file'].endswith(curve))
+  assert {'polyp': 'log 0.0001..10', 'pe': 'linear 0..10', 'frames': 'linear 0..0.5'}[app] in title
 
 
-def _detection_test(rng, quality: float, n_units: int = 6) -> dict:
-  units = []
-  for u in range(n_units):
-    n_cand, n_lesions = 30, 3
-    lesion_ids = np.full(n_cand, -1)
-    lesion_ids[:n_lesions * 2] = np.repeat(np.arange(n_lesions), 2)
-    scores = rng.random(n_cand) + quality * (lesion_ids >= 0)
-    units.append({'unit': f'v{u}', 'scores': scores.tolist(), 'lesion_ids': lesion_ids.tolist(),
-                  'num_lesions': n_lesions, 'num_images': 10})
-  return {'auc': 0.5 + quality / 4, 'per_unit': units, 'fp_rates': [0.25, 0.5, 1.0],
-          'sensitivity_at_1fp': {'value': 0.5 + quality / 4, 'ci95': {'low': 0.4, 'high': 0.9}}}
+def test_bh_correction_is_selectable(studies, tmp_path):
+  folder = tmp_path / 'polyp'
+  shutil.copytree(studies['polyp'][0], folder)
+  report = build_report(folder, n_boot=20, correction='bh')
+  assert report['statistics']['correction'] == 'bh'
+  assert 'Benjamini-Hochberg' in (folder / 'report.md').read_text()
+  for table in report['pairs']:
+    raw = [x['p_raw'] for x in table['rows']]
+    assert [x['p_adjusted'] for x in table['rows']] == pytest.approx(
+        scipy.stats.false_discovery_control(raw, method='bh'))
+  with pytest.raises(ValueError, match="report.correction='bonferroni'"):
+    build_report(folder, correction='bonferroni')
 
 
-def _classification_test(rng, quality: float, n_units: int = 6) -> dict:
-  units = []
-  for u in range(n_units):
-    labels = rng.integers(0, 2, 40)
-    units.append({'unit': f'v{u}', 'labels': labels.tolist(),
-                  'scores': (rng.random(40) + quality * labels).tolist()})
-  return {'auc': 0.5 + quality / 4, 'per_unit': units}
+def test_unfinished_and_missing_runs_are_named(studies, tmp_path):
+  folder = tmp_path / 'pe'
+  shutil.copytree(studies['pe'][0], folder)
+  (folder / 'scratch_he' / '1.0' / '0' / 'results.json').unlink()  # killed: config.json left
+  plan = json.loads((folder / 'sweep.json').read_text())
+  plan['runs'].append({'arm': 'fc8', 'fraction': 1.0, 'seed': 0, 'dir': 'fc8/1.0/0'})
+  (folder / 'sweep.json').write_text(json.dumps(plan))
+  report = build_report(folder, n_boot=20)
+  status = {r['arm']: r['status'] for r in report['runs']}
+  assert status == {'scratch': 'finished', 'scratch_he': 'unfinished', 'fc8': 'missing'}
+  md = (folder / 'report.md').read_text()
+  assert '| fc8 | 1 | 0 | missing |' in md and '| scratch_he | 1 | 0 | unfinished |' in md
+  assert report['pairs'] == []  # one finished arm: nothing to pair
 
 
-def test_detection_and_classification_reports(tmp_path):
-  rng = np.random.default_rng(1)
-  for name, make, plot in (('det', _detection_test, 'froc_f0p5.png'),
-                           ('cls', _classification_test, 'roc_f0p5.png')):
-    folder = tmp_path / name
-    for arm, quality in (('scratch', 0.2), ('fc8', 1.5)):
-      _write_run(folder, arm, 0.5, 0, make(rng, quality))
-    report = build_report(folder, n_boot=200)
-    assert report['app'] in ('detection', 'classification')
-    rows = {r['arm']: r for r in report['rows']}
-    assert rows['fc8']['is_best']
-    primary = report['primary_metric']
-    assert rows['fc8']['metrics'][primary]['value'] > rows['scratch']['metrics'][primary]['value']
-    comp = next(c for c in report['comparisons'] if c['arm'] == 'fc8')
-    assert comp[primary]['bootstrap']['difference'] > 0
-    assert plot in {Path(p['file']).name for p in report['plots']}
-    _image_ok(folder / 'plots' / plot)
-    if name == 'det':  # a task's own summary numbers become extra columns
-      assert 'sensitivity_at_1fp' in rows['fc8']['extra']
+def test_report_refuses_folders_and_files_it_did_not_write(studies, tmp_path):
+  with pytest.raises(MissingInputError, match='no such sweep folder'):
+    build_report(tmp_path / 'nowhere')
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with pytest.raises(MissingInputError, match='empty'):
+    build_report(empty)
+  foreign = tmp_path / 'photos'
+  (foreign / 'holiday').mkdir(parents=True)
+  (foreign / 'notes.txt').write_text('mine')
+  with pytest.raises(NotOursError, match=f'{foreign}: not a medft sweep folder'):
+    build_report(foreign)
+
+  folder = tmp_path / 'study'
+  shutil.copytree(studies['frames'][0], folder)
+  build_report(folder, n_boot=10)  # replaces its own report
+  (folder / 'report.json').unlink()
+  (folder / 'report.md').write_text('my own notes')
+  with pytest.raises(NotOursError, match='report.md'):
+    build_report(folder, n_boot=10)
+  assert (folder / 'report.md').read_text() == 'my own notes'
+  (folder / 'report.md').unlink()
+
+  (folder / 'sweep.json').write_text(json.dumps({'runs': 'all of them'}))
+  with pytest.raises(InputFileError, match=f'{folder / "sweep.json"}: not a medft sweep plan'):
+    build_report(folder, n_boot=10)
+  (folder / 'sweep.json').unlink()
+
+  results_file = folder / 'scratch' / '1.0' / '0' / 'results.json'
+  results = json.loads(results_file.read_text())
+  del results['test']['per_unit'][0]['labels']
+  results_file.write_text(json.dumps(results))
+  with pytest.raises(InputFileError, match=f'{results_file}.*test.per_unit\\[\\].labels'):
+    build_report(folder, n_boot=10)
+  results_file.write_text('{"arm": "scratch", ')
+  with pytest.raises(InputFileError, match=f'{results_file}: not valid JSON'):
+    build_report(folder, n_boot=10)
+  results_file.write_text(json.dumps({k: v for k, v in results.items() if k != 'app'}))
+  with pytest.raises(InputFileError, match='missing key.*app'):
+    build_report(folder, n_boot=10)
 
 
-def test_report_of_an_empty_or_unfinished_folder(tmp_path):
-  _plan(tmp_path, [('scratch', 1.0, 0), ('fc8', 1.0, 0)])
-  report = build_report(tmp_path, n_boot=50)
-  assert {r['status'] for r in report['runs']} == {'missing'}
-  md = (tmp_path / 'report.md').read_text()
-  assert 'No run has finished yet' in md and '0 of 2 runs finished' in md
-
-
-def test_malformed_unit_data_is_reported_not_fatal(tmp_path):
-  rng = np.random.default_rng(2)
-  for arm in ('scratch', 'fc8'):
-    test = _detection_test(rng, 1.0)
-    for unit in test['per_unit']:
-      del unit['num_images']  # a task that forgot a field
-    _write_run(tmp_path, arm, 1.0, 0, test)
-  report = build_report(tmp_path, n_boot=20)
-  entry = report['rows'][0]['metrics']['froc_sensitivity']
-  assert entry['value'] is None and 'KeyError' in entry['error']
-  assert (tmp_path / 'report.md').exists()
+def test_detection_per_unit_values_add_up_to_the_pooled_sensitivity(studies):
+  """The rank test's per-unit sensitivities at an FP rate, lesion-weighted, are the pooled one."""
+  folder, _ = studies['pe']
+  units = _results(folder, 'scratch')['test']['per_unit']
+  spec = apps.get('pe')
+  for point in spec.points(_results(folder, 'scratch')['test'])[:5]:
+    per_unit = point.per_unit(units)
+    lesions = np.asarray([u['num_lesions'] for u in units], float)
+    ok = lesions > 0
+    assert np.sum(per_unit[ok] * lesions[ok]) / lesions.sum() == pytest.approx(
+        point.pooled(units))
+  recall = metrics.unit_lesion_sensitivity(units, -np.inf)
+  assert np.nansum(recall * [u['num_lesions'] for u in units]) == sum(
+      len({i for i in u['lesion_ids'] if i >= 0}) for u in units)
