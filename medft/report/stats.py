@@ -79,29 +79,27 @@ def interval(point: apps.Point, units: Sequence[Sequence[Any]], n_boot: int,
           'n_units': len(units)}
 
 
-def _common(spec: apps.Spec, a: SeedTests, b: SeedTests) -> tuple[list, list, list]:
-  """The units two arms share, over the seeds both finished: (names, units_a, units_b)."""
-  seeds = {s for s, _ in a} & {s for s, _ in b}
-  names_a, units_a = seed_units(spec, [st for st in a if st[0] in seeds])
-  names_b, units_b = seed_units(spec, [st for st in b if st[0] in seeds])
-  common = sorted(set(names_a) & set(names_b))
-  return (common, [units_a[names_a.index(n)] for n in common],
-          [units_b[names_b.index(n)] for n in common])
-
-
 def compare(point: apps.Point, units_a: Sequence, units_b: Sequence, n_boot: int,
-            seed: int = 0) -> dict:
-  """Paired difference A - B (bootstrap interval over units) and the rank test's raw p."""
-  out: dict[str, Any] = {'n_units': len(units_a)}
-  try:
-    boot = metrics.paired_bootstrap(lambda us: value(point, us), units_a, units_b,
-                                    n_boot=n_boot, seed=seed)
-    out.update(value_a=boot['value_a'], value_b=boot['value_b'],
-               difference=boot['difference'], low=boot['low'], high=boot['high'],
-               p_bootstrap=boot['p_value'])
-  except ValueError as e:
-    out['bootstrap_error'] = str(e)
-  va, vb = unit_values(point, units_a), unit_values(point, units_b)
+            seed: int = 0, values: tuple | None = None) -> dict:
+  """Paired difference A - B (bootstrap interval over units) and the rank test's raw p.
+
+  `n_boot=0` skips the interval (the difference is still given): simulations of the rank
+  test need no bootstrap. `values`: (value_a, value_b, unit values a, unit values b) when
+  the caller has them already.
+  """
+  if values is None:
+    values = (value(point, units_a), value(point, units_b), unit_values(point, units_a),
+              unit_values(point, units_b))
+  value_a, value_b, va, vb = values
+  out: dict[str, Any] = {'n_units': len(units_a), 'value_a': value_a, 'value_b': value_b,
+                         'difference': value_a - value_b}
+  if n_boot > 0:
+    try:
+      boot = metrics.paired_bootstrap(lambda us: value(point, us), units_a, units_b,
+                                      n_boot=n_boot, seed=seed)
+      out.update(low=boot['low'], high=boot['high'], p_bootstrap=boot['p_value'])
+    except ValueError as e:  # e.g. every resample without a lesion
+      out['bootstrap_error'] = str(e)
   ok = np.isfinite(va) & np.isfinite(vb)
   if ok.any():
     w = metrics.paired_wilcoxon(va[ok], vb[ok])
@@ -122,14 +120,36 @@ def pairs_table(spec: apps.Spec, point: apps.Point, arms: Mapping[str, SeedTests
                 n_boot: int, correction: str = 'holm', seed: int = 0) -> list[dict]:
   """Every pair of `arms` (in their order) at one point: difference, interval, raw and
   adjusted rank-test p (one family) and the mark from the adjusted p."""
+  cache: dict[tuple, tuple] = {}
+
+  def arm_units(arm: str, seeds: frozenset) -> tuple:
+    """(names, units, memo) of an arm over `seeds`, computed once per arm and seed set."""
+    if (arm, seeds) not in cache:
+      cache[(arm, seeds)] = (*seed_units(spec, [st for st in arms[arm] if st[0] in seeds]), {})
+    return cache[(arm, seeds)]
+
+  def summary(arm: str, seeds: frozenset, names: list) -> tuple:
+    """(units, value, unit values) of an arm restricted to `names`."""
+    all_names, all_units, memo = arm_units(arm, seeds)
+    units = [all_units[all_names.index(n)] for n in names]
+    if names != all_names:
+      return units, value(point, units), unit_values(point, units)
+    if 'values' not in memo:  # the usual case: every arm has the same units
+      memo['values'] = value(point, units), unit_values(point, units)
+    return (units, *memo['values'])
+
   rows = []
   for a, b in itertools.combinations(list(arms), 2):
-    _, ua, ub = _common(spec, arms[a], arms[b])
-    if not ua:
+    seeds = frozenset({s for s, _ in arms[a]} & {s for s, _ in arms[b]})
+    common = sorted(set(arm_units(a, seeds)[0]) & set(arm_units(b, seeds)[0]))
+    if not common:
       rows.append({'a': a, 'b': b, 'n_units': 0, 'p_raw': None, 'n': 0,
-                   'rank_error': 'no test unit shared by both arms'})
+                   'rank_error': 'no test unit shared by both arms (over common seeds)'})
       continue
-    rows.append({'a': a, 'b': b, **compare(point, ua, ub, n_boot, seed)})
+    ua, value_a, va = summary(a, seeds, common)
+    ub, value_b, vb = summary(b, seeds, common)
+    rows.append({'a': a, 'b': b,
+                 **compare(point, ua, ub, n_boot, seed, (value_a, value_b, va, vb))})
   tested = [r for r in rows if r.get('p_raw') is not None]
   for r, p in zip(tested, metrics.adjust_p([r['p_raw'] for r in tested], correction)):
     r['p_adjusted'] = p
