@@ -336,3 +336,79 @@ def test_mean_sd():
     assert np.isnan(metrics.mean_sd([7.0])["sd"])
     with pytest.raises(ValueError):
         metrics.mean_sd([])
+
+
+# ---------------------------------------------------------------------------
+# Multiplicity, operating-point thresholds, per-unit values
+# ---------------------------------------------------------------------------
+
+
+def test_holm_hand_worked():
+    # Sorted: 0.005 x4 = 0.02, 0.01 x3 = 0.03, 0.03 x2 = 0.06, 0.04 x1 = 0.04 -> max(0.06, 0.04).
+    assert metrics.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert metrics.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert metrics.holm([]) == []
+    assert metrics.adjust_p([0.01, 0.04, 0.03, 0.005], "holm") == metrics.holm(
+        [0.01, 0.04, 0.03, 0.005]
+    )
+    with pytest.raises(ValueError, match="lie in"):
+        metrics.holm([0.2, 1.5])
+
+
+def test_bh_is_scipy_and_unknown_corrections_are_refused():
+    p = [0.01, 0.04, 0.03, 0.005]
+    # Hand-worked BH: sorted p x m / rank = 0.02, 0.02, 0.04, 0.04 (monotone from the top).
+    assert metrics.adjust_p(p, "bh") == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    with pytest.raises(ValueError, match="'bonferroni'.*holm, bh"):
+        metrics.adjust_p(p, "bonferroni")
+
+
+def test_auc_placements_average_to_the_auc():
+    for labels, scores in _random_roc_cases(50):
+        placements = metrics.auc_placements(labels, scores)
+        assert placements.size == int(np.sum(labels))
+        assert placements.mean() == pytest.approx(sklearn.metrics.roc_auc_score(labels, scores))
+
+
+def test_threshold_at_fpr_is_the_operating_point():
+    for labels, scores in _random_roc_cases(50):
+        labels, scores = np.asarray(labels), np.asarray(scores, float)
+        for target in (0.1, 0.2, 0.5):
+            t = metrics.threshold_at_fpr(labels, scores, target)
+            fpr = np.mean(scores[labels == 0] >= t)
+            assert fpr <= target + 1e-12
+            # The next lower distinct score would exceed the target FPR.
+            lower = scores[scores < t]
+            if lower.size:
+                assert np.mean(scores[labels == 0] >= lower.max()) > target
+
+
+def test_froc_threshold_and_unit_sensitivities_give_the_pooled_sensitivity():
+    rng = np.random.default_rng(11)
+    for _ in range(20):
+        units = []
+        for _ in range(int(rng.integers(2, 8))):
+            n, lesions = int(rng.integers(1, 15)), int(rng.integers(0, 4))
+            ids = np.where(rng.random(n) < 0.3, rng.integers(0, max(lesions, 1), n), -1)
+            ids = ids if lesions else np.full(n, -1)
+            units.append({"scores": np.round(rng.random(n), 1).tolist(),
+                          "lesion_ids": ids.tolist(), "num_lesions": lesions, "num_images": 3})
+        if not sum(u["num_lesions"] for u in units):
+            continue
+        curve = metrics.froc_curve(**metrics.pool_detection_units(units))
+        lesions = np.asarray([u["num_lesions"] for u in units], float)
+        for rate in (0.0, 0.5, 1.0, 4.0):
+            per_unit = metrics.unit_lesion_sensitivity(
+                units, metrics.froc_threshold_at(curve, rate)
+            )
+            assert np.isnan(per_unit[lesions == 0]).all()
+            pooled = np.nansum(per_unit * lesions) / lesions.sum()
+            assert pooled == pytest.approx(metrics.froc_sensitivity_at(curve, [rate])[0])
+        assert metrics.candidate_recall(units) == pytest.approx(curve["sensitivity"][-1])
+
+
+def test_candidate_recall_hand_worked():
+    units = [{"lesion_ids": [0, 0, -1], "num_lesions": 2}, {"lesion_ids": [-1], "num_lesions": 1}]
+    assert metrics.candidate_recall(units) == pytest.approx(1 / 3)  # one of three lesions hit
+    with pytest.raises(ValueError, match="no lesion"):
+        metrics.candidate_recall([{"lesion_ids": [-1], "num_lesions": 0}])
