@@ -103,12 +103,12 @@ def units_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def all_arms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Every valid arm name: scratch, scratch_<init scheme> (e.g. scratch_xavier, scratch_he),
   then the head only, deepening to every unit (the paper's order)."""
-  return tuning.arms(units_of(config))
+  return tuning.arms(units_of(config), scratch_schemes=True)
 
 
 def default_arms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The arms of a sweep that names none: scratch and every fine-tuning depth."""
-  return tuning.arms(units_of(config), scratch_schemes=False)
+  return tuning.arms(units_of(config))
 
 
 def plan(config: ml_collections.ConfigDict) -> list[Run]:

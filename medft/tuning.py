@@ -32,10 +32,10 @@ def scratch_arms() -> tuple[str, ...]:
   return (SCRATCH,) + tuple(f'{SCRATCH}_{s}' for s in INIT_SCHEMES)
 
 
-def arms(units: Sequence[str], scratch_schemes: bool = True) -> tuple[str, ...]:
-  """Every arm name of an architecture, in the paper's order: scratch (and, unless
-  `scratch_schemes=False`, scratch under each init scheme), then the head only, deepening
-  to all units."""
+def arms(units: Sequence[str], scratch_schemes: bool = False) -> tuple[str, ...]:
+  """The arms of an architecture in the paper's order: scratch, then the head only, deepening
+  to all units (each a depth). `scratch_schemes=True` adds scratch under each init scheme
+  after `scratch` (`scratch_xavier`, ...): every arm name a sweep accepts."""
   scratch = scratch_arms() if scratch_schemes else (SCRATCH,)
   return scratch + tuple(reversed(units))
 

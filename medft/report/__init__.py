@@ -47,7 +47,8 @@ AVERAGING = ('Each arm x fraction pools its finished seeds: every metric is comp
 def arm_order(arms: Sequence[str], arch: str | None) -> list[str]:
   """scratch arms first, then head-only to all layers (the paper's order); unknown names last."""
   from medft import models
-  known = list(tuning.arms(models.ARCHS[arch][1] if arch in models.ARCHS else ()))
+  known = list(tuning.arms(models.ARCHS[arch][1] if arch in models.ARCHS else (),
+                           scratch_schemes=True))
   return sorted(set(arms), key=lambda a: (known.index(a) if a in known else len(known), a))
 
 
