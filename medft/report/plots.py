@@ -181,9 +181,9 @@ def _box_plot(plots_dir: Path, spec: apps.Spec, points: Sequence[apps.Point], f:
     x = np.arange(1, len(arms) + 1)
     means = np.asarray([d.mean() if d.size else np.nan for d in data])
     sds = np.asarray([d.std(ddof=1) if d.size > 1 else 0.0 for d in data])
-    ax.errorbar(x + 0.25, means, yerr=sds, fmt='D', color='C3', capsize=4, ms=5,
-                label='mean ± SD')
-    top = max(float(np.nanmax(d)) if d.size else 0.0 for d in data)
+    ax.errorbar(x + 0.25, means, yerr=sds, fmt='D', color='C3', capsize=4, ms=5)
+    top = max(max(float(np.nanmax(d)), m + s) if d.size else 0.0  # above whiskers and SD bars
+              for d, m, s in zip(data, means, sds))
     for xi, m, s in zip(x, means, sds):
       if np.isfinite(m):
         ax.text(xi, top * 1.04, f'{m:.0f}±{s:.0f}', ha='center', va='bottom', fontsize=8)
@@ -191,9 +191,8 @@ def _box_plot(plots_dir: Path, spec: apps.Spec, points: Sequence[apps.Point], f:
     ax.set_xticks(x, arms, rotation=30)
     ax.set_xlabel('arm')
     ax.set_ylabel(f'{p.label} per test image ({p.unit})')
-    ax.set_title(f'{p.label} (text: mean ± SD per box)')
+    ax.set_title(f'{p.label} (red diamond and bar, and text: mean ± SD)')
     ax.grid(alpha=0.3, axis='y')
-    ax.legend(loc='upper left', fontsize=8)
   fig.suptitle(f'Boundary error per arm, training fraction {f:g} (box: quartiles and median; '
                'whiskers: 1.5 IQR)', y=1.02)
   _save(fig, plots_dir, f'box_f{_ftag(f)}.png',
