@@ -1,8 +1,11 @@
 """The study runner: a small sweep finishes, survives a kill without redoing finished runs,
 reports with a table and plots; `auto` picks a depth and records its validation curve."""
 
+import csv
+import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +17,11 @@ import pytest
 from PIL import Image
 
 from configs import cimt
-from medft import auto_tune, sweep
-from medft.sweep import Run, plan, run_config, run_dir, shard_of
+from medft import auto_tune, sweep, tuning
+from medft.sweep import Run, all_arms, plan, run_config, run_dir, shard_of
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS, FRACTIONS = ('scratch', 'fc8', 'conv1'), (0.5, 1.0)
+ARMS, FRACTIONS = ('scratch', 'scratch_xavier', 'fc8', 'conv1'), (0.5, 1.0)
 
 # Width-reduced network and a few steps: each run takes seconds on 2 CPU cores.
 TINY = {
@@ -29,7 +32,7 @@ TINY = {
     'pretrain.steps': 4, 'pretrain.batch': 8, 'pretrain.eval_examples': 16,
     'pretrain.log_every': 2, 'pretrain.eval_every': 4,
 }
-ARG = 'synthetic,pretext,arms=scratch+fc8+conv1,fractions=0.5+1.0,seeds=0'
+ARG = 'synthetic,pretext,arms=scratch+scratch_xavier+fc8+conv1,fractions=0.5+1.0,seeds=0'
 
 
 def _config(data_dir, **extra):
@@ -73,6 +76,20 @@ def test_run_config_drops_study_blocks():
   assert 'sweep' not in rc and 'pretrain' not in rc and 'auto' not in rc
 
 
+def test_scratch_init_scheme_arms():
+  c = cimt.get_config('arms=fc8+scratch_he+scratch+scratch_xavier,fractions=1.0')
+  assert [r.arm for r in plan(c)] == ['scratch', 'scratch_xavier', 'scratch_he', 'fc8']
+  assert all_arms(c)[:4] == ('scratch', 'scratch_gaussian', 'scratch_xavier', 'scratch_he')
+  # A sweep that names no arms: plain scratch and the fine-tuning depths, as before.
+  default = [r.arm for r in plan(cimt.get_config('fractions=1.0'))]
+  assert default[0] == 'scratch' and not any(a.startswith('scratch_') for a in default)
+  rc = run_config(c, Run('scratch_xavier', 1.0, 0), '')
+  assert (rc.depth, rc.model.init_scheme) == ('scratch', 'xavier')
+  assert run_config(c, Run('scratch', 1.0, 0), '').model.init_scheme == c.model.init_scheme
+  with pytest.raises(ValueError, match='scratch_lecun not arms of alexnet'):
+    plan(cimt.get_config('arms=scratch_lecun'))
+
+
 @pytest.fixture(scope='module')
 def swept(tmp_path_factory):
   """A sweep killed mid-way in a subprocess, then finished in-process."""
@@ -106,7 +123,10 @@ def test_sweep_resumes_without_redoing_finished_runs(swept):
     for f in FRACTIONS:
       run = run_dir(folder, arm, f, 0)
       results = json.loads((run / 'results.json').read_text())
-      assert (results['arm'], results['fraction']) == (arm, f)
+      depth, scheme = tuning.arm_settings(arm)  # scratch_xavier: depth scratch, xavier init
+      assert (results['arm'], results['fraction']) == (depth, f)
+      config = json.loads((run / 'config.json').read_text())
+      assert config['model']['init_scheme'] == (scheme or 'he')
       lines = (run / 'metrics.jsonl').read_text().splitlines()
       steps = [json.loads(line)['step'] for line in lines]
       assert steps == sorted(set(steps)), f'{run}: duplicated or reordered metric rows'
@@ -129,22 +149,38 @@ def test_sweep_resumes_without_redoing_finished_runs(swept):
     sweep(_config(data_dir, **{'optim.base_lr': 0.02}), folder)
 
 
-def test_sweep_report_has_table_and_readable_plots(swept):
+def test_sweep_report_has_tables_and_paper_form_plots(swept):
   folder, _, _, report = swept
+  assert report['app'] == 'cimt' and report['unit_name'] == 'subject'
   md = (folder / 'report.md').read_text()
-  assert '| arm |' in md and '### CIMT table in the paper\'s form' in md
   assert 'NOT ImageNet' in md and 'medft-pretext' in md
+  # Per operating point: LI, MA and CIMT error with intervals, per fraction.
+  assert md.count('| arm | seeds | LI error (µm) | MA error (µm) | CIMT error (µm) |') == 2
+  assert '### Mean ± SD over test images (the paper\'s form)' in md
   for arm in ARMS:
-    assert f'| {arm} ' in md or f'**{arm}**' in md
-  rows = (folder / 'report.csv').read_text().splitlines()
-  assert len(rows) == 1 + len(ARMS) * len(FRACTIONS)
+    assert f'| {arm} ' in md or f'**{arm}' in md
+  # All pairs of the 4 arms, per fraction and point, with raw and adjusted p.
+  tables = report['pairs']
+  assert [(t['fraction'], t['point']) for t in tables] == [
+      (f, k) for f in FRACTIONS for k in ('li_error_um', 'ma_error_um', 'cimt_error_um')]
+  test_subjects = {r['n_units'] for r in report['rows']}
+  for t in tables:
+    assert len(t['rows']) == 6 and t['correction'] == 'holm'
+    for x in t['rows']:
+      assert x['n'] in test_subjects  # subjects ranked, not images
+      assert x['p_adjusted'] >= x['p_raw'] and (x['mark'] == '' or x['p_adjusted'] < 0.05)
+  assert md.count('| arm A | arm B | A − B [95% CI] | n | W | p (raw) | p (adj.) | mark |') == 6
+  rows = list(csv.DictReader(io.StringIO((folder / 'report.csv').read_text())))
+  assert sum(r['section'] == 'pair' for r in rows) == 6 * 6
   assert report['plots'], 'no plot was drawn'
   for plot in report['plots']:
     assert f']({plot["file"]})' in md
     image = np.asarray(Image.open(folder / plot['file']).convert('L'), np.float64)
     assert image.shape[0] > 200 and image.shape[1] > 300
     assert image.std() > 5, f'{plot["file"]} looks blank'
-  assert any('cimt_boxplot' in p['file'] for p in report['plots'])
+  names = {Path(p['file']).name for p in report['plots']}
+  assert {'box_f0p5.png', 'box_f1.png', 'convergence_f0p5.png', 'convergence_f1.png',
+          'depth.png'} <= names
 
 
 def test_auto_chooses_a_depth_and_records_the_curve(swept):
@@ -173,3 +209,23 @@ def test_bad_keep_checkpoints_is_refused_before_anything_is_deleted(study, tmp_p
   with pytest.raises(ValueError, match="sweep.keep_checkpoints='bset'.*all, best or none"):
     study(config, tmp_path)
   assert kept.is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ['source_model']
+
+
+def test_report_shows_roi_edge_share_and_fraction_unit_when_the_task_writes_them(swept, tmp_path):
+  """Keys the CIMT task adds (per-image roi_edge_share, fraction_unit): read when present."""
+  folder = tmp_path / 'study'
+  shutil.copytree(swept[0], folder, ignore=shutil.ignore_patterns('checkpoints'))
+  for results_file in folder.glob('*/*/*/results.json'):
+    results = json.loads(results_file.read_text())
+    results['fraction_unit'] = 'patients'
+    for k, image in enumerate(results['test']['per_image']):
+      image['roi_edge_share'] = 0.25 * (k % 2)
+    results_file.write_text(json.dumps(results))
+  from medft.report import build_report
+  report = build_report(folder, n_boot=20)
+  md = (folder / 'report.md').read_text()
+  assert 'share of columns whose boundary touched the ROI edge' in md
+  assert 'training patients' in md
+  shares = [r['metrics']['roi_edge_share']['value'] for r in report['rows'] if r['metrics']]
+  assert shares and all(0 < s < 0.25 for s in shares)
+  assert 'roi_edge_share' not in {t['point'] for t in report['pairs']}  # stated, not tested

@@ -36,7 +36,8 @@ class Point:
   `pooled(records)` is the metric over one seed's test units (what the task itself reports);
   `per_unit(records)` gives one value per unit (NaN where undefined) for the paired rank test.
   `compared`: the report tests every pair of arms on it; context figures are only stated.
-  `needs`: a per-record key that must be present for the point to exist (optional fields).
+  `available(records)`: whether one seed's records carry what the point needs (for points
+  on optional fields); None = always.
   """
   key: str
   label: str
@@ -45,7 +46,7 @@ class Point:
   pooled: Callable[[Sequence[Record]], float]
   per_unit: Callable[[Sequence[Record]], np.ndarray] | None = None
   compared: bool = True
-  needs: str = ''
+  available: Callable[[Sequence[Record]], bool] | None = None
   digits: int = 3
 
 

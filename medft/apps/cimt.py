@@ -33,7 +33,8 @@ def _error_point(key: str, label: str) -> Point:
 EDGE_SHARE = Point(
     'roi_edge_share', 'share of columns whose boundary touched the ROI edge', '', False,
     pooled=lambda records: float(np.mean([i['roi_edge_share'] for i in _images(records)])),
-    compared=False, needs='roi_edge_share')
+    compared=False,
+    available=lambda records: all('roi_edge_share' in i for i in _images(records)))
 
 
 def points(test: Mapping) -> tuple[Point, ...]:

@@ -44,11 +44,9 @@ def seed_units(spec: apps.Spec, seed_tests: SeedTests) -> tuple[list[str], list[
 
 
 def present(point: apps.Point, units: Sequence[Sequence[Any]]) -> bool:
-  """Whether every record carries the point's optional field (`Point.needs`)."""
-  if not point.needs:
-    return True
-  items = [x for seeds in units for r in seeds for x in (r if isinstance(r, list) else [r])]
-  return bool(items) and all(point.needs in x for x in items)
+  """Whether every seed's records carry what the point needs (`Point.available`)."""
+  return point.available is None or all(
+      point.available([u[s] for u in units]) for s in range(len(units[0])))
 
 
 def value(point: apps.Point, units: Sequence[Sequence[Any]]) -> float:
