@@ -57,8 +57,14 @@ def get_config(arg=None):
   c.task.patch_size = 48
   # Pixels within this distance of a boundary are neither background nor that boundary.
   c.task.boundary_margin = 2
-  # Rows above LI and below MA added to the reference band to form the test ROI.
-  c.task.roi_margin = 12
+  # Height (mm) of the ROI box, centred on the wall's overall position (median over columns of
+  # the LI-MA midpoint), that training background and the test boundaries are searched in.
+  # 6 mm lets a boundary err by up to ~3 mm (30x the ~100 um of the paper's failing fc8-only
+  # arm) and holds walls tilted by +-2.5 mm over the traced span; roi_edge_share flags a box
+  # too small.
+  c.task.roi_height_mm = 6.0
+  # Or a CSV `id,top,bottom` of the user's ROI rows per image (see medft/tasks/cimt.py).
+  c.task.roi_file = ''
   # Test: classify every `eval_col_stride`-th ROI column (1 = every column, as the paper).
   c.task.eval_col_stride = 4
   # Validation/test patches per class per image for the patch-level AUC.
