@@ -1,7 +1,8 @@
-"""The CIMT task: the test ROI box, its edge share, a ROI file."""
+"""The CIMT task: the test ROI box, its edge share, the merged patch AUC, a ROI file."""
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from configs import cimt as cimt_config
 from medft import errors
@@ -103,6 +104,21 @@ def test_edge_share_counts_columns_on_either_edge_before_smoothing():
     return out
 
   assert task.evaluate(predict, n_boot=10)['roi_edge_share'] == pytest.approx(14 / 56)
+
+
+def test_patch_auc_merges_both_interfaces_against_background():
+  labels = np.array([0, 0, 0, 1, 1, 2, 2, 0])
+  probs = np.array([[.7, .2, .1], [.5, .1, .4], [.2, .5, .3], [.3, .6, .1],
+                    [.6, .3, .1], [.1, .1, .8], [.4, .1, .5], [.9, .05, .05]])
+  task = _task([_example()])
+  want = roc_auc_score(labels != 0, probs[:, 1] + probs[:, 2])
+  assert task.patch_auc(probs, labels) == pytest.approx(want)
+  # Hand count: interface scores .7 .4 .9 .6 against background .3 .5 .8 .1 win 3 + 2 + 4 + 3
+  # of the 16 pairs.
+  assert want == pytest.approx(12 / 16)
+  # Not the mean of one-vs-rest AUCs the task used before.
+  assert want != pytest.approx(np.mean([roc_auc_score(labels == k, probs[:, k])
+                                        for k in range(3)]))
 
 
 def test_roi_file_gives_the_rows_and_names_what_is_missing(tmp_path):
