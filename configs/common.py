@@ -78,12 +78,13 @@ def app_args(arg: str | None, **extra: Any) -> ml_collections.ConfigDict:
   """Parses an application config's argument (`configs/<app>.py:key=value,flag,...`).
 
   Every application accepts the arm (`depth`), training fraction, network, weights, length,
-  batch, seed, `synthetic`, the study's `arms`/`fractions`/`seeds` and the accelerator
-  presets; `extra` adds the application's own arguments with their defaults.
+  batch, seed, `synthetic`, the study's `arms`/`fractions`/`train_units`/`seeds` and the
+  accelerator presets; `extra` adds the application's own arguments with their defaults.
   """
   return parse_arg(
       arg, depth='fc8', fraction=1.0, arch='alexnet', init='', steps=0, epochs=0.0, batch=0,
-      seed=0, synthetic=False, **extra, arms='', fractions='', seeds='', **PRESET_ARGS)
+      seed=0, synthetic=False, **extra, arms='', fractions='', train_units='', seeds='',
+      **PRESET_ARGS)
 
 
 def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -123,14 +124,19 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.data.manual_dir = ''
   # Where prepared datasets are cached ('' = $MEDFT_DATA_DIR or ~/.cache/medft).
   c.data.data_dir = ''
-  # Share of training subjects kept (nested across fractions).
+  # Share of training units kept (nested across fractions), in (0, 1].
   c.data.fraction = arg.fraction
+  # What a fraction counts: the split unit (subjects, patients, videos, ...) or frames/images
+  # (examples of the training units); set by each application, '' = the split unit.
+  c.data.fraction_unit = ''
   # Seed of the subject-level train/validation/test split.
   c.data.split_seed = 0
   # Share of training subjects held out for validation (the paper's 20%).
   c.data.val_share = 0.2
-  # Share of subjects held out for testing.
-  c.data.test_share = 0.2
+  # Share of units held out for testing: about half, as the paper held out (public sets are
+  # big enough: CUBS ~1000 subjects, Kvasir-SEG 1000 frames, CVC-ClinicDB 29 videos, CAD-PE
+  # 91 patients); the CIMT demo keeps it and trims its test-time cost instead.
+  c.data.test_share = 0.5
   # Size of a synthetic twin (number of images/volumes); 0 = the generator's default.
   c.data.synthetic_n = 0
 
@@ -221,17 +227,26 @@ def pretrain_defaults(source: str = 'pretext', steps: int = 400,
   return p
 
 
-def add_study(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) -> None:
+def add_study(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict,
+              fractions: str = '0.25,0.5,1.0', train_units: str = '') -> None:
   """Adds the `sweep`, `auto` and `pretrain` blocks (`medft.sweep`, `medft.auto_tune`).
 
-  Reads the optional arguments `arms`, `fractions`, `seeds` (values separated by `+`, e.g.
-  `arms=scratch+fc8+conv1,fractions=0.5+1.0`), `seed` and `pretext` from `arg`.
+  `fractions` and `train_units` are the application's training-size design (the paper's).
+  Reads the optional arguments `arms`, `fractions`, `train_units`, `seeds` (values separated
+  by `+`, e.g. `arms=scratch+fc8+conv1,fractions=0.5+1.0`), `seed` and `pretext` from `arg`;
+  giving `fractions` or `train_units` replaces the whole design.
   """
   c.sweep = ml_collections.ConfigDict()
   # Arms of the study ('' = all: scratch, fc8, fc7, ..., conv1), separated by ',' or '+'.
   c.sweep.arms = arg.get('arms', '')
-  # Training-set fractions (paper-like default) and seeds (default: the config's seed).
-  c.sweep.fractions = arg.get('fractions', '') or '0.25,0.5,1.0'
+  own_design = arg.get('fractions', '') or arg.get('train_units', '')
+  # Training-set fractions, in (0, 1], of `data.fraction_unit` (the paper's design by default).
+  c.sweep.fractions = arg.get('fractions', '') if own_design else fractions
+  # Also train on exactly this many training units (e.g. '1': the paper's single-patient CIMT
+  # arm); each count k runs as the fraction k / (training units), so its folder is
+  # DIR/<arm>/<k/n>/<seed> and its results.json says train_units=k. '' = none.
+  c.sweep.train_units = arg.get('train_units', '') if own_design else train_units
+  # Seeds (default: the config's seed).
   c.sweep.seeds = arg.get('seeds', '') or str(arg.get('seed', 0))
   # This process' share of the runs, 'i/n' (run k of the plan belongs to shard k % n); ''=all.
   c.sweep.shard = ''

@@ -21,6 +21,8 @@ def get_config(arg=None):
   arg = common.app_args(arg)
   # Two classes: false candidate, clot.
   c = common.app_config(arg, 2, 'synthetic_pe' if arg.synthetic else 'cad_pe')
+  # A fraction counts patients (one CTPA volume each).
+  c.data.fraction_unit = 'patients'
   # Side of the square vessel-aligned patch (pixels); resized to the net's input.
   c.task.patch_size = 32
   # Gaussian pre-smoothing of the volume before thresholding (mm).
@@ -62,7 +64,8 @@ def get_config(arg=None):
   c.task.fp_rates = (1.0, 2.0, 3.0, 4.0, 5.0)
   # FROC curve sampled on [0, froc_max_fp] FP/volume.
   c.task.froc_max_fp = 10.0
-  # Study blocks: sweep (arms x fractions x seeds), auto (depth choice), pretrain.
-  common.add_study(c, arg)
+  # Study blocks: sweep (arms x fractions x seeds), auto (depth choice), pretrain. Training
+  # sizes: the paper's 50% and 25% of patients, and 100% as the reference they are read against.
+  common.add_study(c, arg, fractions='0.25,0.5,1.0')
   common.apply_presets(c, arg)
   return c

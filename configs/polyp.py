@@ -21,6 +21,10 @@ def get_config(arg=None):
   arg = common.app_args(arg)
   # Two classes: background candidate, polyp.
   c = common.app_config(arg, 2, 'synthetic_polyp' if arg.synthetic else 'kvasir_seg')
+  # A fraction counts videos (the paper's 100/50/25% of videos; the synthetic twin has
+  # CVC-ClinicDB's video sequences). Kvasir-SEG has no video ids, each frame is its own unit,
+  # so there it counts frames; with data.name=cvc_clinicdb set data.fraction_unit=videos.
+  c.data.fraction_unit = 'videos' if arg.synthetic else 'frames'
   # Side of the square patch a view is resampled to (pixels); resized to the net's input.
   c.task.patch_size = 64
   # Frames are stored downscaled so that their longer side is at most this (pixels).
@@ -57,6 +61,6 @@ def get_config(arg=None):
   # FROC curve sampled on [0, froc_max_fp] FP/frame.
   c.task.froc_max_fp = 0.1
   # Study blocks: sweep (arms x fractions x seeds), auto (depth choice), pretrain.
-  common.add_study(c, arg)
+  common.add_study(c, arg, fractions='0.25,0.5,1.0')
   common.apply_presets(c, arg)
   return c

@@ -641,7 +641,7 @@ def bench_dense(s: Settings, log: Callable, arch: str = 'alexnet') -> list[dict]
   a = arm(arch, 'scratch', s)
   _, p_predict = trainer.make_steps(a.model, a.tx, a.meta)
   pparams = parallel.replicate(a.params)
-  roi_rows, cols = scan.roi_rows(task.cfg.roi_margin), scan.columns[::task.cfg.eval_col_stride]
+  roi_rows, cols = task.roi_rows(scan), scan.columns[::task.cfg.eval_col_stride]
   rr, cc = np.meshgrid(roi_rows, cols, indexing='ij')
   patches = scan.windows[rr.ravel(), cc.ravel()]
   timed = patches[:s.dense_pixels]

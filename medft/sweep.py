@@ -7,6 +7,11 @@ Sweep folder (DESIGN.md, "Files other code and people rely on"):
   DIR/auto.json                  the automatic depth choice (`auto_tune`)
   DIR/report.md, report.json, report.csv, plots/   (`medft.report.build_report`)
 
+Training sizes: `sweep.fractions` (of `data.fraction_unit`) plus `sweep.train_units`, unit
+counts that run as the fraction k / (training units), e.g. the single-patient CIMT arm; every
+one is checked on the data before the first run (or the source model) starts, and a fraction
+that keeps no training unit is refused by name (`checked_fractions`).
+
 A finished run (its results.json exists) is never trained again, so a killed sweep resumes by
 repeating the command; a run that was interrupted resumes from its own latest checkpoint.
 `config.sweep.shard='i/n'` gives this process run k of the plan when k % n == i, so runs can be
@@ -72,6 +77,7 @@ def study_setting(config: ml_collections.ConfigDict, block: str, key: str) -> An
   defaults = {
       ('sweep', 'arms'): '', ('sweep', 'fractions'): '', ('sweep', 'seeds'): '',
       ('sweep', 'shard'): '', ('sweep', 'report'): True, ('sweep', 'keep_checkpoints'): 'all',
+      ('sweep', 'train_units'): '',
       # Multiplicity correction of the report's all-pairs tables: 'holm' or 'bh'.
       ('report', 'correction'): 'holm',
       ('auto', 'tolerance'): 0.002, ('auto', 'patience'): 1,
@@ -111,8 +117,12 @@ def default_arms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return tuning.arms(units_of(config))
 
 
-def plan(config: ml_collections.ConfigDict) -> list[Run]:
-  """Every requested run, in a fixed order (fraction, then arm, then seed)."""
+def plan(config: ml_collections.ConfigDict, fractions: Sequence[float] = ()) -> list[Run]:
+  """Every requested run, in a fixed order (fraction, then arm, then seed).
+
+  `fractions`, when given, replaces `sweep.fractions` (the checked list `checked_fractions`
+  returns).
+  """
   known = all_arms(config)
   arms = _items(study_setting(config, 'sweep', 'arms')) or list(default_arms(config))
   unknown = [a for a in arms if a not in known]
@@ -123,7 +133,7 @@ def plan(config: ml_collections.ConfigDict) -> list[Run]:
   raw_fractions = study_setting(config, 'sweep', 'fractions')
   raw_seeds = study_setting(config, 'sweep', 'seeds')
   try:
-    fractions = sorted({float(f) for f in _items(raw_fractions)})
+    fractions = sorted({float(f) for f in (fractions or _items(raw_fractions))})
     seeds = sorted({int(s) for s in _items(raw_seeds)})
   except ValueError:
     raise ValueError(f'sweep.fractions={raw_fractions!r} / sweep.seeds='
@@ -133,6 +143,15 @@ def plan(config: ml_collections.ConfigDict) -> list[Run]:
     raise ValueError(f'sweep.fractions={raw_fractions!r} must list numbers in (0, 1] '
                      f'and sweep.seeds={raw_seeds!r} at least one seed.')
   return [Run(a, f, s) for f in fractions for a in arms for s in seeds]
+
+
+def checked_fractions(config: ml_collections.ConfigDict) -> list[float]:
+  """`sweep.fractions` plus the `sweep.train_units` counts as fractions, each checked on the
+  data (enough training units) before any run starts (`medft.data.study_fractions`)."""
+  from medft import data  # TFDS only when a study reads data
+  fractions = [r.fraction for r in plan(config)]
+  return data.study_fractions(config.data, fractions,
+                              _items(study_setting(config, 'sweep', 'train_units')))
 
 
 def shard_of(runs: Sequence[Run], shard: str) -> list[Run]:
@@ -259,7 +278,7 @@ def sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Runs this shard's part of the study into `workdir` and returns the report (a dict)."""
   sweep_dir = Path(workdir)
   dropped = dropped_checkpoints(config)
-  runs = plan(config)
+  runs = plan(config, checked_fractions(config))
   shard = study_setting(config, 'sweep', 'shard')
   mine = shard_of(runs, shard)
   t0 = time.time()

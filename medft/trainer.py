@@ -436,7 +436,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
       'steps': int(step), 'total_steps': steps, 'steps_per_epoch': steps_per_epoch,
       'best_step': int(early['best_step']), 'val_auc': float(early['best_val']),
       'test_auc': test['auc'] if test else None, 'test': test,
-      'train_units': len(set(ds.units('train'))),
+      # Training units kept, counted in the unit a fraction counts (data.fraction_unit).
+      'fraction_unit': ds.info['fraction_unit'], 'train_units': ds.info['fraction_units_kept'],
       'checkpoints': {'best': str(ckpt.best_dir), 'latest': str(ckpt.latest_dir)},
   }
   ckpt.close()

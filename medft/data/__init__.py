@@ -18,6 +18,7 @@ from medft.data.dataset import (
     default_data_dir,
     load,
     prepare,
+    study_fractions,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     'default_data_dir',
     'load',
     'prepare',
+    'study_fractions',
 ]

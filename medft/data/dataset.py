@@ -14,13 +14,14 @@ import collections.abc
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from medft import errors
 from medft.data import splits as splits_lib
 from medft.data import synthetic
 from medft.data.base import FULL_SPLIT, ManualBuilder, check_manual_dir
@@ -42,6 +43,9 @@ DEFAULTS: dict[str, Any] = {
     'manual_dir': None,
     'data_dir': None,
     'fraction': 1.0,
+    # What a fraction counts: the split unit's name (subjects, videos, ...) or frames/images
+    # (examples); '' = the split unit. See `medft.data.splits`.
+    'fraction_unit': '',
     'split_seed': 0,
     'val_share': 0.2,
     'test_share': 0.2,
@@ -152,6 +156,8 @@ def _read_config(cfg: Any) -> dict[str, Any]:
   for key in ('val_share', 'test_share'):
     if not 0 <= float(merged[key]) < 1:
       raise ValueError(f'data.{key}={merged[key]} is outside [0, 1); pass e.g. {key}=0.2.')
+  if merged['fraction_unit']:
+    splits_lib.check_fraction_unit(merged['fraction_unit'])
   return merged
 
 
@@ -245,15 +251,13 @@ def load(cfg: Any) -> Dataset:
     raise ValueError(f'{builder.data_dir}: metadata lists {len(ids)} examples, the data has '
                      f'{n_full}; delete this folder and prepare again.')
   seed, fraction = int(cfg['split_seed']), float(cfg['fraction'])
-  by_split = splits_lib.split_units(units, seed, float(cfg['val_share']),
-                                    float(cfg['test_share']))
-  all_train = by_split['train']
-  by_split['train'] = splits_lib.keep_fraction(all_train, fraction, seed)
+  by_split, kept_ids, counts = _assign(cfg, ids, units)
   source = _Source(builder)
   views = {}
   for split, kept in by_split.items():
     kept_set = set(kept)
-    indices = [i for i, unit in enumerate(units) if unit in kept_set]
+    indices = [i for i, unit in enumerate(units) if unit in kept_set
+               and (split != 'train' or kept_ids is None or ids[i] in kept_ids)]
     share = {'validation': cfg['val_share'], 'test': cfg['test_share']}.get(split, 1.0)
     if not indices and share > 0:
       raise ValueError(
@@ -274,9 +278,64 @@ def load(cfg: Any) -> Dataset:
       'fraction': fraction,
       'units': {split: list(kept) for split, kept in by_split.items()},
       'num_examples': {split: len(view) for split, view in views.items()},
-      'num_train_units_before_fraction': len(all_train),
+      'num_train_units_before_fraction': counts['train_units'],
+      # The unit a fraction counts, and how many of them training had and kept.
+      'fraction_unit': cfg['fraction_unit'] or 'units',
+      'fraction_units_before': counts['before'],
+      'fraction_units_kept': counts['kept'],
       'source_dir': meta.get('source_dir'),
       'prepared_dir': str(builder.data_dir),
       'synthetic': twin,
   }
   return Dataset(app=meta['app'], splits=views, info=info)
+
+
+def _assign(cfg: dict[str, Any], ids: list[str], units: list[str]
+            ) -> tuple[dict[str, list[str]], set[str] | None, dict[str, int]]:
+  """Units of each split with the training fraction applied; the kept training example ids
+  (None when the fraction counts split units); counts: training units before the fraction,
+  and fraction units before and kept."""
+  seed, fraction = int(cfg['split_seed']), float(cfg['fraction'])
+  unit = cfg['fraction_unit'] or 'units'
+  by_split = splits_lib.split_units(units, seed, float(cfg['val_share']),
+                                    float(cfg['test_share']))
+  train = by_split['train']
+  if unit not in splits_lib.EXAMPLE_UNITS:
+    by_split['train'] = splits_lib.keep_fraction(train, fraction, seed, unit)
+    return by_split, None, {'train_units': len(train), 'before': len(train),
+                            'kept': len(by_split['train'])}
+  train_set = set(train)
+  train_ids = [x for x, u in zip(ids, units) if u in train_set]
+  kept_ids = set(splits_lib.keep_fraction(train_ids, fraction, seed, unit))
+  by_split['train'] = sorted({u for x, u in zip(ids, units) if x in kept_ids})
+  return by_split, kept_ids, {'train_units': len(train), 'before': len(train_ids),
+                              'kept': len(kept_ids)}
+
+
+def study_fractions(cfg: Any, fractions: Sequence[float], counts: Sequence[str] = ()
+                    ) -> list[float]:
+  """Every training fraction of a study, checked on the data before the first run trains.
+
+  `counts` (`sweep.train_units`) become the fractions that keep exactly that many training
+  units (`splits.count_fraction`). Every fraction is applied to this dataset's split; those
+  that keep no training unit are refused together in one ConfigError naming the counts.
+  """
+  cfg = _read_config(cfg)
+  builder_name, manual_dir, data_dir, _ = _resolve(cfg)
+  meta = _prepared_builder(builder_name, cfg, manual_dir, data_dir).info.metadata
+  ids, units = list(meta['ids']), list(meta['units'])
+  unit = cfg['fraction_unit'] or 'units'
+  n_train = _assign({**cfg, 'fraction': 1.0}, ids, units)[2]['before']
+  wanted = sorted({*map(float, fractions),
+                   *(splits_lib.count_fraction(k, n_train, unit) for k in counts)})
+  refused = []
+  for fraction in wanted:
+    try:
+      _assign({**cfg, 'fraction': fraction}, ids, units)
+    except errors.ConfigError as e:
+      refused.append(str(e))
+  if refused:
+    raise errors.ConfigError(f'sweep.fractions on {cfg["name"]} ({n_train} training {unit}): '
+                             + ' '.join(refused) + ' Drop or raise these fractions, or use '
+                             'sweep.train_units=1 for a single-unit arm.')
+  return wanted

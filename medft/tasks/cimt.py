@@ -6,6 +6,19 @@ stratified by class, without augmentation (as in the paper). At test time every 
 ROI is classified in large batches, the most probable LI and MA row is taken per column and
 smoothed, and the distance to the reference boundary is reported in micrometres.
 
+The ROI is a rectangle placed as a sonographer places one: `task.roi_height_mm` tall, centred
+on the wall's overall position (the median over columns of the midpoint between the reference
+LI and MA), over the traced columns; or, with `task.roi_file`, the user's own rows per image.
+It never follows the reference column by column, so a wrong prediction can be as wrong as the
+box allows (e.g. 3 mm above or below the wall with the default 6 mm box), and each image
+records `roi_edge_share`, the share of evaluated columns whose raw LI or MA row lies on the
+ROI's top or bottom row: a high share means the box, not the network, bounded the answer.
+Training and validation patches come from the same kind of box around their own reference.
+
+ROI file (`task.roi_file`): a CSV with the header `id,top,bottom` and one line per image, the
+first and last ROI row (0-based pixel rows of the image as stored, inclusive), e.g.
+`clin_0001_L,212,318`. Every image evaluated must have a line.
+
 Boundary smoothing: the paper fits open snakes; we use a robust regularised fit (median
 filter, then Gaussian smoothing along the columns), which plays the same role -- removing
 isolated per-column outliers and enforcing a smooth curve -- with no tuning of snake energies.
@@ -15,13 +28,15 @@ Everything here is numpy: patches come out as uint8 and the network is reached t
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from medft import metrics
+from medft import errors, metrics
 
 BACKGROUND, LI, MA = 0, 1, 2
 CLASS_NAMES = ('background', 'lumen-intima', 'media-adventitia')
@@ -68,16 +83,54 @@ class Scan:
     return cls(id=str(ex.get('id', '')), unit=str(ex.get('unit', ex.get('id', ''))),
                cf=float(ex['cf']), li=li, ma=ma, columns=columns, windows=windows, height=h)
 
-  def roi_rows(self, margin: int) -> np.ndarray:
-    top = int(np.floor(np.nanmin(self.li[self.columns]))) - margin
-    bottom = int(np.ceil(np.nanmax(self.ma[self.columns]))) + margin
+  def roi_rows(self, height_mm: float) -> np.ndarray:
+    """Rows of a `height_mm` box centred on the wall's overall position (see the docstring).
+
+    One centre row for the whole image: the median over traced columns of the LI-MA midpoint,
+    what a sonographer's ROI box on the far wall gives; no per-column row enters.
+    """
+    if not height_mm > 0:
+      raise errors.ConfigError(f'task.roi_height_mm={height_mm} must be above 0 (height of the '
+                               'test ROI box in mm; e.g. 6).')
+    centre = float(np.median((self.li[self.columns] + self.ma[self.columns]) / 2))
+    half = height_mm / self.cf / 2
+    top, bottom = int(np.floor(centre - half)), int(np.ceil(centre + half))
     return np.arange(max(0, top), min(self.height, bottom + 1))
 
 
+def read_roi_file(path: str | Path) -> dict[str, tuple[int, int]]:
+  """`id,top,bottom` lines (see the module docstring) -> {id: (top, bottom)}."""
+  path = Path(path).expanduser()
+  if not path.is_file():
+    raise errors.MissingInputError(f'task.roi_file={str(path)!r} does not exist; give a CSV '
+                                   'with the header id,top,bottom (one line per image).')
+  rois = {}
+  with path.open(newline='') as f:
+    reader = csv.DictReader(f)
+    if not reader.fieldnames or not {'id', 'top', 'bottom'} <= set(reader.fieldnames):
+      raise errors.InputFileError(f'{path}: the header must name id,top,bottom; found '
+                                  f'{reader.fieldnames}.')
+    for line, row in enumerate(reader, start=2):
+      try:
+        top, bottom = int(row['top']), int(row['bottom'])
+      except (TypeError, ValueError):
+        raise errors.InputFileError(f'{path} line {line}: top={row["top"]!r}, '
+                                    f'bottom={row["bottom"]!r} must be integer rows.') from None
+      if not 0 <= top <= bottom:
+        raise errors.InputFileError(f'{path} line {line}: need 0 <= top <= bottom, got '
+                                    f'top={top}, bottom={bottom}.')
+      rois[row['id'].strip()] = (top, bottom)
+  return rois
+
+
 def sample_positions(scans: Sequence[Scan], n: int, rng: np.random.Generator,
-                     boundary_margin: int, roi_margin: int
+                     boundary_margin: int, roi: Callable[[Scan], np.ndarray]
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-  """`n` (scan, row, col, label) draws, stratified: a third each LI, MA, background."""
+  """`n` (scan, row, col, label) draws, stratified: a third each LI, MA, background.
+
+  Background rows are drawn from `roi(scan)`, the rows the test classifies, away from both
+  reference boundaries at that column (training data may use the reference).
+  """
   labels = np.arange(n) % 3
   rng.shuffle(labels)
   scan_idx = rng.integers(len(scans), size=n)
@@ -91,12 +144,10 @@ def sample_positions(scans: Sequence[Scan], n: int, rng: np.random.Generator,
       r = int(np.rint(li))
     elif labels[i] == MA:
       r = int(np.rint(ma))
-    else:  # background: anywhere in the ROI band, away from both boundaries
-      lo, hi = max(0, int(li) - roi_margin), min(s.height - 1, int(ma) + roi_margin)
-      allowed = np.arange(lo, hi + 1)
-      allowed = allowed[(np.abs(allowed - li) > boundary_margin)
-                        & (np.abs(allowed - ma) > boundary_margin)]
-      r = int(allowed[rng.integers(len(allowed))]) if len(allowed) else lo
+    else:  # background: anywhere in the ROI, away from both boundaries
+      box = roi(s)
+      allowed = box[(np.abs(box - li) > boundary_margin) & (np.abs(box - ma) > boundary_margin)]
+      r = int(allowed[rng.integers(len(allowed))]) if len(allowed) else int(box[0])
     rows[i], cols[i] = min(max(r, 0), s.height - 1), c
   return scan_idx, rows, cols, labels
 
@@ -112,11 +163,26 @@ class CimtTask:
     self.scans = {name: [Scan.from_example(src[i], task_config.patch_size)
                          for i in range(len(src))] for name, src in splits.items()}
     self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    roi_file = task_config.get('roi_file', '')
+    self._roi_file = read_roi_file(roi_file) if roi_file else None
     self._pool = None  # task.fixed_pool: (scan, row, col, label) of every training patch
     if task_config.get('fixed_pool', False) and 'train' in self.scans:
       self._pool = sample_positions(self.scans['train'], self.epoch_examples,
                                     np.random.default_rng([seed, 3]),
-                                    task_config.boundary_margin, task_config.roi_margin)
+                                    task_config.boundary_margin, self.roi_rows)
+
+  def roi_rows(self, scan: Scan) -> np.ndarray:
+    """The ROI rows of `scan`: its line of `task.roi_file`, else the `roi_height_mm` box."""
+    if self._roi_file is None:
+      return scan.roi_rows(self.cfg.roi_height_mm)
+    if scan.id not in self._roi_file:
+      raise errors.InputFileError(f'task.roi_file={self.cfg.roi_file!r} has no line for image '
+                                  f'{scan.id!r}; add "{scan.id},<top>,<bottom>".')
+    top, bottom = self._roi_file[scan.id]
+    if bottom >= scan.height:
+      raise errors.InputFileError(f'task.roi_file={self.cfg.roi_file!r}: image {scan.id!r} has '
+                                  f'{scan.height} rows, its ROI bottom is {bottom}.')
+    return np.arange(top, bottom + 1)
 
   @property
   def epoch_examples(self) -> int:
@@ -137,7 +203,7 @@ class CimtTask:
       s, r, c, y = (a[pick] for a in self._pool)
     else:
       s, r, c, y = sample_positions(self.scans['train'], batch, rng,
-                                    self.cfg.boundary_margin, self.cfg.roi_margin)
+                                    self.cfg.boundary_margin, self.roi_rows)
     s, r, c, y = s[host_slice], r[host_slice], c[host_slice], y[host_slice]
     return {'image': self._cut(self.scans['train'], s, r, c), 'label': y.astype(np.int32)}
 
@@ -149,46 +215,59 @@ class CimtTask:
       n = self.cfg.eval_patches_per_class * 3
       parts = []
       for k, scan in enumerate(scans):
-        _, r, c, y = sample_positions([scan], n, rng, self.cfg.boundary_margin,
-                                      self.cfg.roi_margin)
+        _, r, c, y = sample_positions([scan], n, rng, self.cfg.boundary_margin, self.roi_rows)
         parts.append((scan.windows[r, c], y, np.full(n, k)))
       self._eval_cache[split] = tuple(np.concatenate(p) for p in zip(*parts))
     return self._eval_cache[split]
 
   def patch_auc(self, probs: np.ndarray, labels: np.ndarray) -> float:
-    """Mean one-vs-rest ROC AUC over the three classes."""
-    return float(np.mean([metrics.roc_auc(labels == k, probs[:, k])
-                          for k in range(self.num_classes)]))
+    """The paper's patch AUC: both interfaces against background, one ROC.
 
-  def boundaries(self, scan: Scan, predict: PredictFn) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted LI and MA rows at every traced column, from dense ROI classification."""
-    rows = scan.roi_rows(self.cfg.roi_margin)
+    Score p(LI) + p(MA) (= 1 - p(background)), label "not background".
+    """
+    return metrics.roc_auc(labels != BACKGROUND, probs[:, LI] + probs[:, MA])
+
+  def boundaries(self, scan: Scan, predict: PredictFn
+                 ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Predicted LI and MA rows at every traced column, from dense ROI classification, and
+    the share of evaluated columns whose raw LI or MA row is on the ROI's top or bottom row."""
+    rows = self.roi_rows(scan)
     cols = scan.columns[::self.cfg.eval_col_stride]
     rr, cc = np.meshgrid(rows, cols, indexing='ij')
     probs = predict(scan.windows[rr.ravel(), cc.ravel()]).reshape(len(rows), len(cols), -1)
-    out = []
+    out, on_edge = [], np.zeros(len(cols), bool)
     for k in (LI, MA):
       best = rows[np.argmax(probs[:, :, k], axis=0)].astype(np.float64)
+      on_edge |= (best == rows[0]) | (best == rows[-1])
       w = max(1, min(self.cfg.smooth_window, len(best)) // 2 * 2 - 1)
       smooth = ndimage.gaussian_filter1d(ndimage.median_filter(best, w, mode='nearest'),
                                          sigma=max(w / 4, 1e-3), mode='nearest')
       out.append(np.interp(scan.columns, cols, smooth))
-    return out[0], out[1]
+    return out[0], out[1], float(on_edge.mean())
 
   def evaluate(self, predict: PredictFn, split: str = 'test', n_boot: int = 1000) -> dict:
-    """The paper's CIMT metrics with 95% bootstrap intervals over subjects."""
+    """The paper's CIMT metrics with 95% bootstrap intervals over subjects.
+
+    Also `roi_edge_share` (per image, and its mean over images), `roi_source` ('box' or
+    'file') and `roi_height_mm` (None with a file).
+    """
     per_image = []
     for scan in self.scans[split]:
-      li, ma = self.boundaries(scan, predict)
+      li, ma, edge_share = self.boundaries(scan, predict)
       ref_li, ref_ma = scan.li[scan.columns], scan.ma[scan.columns]
       per_image.append({
           'id': scan.id, 'unit': scan.unit,
           'li_error_um': metrics.boundary_error_um(li, ref_li, scan.cf),
           'ma_error_um': metrics.boundary_error_um(ma, ref_ma, scan.cf),
           'cimt_error_um': metrics.cimt_error_um(li, ma, ref_li, ref_ma, scan.cf),
+          'roi_edge_share': edge_share,
       })
     patches, labels, _ = self.eval_patches(split)
-    result = {'auc': self.patch_auc(predict(patches), labels), 'per_image': per_image}
+    result = {'auc': self.patch_auc(predict(patches), labels), 'per_image': per_image,
+              'roi_edge_share': float(np.mean([p['roi_edge_share'] for p in per_image])),
+              'roi_source': 'file' if self._roi_file is not None else 'box',
+              'roi_height_mm': None if self._roi_file is not None
+              else float(self.cfg.roi_height_mm)}
     units = sorted({p['unit'] for p in per_image})
     by_unit = [[p for p in per_image if p['unit'] == u] for u in units]
     for key in ('li_error_um', 'ma_error_um', 'cimt_error_um'):
