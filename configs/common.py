@@ -6,6 +6,8 @@ from typing import Any
 
 import ml_collections
 
+from medft.errors import ConfigError
+
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """Parses `key=value,flag,...` against `defaults`; unknown keys are an error.
@@ -18,12 +20,12 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     key, sep, value = item.partition('=')
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f'config argument {key!r} is unknown; known: '
+      raise ConfigError(f'config argument {key!r} is unknown; known: '
                        f'{", ".join(sorted(defaults))}.')
     default = defaults[key]
     if not sep:
       if not isinstance(default, bool):
-        raise ValueError(f'config argument {key!r} needs a value ({key}=...).')
+        raise ConfigError(f'config argument {key!r} needs a value ({key}=...).')
       out[key] = True
       continue
     try:
@@ -39,7 +41,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         out[key] = value
     except ValueError:
       kind = {bool: 'true or false', int: 'an integer', float: 'a number'}[type(default)]
-      raise ValueError(f'config argument {key}={value!r}: expected {kind} '
+      raise ConfigError(f'config argument {key}={value!r}: expected {kind} '
                        f'(default {key}={default}).') from None
   return out
 
@@ -63,7 +65,7 @@ def apply_presets(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) 
   The paper's learning-rate rules are unchanged; only throughput-related fields move.
   """
   if arg.tpu and arg.gpu:
-    raise ValueError('config arguments tpu and gpu exclude each other; pick one.')
+    raise ConfigError('config arguments tpu and gpu exclude each other; pick one.')
   if not (arg.tpu or arg.gpu):
     return
   c.dtype = 'bfloat16'

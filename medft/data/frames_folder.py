@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 
 from medft.data import readers
 from medft.data.base import ManualBuilder, ManualDirError, Record
+from medft.errors import ConfigError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
 
@@ -31,7 +32,7 @@ class FramesFolderConfig(tfds.core.BuilderConfig):
   def __init__(self, *, classes: Mapping[str, int], unit_regex: str | None = None, **kwargs):
     classes = {str(k): int(v) for k, v in sorted(dict(classes).items())}
     if not classes:
-      raise ValueError('frames_folder needs a non-empty class -> label map (config "classes").')
+      raise ConfigError('frames_folder needs a non-empty class -> label map (config "classes").')
     if unit_regex is not None:
       re.compile(unit_regex)
     key = json.dumps({'classes': classes, 'unit_regex': unit_regex}, sort_keys=True)

@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from medft.data import volumes
 from medft.data.base import ManualBuilder, ManualDirError, Record
+from medft.errors import InputFileError
 
 _PATIENT = re.compile(r'^PAT\d+$', re.IGNORECASE)
 _PURPOSE = 'Reading FUMPE (DICOM + .mat)'
@@ -47,13 +48,13 @@ def read_series(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
       positions.append(float(ds.ImagePositionPatient[2]))
       row_col = [float(v) for v in ds.PixelSpacing]
     except Exception as err:  # pydicom raises many types for broken files
-      raise ValueError(f'Cannot read DICOM slice {path}: {err}') from err
+      raise InputFileError(f'Cannot read DICOM slice {path}: {err}') from err
     if spacing is None:
       spacing = row_col
     slices.append(pixels * slope + intercept)
   shapes = {s.shape for s in slices}
   if len(shapes) != 1:
-    raise ValueError(f'DICOM series {folder} mixes slice shapes {sorted(shapes)}.')
+    raise InputFileError(f'DICOM series {folder} mixes slice shapes {sorted(shapes)}.')
   return np.stack(slices), np.asarray(positions), np.asarray(spacing)
 
 
@@ -70,21 +71,21 @@ def read_mask(path: Path) -> np.ndarray:
     h5py = volumes.require('h5py', _PURPOSE + ' (MATLAB v7.3 files)')
     with h5py.File(str(path), 'r') as f:
       if 'Mask' not in f:
-        raise ValueError(f'Mask file {path} has no key "Mask" (keys: {sorted(f)}).') from None
+        raise InputFileError(f'Mask file {path} has no key "Mask" (keys: {sorted(f)}).') from None
       # HDF5 stores MATLAB arrays column-major: reverse the axes back to (y, x, z).
       return np.asarray(f['Mask']).transpose()
   except (KeyError, ValueError, OSError) as err:
-    raise ValueError(f'Cannot read mask file {path}: {err}') from err
+    raise InputFileError(f'Cannot read mask file {path}: {err}') from err
 
 
 def physical_order(volume_file_order: np.ndarray, mask_yxz: np.ndarray, z: np.ndarray,
                    where: Path) -> tuple[np.ndarray, np.ndarray, float]:
   """Sorts slices by z position; returns (volume zyx, mask zyx, slice step)."""
   if mask_yxz.ndim != 3:
-    raise ValueError(f'Mask for {where} is {mask_yxz.ndim}-D; expected (y, x, z).')
+    raise InputFileError(f'Mask for {where} is {mask_yxz.ndim}-D; expected (y, x, z).')
   mask = np.transpose(mask_yxz, (2, 0, 1))
   if mask.shape != volume_file_order.shape:
-    raise ValueError(
+    raise InputFileError(
         f'Mask for {where} is (y, x, z) = {mask_yxz.shape}, but the series is (z, y, x) = '
         f'{volume_file_order.shape}.'
     )
@@ -92,7 +93,7 @@ def physical_order(volume_file_order: np.ndarray, mask_yxz: np.ndarray, z: np.nd
   sorted_z = z[order]
   steps = np.diff(sorted_z)
   if np.any(steps == 0):
-    raise ValueError(f'DICOM series {where} has two slices at the same z position.')
+    raise InputFileError(f'DICOM series {where} has two slices at the same z position.')
   step = float(np.median(steps)) if steps.size else 1.0
   return volume_file_order[order], mask[order], step
 

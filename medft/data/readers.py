@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medft.errors import InputFileError
+
 _SEPARATORS = re.compile(r'[\s,;]+')
 _PROFILE_LAYOUTS = (
     'two rows (all x values on the first line, all y values on the second) or one "x y" '
@@ -31,7 +33,8 @@ def read_image(path: Path, mode: str) -> np.ndarray:
         return np.round(arr * (255.0 / top)).astype(np.uint8)
       return np.asarray(img.convert(mode), dtype=np.uint8).copy()
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-    raise ValueError(f'Cannot read image {path}: {err}. Re-download or replace this file.') from err
+    raise InputFileError(f'Cannot read image {path}: {err}. Re-download or replace this '
+                         'file.') from err
 
 
 def read_image_bytes(path: Path, mode: str) -> bytes:
@@ -52,7 +55,7 @@ def _numbers(path: Path, line_no: int, line: str) -> list[float]:
   try:
     return [float(t) for t in tokens]
   except ValueError as err:
-    raise ValueError(
+    raise InputFileError(
         f'{path}:{line_no}: non-numeric value in {line.strip()!r}; expected {_PROFILE_LAYOUTS}.'
     ) from err
 
@@ -72,12 +75,12 @@ def parse_profile(text: str, path: Path | str = '<string>') -> np.ndarray:
     points = np.asarray(rows)
   else:
     shown = counts if len(counts) <= 8 else counts[:8] + ['...']
-    raise ValueError(
+    raise InputFileError(
         f'Malformed profile {path}: {len(rows)} non-empty lines with {shown} values per line; '
         f'expected {_PROFILE_LAYOUTS}.'
     )
   if not np.all(np.isfinite(points)):
-    raise ValueError(f'Malformed profile {path}: contains NaN or infinite values.')
+    raise InputFileError(f'Malformed profile {path}: contains NaN or infinite values.')
   return points.astype(np.float32)
 
 
@@ -86,7 +89,7 @@ def read_profile(path: Path) -> np.ndarray:
   try:
     text = Path(path).read_text()
   except (OSError, UnicodeDecodeError) as err:
-    raise ValueError(f'Cannot read profile {path}: {err}') from err
+    raise InputFileError(f'Cannot read profile {path}: {err}') from err
   return parse_profile(text, path)
 
 
@@ -95,19 +98,19 @@ def read_cf(path: Path) -> float:
   try:
     text = Path(path).read_text()
   except (OSError, UnicodeDecodeError) as err:
-    raise ValueError(f'Cannot read calibration file {path}: {err}') from err
+    raise InputFileError(f'Cannot read calibration file {path}: {err}') from err
   tokens = [t for t in _SEPARATORS.split(text.strip()) if t]
   try:
     if len(tokens) != 1:
       raise ValueError(f'{len(tokens)} values')
     value = float(tokens[0])
   except ValueError as err:
-    raise ValueError(
+    raise InputFileError(
         f'Malformed calibration file {path}: expected exactly one number (mm per pixel), '
         f'got {text.strip()[:80]!r}.'
     ) from err
   if not (np.isfinite(value) and 0.0 < value <= 1.0):
-    raise ValueError(
+    raise InputFileError(
         f'Malformed calibration file {path}: {value} mm/pixel is outside (0, 1]; CUBS '
         'calibration factors are about 0.03-0.10.'
     )

@@ -14,6 +14,8 @@ import hashlib
 import math
 from collections.abc import Iterable, Sequence
 
+from medft.errors import ConfigError
+
 SPLITS = ('train', 'validation', 'test')
 
 
@@ -37,12 +39,12 @@ def split_units(
   """Assigns every unit to exactly one of train/validation/test (lists sorted by name)."""
   for name, share in (('val_share', val_share), ('test_share', test_share)):
     if not 0 <= share < 1:
-      raise ValueError(f'{name}={share} must be in [0, 1).')
+      raise ConfigError(f'{name}={share} must be in [0, 1).')
   ranked = _ranked(units, seed, 'split')
   n_test = _count(test_share, len(ranked))
   n_val = _count(val_share, len(ranked) - n_test)
   if len(ranked) - n_test - n_val < 1:
-    raise ValueError(
+    raise ConfigError(
         f'Only {len(ranked)} units: cannot keep training units with test_share={test_share} '
         f'and val_share={val_share}.'
     )
@@ -56,11 +58,11 @@ def split_units(
 def keep_fraction(train_units: Sequence[str], fraction: float, seed: int) -> list[str]:
   """The training units kept at `fraction` (nested across fractions), sorted by name."""
   if not 0 < fraction <= 1:
-    raise ValueError(f'fraction={fraction} must be in (0, 1].')
+    raise ConfigError(f'fraction={fraction} must be in (0, 1].')
   ranked = _ranked(train_units, seed, 'fraction')
   n_keep = math.floor(fraction * len(ranked) + 0.5)
   if n_keep == 0:
-    raise ValueError(
+    raise ConfigError(
         f'fraction={fraction} leaves the train split empty: it has only {len(ranked)} units '
         f'(need fraction >= {0.5 / max(len(ranked), 1):.3g} to keep one).'
     )

@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from medft.errors import ConfigError
+
 APP_LAYOUTS = {
     'cimt': ('cubs',),
     'polyp': ('cvc_clinicdb', 'kvasir_seg'),
@@ -194,7 +196,7 @@ def cvc_frame_numbers(n: int) -> list[int]:
     for start, end in zip(SEQUENCE_STARTS, ends):
       frames += [f for f in range(start + offset, min(start + offset + 4, end))]
     if offset > LAST_FRAME:
-      raise ValueError(f'CVC-ClinicDB has only {LAST_FRAME} frames; asked for n={n}.')
+      raise ConfigError(f'CVC-ClinicDB has only {LAST_FRAME} frames; asked for n={n}.')
     offset += 4
   return sorted(frames[:n])
 
@@ -422,13 +424,13 @@ def write(app: str, out: str | Path, n: int | None = None, seed: int = 0,
           layout: str | None = None) -> Path:
   """Writes a synthetic `app` dataset in the on-disk layout of builder `layout` into out."""
   if app not in APP_LAYOUTS:
-    raise ValueError(f'Unknown app {app!r}; use one of {list(APP_LAYOUTS)}.')
+    raise ConfigError(f'Unknown app {app!r}; use one of {list(APP_LAYOUTS)}.')
   layout = layout or APP_LAYOUTS[app][0]
   if layout not in APP_LAYOUTS[app]:
-    raise ValueError(f'App {app!r} has layouts {list(APP_LAYOUTS[app])}, not {layout!r}.')
+    raise ConfigError(f'App {app!r} has layouts {list(APP_LAYOUTS[app])}, not {layout!r}.')
   n = DEFAULT_N[app] if n is None else int(n)
   if n < 1:
-    raise ValueError(f'n={n} must be positive.')
+    raise ConfigError(f'n={n} must be positive.')
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   _WRITERS[layout](out, n, seed)

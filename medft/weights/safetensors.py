@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medft.errors import InputFileError, MissingPackageError
 from medft.weights.torch import INPUT, group_by_layer  # noqa: F401  (same convention)
 
 
@@ -19,12 +20,12 @@ def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
   try:
     from safetensors.numpy import load_file
   except ImportError:
-    raise ImportError('--format=safetensors needs the safetensors package: '
+    raise MissingPackageError('--format=safetensors needs the safetensors package: '
                       'pip install "medft[weights]" (or pip install safetensors).') from None
   try:
     tensors = load_file(str(path))
   except Exception as e:  # SafetensorError for a bad header, TypeError for bf16 in NumPy, ...
-    raise ValueError(f'{path}: cannot be read as a .safetensors file ({type(e).__name__}: '
+    raise InputFileError(f'{path}: cannot be read as a .safetensors file ({type(e).__name__}: '
                      f'{e}). The file is truncated or of another format; bfloat16 files need '
                      f're-saving as float32.') from None
   floats = {k: np.asarray(v, dtype=np.float32) for k, v in tensors.items()

@@ -21,6 +21,8 @@ from typing import Any, Iterable
 import numpy as np
 from flax import traverse_util
 
+from medft.errors import InputFileError, MissingInputError, NotOursError
+
 Params = dict[str, Any]
 
 
@@ -48,11 +50,11 @@ class Meta:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - fields
     if unknown or 'arch' not in d:
-      raise ValueError(f'{source}: not a medft weights description (unknown keys '
+      raise InputFileError(f'{source}: not a medft weights description (unknown keys '
                        f'{sorted(unknown)}, arch present: {"arch" in d}). Re-create it with '
                        f'`python -m medft.weights.convert`.')
     if d.get('channel_order', 'RGB') not in ('RGB', 'BGR'):
-      raise ValueError(f'{source}: channel_order={d["channel_order"]!r}, expected RGB or BGR.')
+      raise InputFileError(f'{source}: channel_order={d["channel_order"]!r}, expected RGB or BGR.')
     d = dict(d)
     for key in ('mean', 'std', 'input_size'):
       if key in d:
@@ -76,7 +78,7 @@ def save_artifact(out_dir: str | os.PathLike, params: Params, meta: Meta,
   """Writes `params` and `meta` to `out_dir`; never leaves a half-written folder."""
   out = Path(out_dir).absolute()
   if out.exists() and not overwrite:
-    raise FileExistsError(f'{out} already exists; choose another --out or remove it first.')
+    raise NotOursError(f'{out} already exists; choose another --out or remove it first.')
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
   try:
@@ -100,20 +102,20 @@ def load_artifact(path: str | os.PathLike) -> tuple[Params, Meta]:
   path = Path(path)
   meta_file, params_dir = path / 'meta.json', path / 'params'
   if not path.exists():
-    raise FileNotFoundError(f'init={path}: no such folder. Pass the --out folder of '
+    raise MissingInputError(f'init={path}: no such folder. Pass the --out folder of '
                             f'`python -m medft.weights.convert`.')
   if not meta_file.is_file() or not params_dir.is_dir():
-    raise ValueError(f'init={path}: not a converted-weights folder (expected meta.json and '
+    raise InputFileError(f'init={path}: not a converted-weights folder (expected meta.json and '
                      f'params/ inside). Convert the original file with '
                      f'`python -m medft.weights.convert --src=FILE --format=... --out={path}`.')
   try:
     meta = Meta.from_json(json.loads(meta_file.read_text()), str(meta_file))
   except json.JSONDecodeError as e:
-    raise ValueError(f'{meta_file}: not valid JSON ({e}); re-run the converter.') from None
+    raise InputFileError(f'{meta_file}: not valid JSON ({e}); re-run the converter.') from None
   try:
     restored = _checkpointer().restore(params_dir.absolute())
   except Exception as e:  # orbax raises many types for a damaged folder.
-    raise ValueError(f'{params_dir}: cannot read the parameters ({type(e).__name__}: {e}); '
+    raise InputFileError(f'{params_dir}: cannot read the parameters ({type(e).__name__}: {e}); '
                      f're-run the converter.') from None
   params = jax_free_tree(restored)
   return params, meta
@@ -157,7 +159,7 @@ def merge_params(loaded: Params, init: Params, dont_load: Iterable[str] = (),
       for k in flat_init if keep(k) and k in flat_loaded
       and np.shape(flat_loaded[k]) != np.shape(flat_init[k]))
   if missing or unexpected or misshaped:
-    raise ValueError(describe_misfit(
+    raise InputFileError(describe_misfit(
         f'{source} do not fit the model:', missing, unexpected, misshaped,
         'Check that arch= matches the weights (and width/num_classes), or list the units to '
         'skip in dont_load.'))
