@@ -21,20 +21,37 @@ _PROFILE_LAYOUTS = (
 )
 
 
+# PIL modes of 16-bit greyscale images ('I' is how some Pillow versions open 16-bit PNGs).
+_SIXTEEN_BIT = ('I;16', 'I;16B', 'I;16L', 'I')
+_SIXTEEN_BIT_TOP = 65535.0
+
+
 def read_image(path: Path, mode: str) -> np.ndarray:
-  """Decodes an image file to uint8: mode 'L' gives (H, W), 'RGB' gives (H, W, 3)."""
+  """Decodes an image file to uint8: mode 'L' gives (H, W), 'RGB' gives (H, W, 3).
+
+  16-bit greyscale is scaled by the dtype's range (value * 255 / 65535), the same for every
+  image, so intensities stay comparable across images (scaling each image by its own maximum
+  would not); PIL's own conversion would clip instead.
+  """
   try:
     with Image.open(path) as img:
       img.load()
-      if img.mode in ('I;16', 'I;16B', 'I;16L', 'I') and mode == 'L':
-        # 16-bit greyscale: rescale to 8 bit instead of clipping.
-        arr = np.asarray(img, dtype=np.float64)
-        top = max(float(arr.max()), 1.0)
-        return np.round(arr * (255.0 / top)).astype(np.uint8)
-      return np.asarray(img.convert(mode), dtype=np.uint8).copy()
+      return _to_uint8(img, mode, path)
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
     raise InputFileError(f'Cannot read image {path}: {err}. Re-download or replace this '
                          'file.') from err
+
+
+def _to_uint8(img: Image.Image, mode: str, source: Path | str) -> np.ndarray:
+  if img.mode not in _SIXTEEN_BIT:
+    return np.asarray(img.convert(mode), dtype=np.uint8).copy()
+  values = np.asarray(img, dtype=np.float64)
+  if values.size and (values.min() < 0 or values.max() > _SIXTEEN_BIT_TOP):
+    raise InputFileError(f'Image {source} holds values {values.min():g}..{values.max():g}, '
+                         'outside the 16-bit range 0..65535 medft reads; save it as 8- or '
+                         '16-bit greyscale.')
+  grey = np.round(values * (255.0 / _SIXTEEN_BIT_TOP)).astype(np.uint8)
+  return grey if mode == 'L' else np.repeat(grey[..., None], 3, axis=-1)
 
 
 def read_image_bytes(path: Path, mode: str) -> bytes:
@@ -47,7 +64,7 @@ def decode_image_bytes(data: np.ndarray | bytes, mode: str) -> np.ndarray:
   """Decodes image file bytes (as stored by the builders) to a uint8 array."""
   raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
   with Image.open(io.BytesIO(raw)) as img:
-    return np.asarray(img.convert(mode), dtype=np.uint8).copy()
+    return _to_uint8(img, mode, '<stored image bytes>')
 
 
 def _numbers(path: Path, line_no: int, line: str) -> list[float]:

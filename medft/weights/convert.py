@@ -26,7 +26,7 @@ import numpy as np
 from flax import traverse_util
 
 from medft.errors import ConfigError, InputFileError, MissingInputError, NotOursError
-from medft.weights.store import Meta, Params, describe_misfit, save_artifact
+from medft.weights.store import Meta, Params, describe_misfit, refuse_unless_artifact, save_artifact
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,9 @@ def read_weights(src: str | Path, format: str, arch: str, *, model_kwargs: dict 
   reader = readers[format]
   sha1, sha256 = _digests(path)
   layers = reader.read_layers(path)
-  params = to_flax(layers, format, arch, str(path))
+  source_dtype = ','.join(sorted({str(np.asarray(v).dtype) for d in layers.values()
+                                  for v in d.values()}))
+  params = to_flax(layers, format, arch, str(path))  # float32 whatever the source dtype
   if format == 'caffe':
     caffe.log_provenance(path, sha1, arch)
   if arch == 'squeezenet1_1' and format != 'keras':
@@ -308,10 +310,13 @@ def read_weights(src: str | Path, format: str, arch: str, *, model_kwargs: dict 
   head = params.get(_head(arch))
   meta = Meta(arch=arch, source_format=format, source_file=path.name, source_sha256=sha256,
               num_source_classes=int(head['kernel'].shape[-1]) if head else 0,
-              **reader.INPUT[arch])
+              source_dtype=source_dtype, **reader.INPUT[arch])
   if input_size is not None:
     meta.input_size = tuple(input_size)
   check_fits(params, meta, str(path), model_kwargs)
+  if source_dtype != 'float32':
+    log.info('%s: source tensors are %s; converted to float32 (recorded in meta.json as '
+             'source_dtype).', path, source_dtype)
   log.info('%s: %d parameter arrays converted to %s (%s, %d source classes).', path,
            len(traverse_util.flatten_dict(params)), arch, format, meta.num_source_classes)
   return params, meta
@@ -324,6 +329,8 @@ def convert(src: str | Path, format: str, arch: str, out: str | Path, *,
   out = Path(out)
   if out.exists() and not overwrite:
     raise NotOursError(f'--out={out} already exists; choose another folder or remove it.')
+  if out.exists():  # checked before reading --src: a refused --out costs nothing
+    refuse_unless_artifact(out)
   params, meta = read_weights(src, format, arch, model_kwargs=model_kwargs,
                               input_size=input_size)
   return save_artifact(out, params, meta, overwrite=overwrite)

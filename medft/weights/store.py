@@ -4,8 +4,11 @@ Artifact layout (written atomically: a temporary sibling folder renamed into pla
   DIR/params/     orbax pytree in the Flax layout, top-level keys = tuning units
   DIR/meta.json   {arch, source_format, source_file, source_sha256, num_source_classes,
                    channel_order: "RGB"|"BGR", scale: 1|255, mean: [c0, c1, c2],
-                   std: [c0, c1, c2], input_size: [h, w]}
+                   std: [c0, c1, c2], input_size: [h, w], source_dtype, written_by: "medft"}
 `mean` and `std` are per channel, in `channel_order`, on the `scale` the network expects.
+`source_dtype` names the dtypes of the source file's tensors (e.g. "bfloat16"); params are
+always float32. `written_by` is medft's marker: `save_artifact(..., overwrite=True)` replaces
+only a folder whose meta.json carries it, never a folder medft did not write.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from flax import traverse_util
 from medft.errors import InputFileError, MissingInputError, NotOursError
 
 Params = dict[str, Any]
+MARKER = 'medft'
 
 
 @dataclasses.dataclass
@@ -39,6 +43,8 @@ class Meta:
   source_file: str = ''
   source_sha256: str = ''
   num_source_classes: int = 0
+  source_dtype: str = ''      # dtypes of the source tensors, e.g. 'bfloat16' (params: float32)
+  written_by: str = MARKER    # medft's marker (what lets --overwrite replace the folder)
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
@@ -79,6 +85,9 @@ def save_artifact(out_dir: str | os.PathLike, params: Params, meta: Meta,
   out = Path(out_dir).absolute()
   if out.exists() and not overwrite:
     raise NotOursError(f'{out} already exists; choose another --out or remove it first.')
+  if out.exists():
+    refuse_unless_artifact(out)
+  meta = dataclasses.replace(meta, written_by=MARKER)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
   try:
@@ -95,6 +104,26 @@ def save_artifact(out_dir: str | os.PathLike, params: Params, meta: Meta,
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return out
+
+
+def is_artifact(path: str | os.PathLike) -> bool:
+  """Whether `path` is a weights folder medft wrote: params/ and a meta.json with its marker."""
+  path = Path(path)
+  try:
+    meta = json.loads((path / 'meta.json').read_text())
+  except (OSError, ValueError):
+    return False
+  return (path.is_dir() and isinstance(meta, dict) and meta.get('written_by') == MARKER
+          and (path / 'params').is_dir())
+
+
+def refuse_unless_artifact(path: str | os.PathLike) -> None:
+  """NotOursError unless `path` holds a weights artifact medft wrote (so it may replace it)."""
+  if not is_artifact(path):
+    raise NotOursError(
+        f'--out={path} exists and is not a medft weights folder (no params/ and meta.json '
+        f'with written_by={MARKER!r}), so --overwrite does not replace it; choose another '
+        '--out, or move that folder away yourself.')
 
 
 def load_artifact(path: str | os.PathLike) -> tuple[Params, Meta]:
