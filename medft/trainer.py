@@ -26,7 +26,7 @@ from flax import struct
 from medft import feature_cache, files, models, parallel, preprocess, tuning, validate
 
 # NonFiniteError is re-exported as medft.trainer.NonFiniteError.
-from medft.errors import ConfigError, InputFileError, NonFiniteError, ResourceError  # noqa: F401
+from medft.errors import ConfigError, InputFileError, NonFiniteError  # noqa: F401
 from medft.weights import store
 
 
@@ -115,13 +115,13 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
   if not create:
     folder = next(p for p in (workdir.absolute(), *workdir.absolute().parents) if p.exists())
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-      raise ResourceError(f'--workdir={workdir} cannot be created: {folder} is not a writable '
+      raise ConfigError(f'--workdir={workdir} cannot be created: {folder} is not a writable '
                        'folder; choose a writable folder.')
     return
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise ResourceError(f'--workdir={workdir} cannot be created ({e.strerror}); choose a '
+    raise ConfigError(f'--workdir={workdir} cannot be created ({e.strerror}); choose a '
                      'writable folder.') from None
   if jax.process_index() == 0:
     files.write_json_atomic(config_file, wanted)
@@ -481,10 +481,10 @@ def _feature_cache(config, model, units, meta: store.Meta, params
     try:
       folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-      raise ResourceError(f'train.feature_cache={mode} cannot be created ({e.strerror}); give a '
+      raise ConfigError(f'train.feature_cache={mode} cannot be created ({e.strerror}); give a '
                        'writable folder, "memory", or "" to turn the cache off.') from None
     if not os.access(folder, os.W_OK | os.X_OK):
-      raise ResourceError(f'train.feature_cache={mode} is not writable; give a writable folder, '
+      raise ConfigError(f'train.feature_cache={mode} is not writable; give a writable folder, '
                        '"memory", or "" to turn the cache off.')
   stop, frozen = feature_cache.frozen_trunk(units, config.depth, params)
   key = feature_cache.fingerprint(frozen, {

@@ -72,8 +72,14 @@ def number(lo: float | None = None, hi: float | None = None, lo_open: bool = Fal
   return Rule(words, lambda v: _is_num(v) and _inside(v, lo, hi, lo_open, hi_open), fix)
 
 
+def _words(values: tuple) -> str:
+  """'"", a, b or c': the choices as a user types them."""
+  shown = [str(v) if v != '' else '""' for v in values]
+  return ', '.join(shown[:-1]) + f' or {shown[-1]}' if len(shown) > 1 else shown[0]
+
+
 def one_of(*values: Any, fix: str = '') -> Rule:
-  return Rule('one of ' + ', '.join(repr(v) for v in values),
+  return Rule('one of ' + _words(values),
               lambda v: isinstance(v, type(values[0])) and v in values, fix)
 
 
@@ -214,7 +220,9 @@ RULES: dict[str, Rule] = {
     'train.skip_nonfinite': boolean(),
     'train.prefetch': integer(1, fix='e.g. train.prefetch=4'),
     'train.workers': integer(1, fix='host threads, e.g. train.workers=2'),
-    'train.feature_cache': path('"" = off, "memory", or a writable folder'),
+    'train.feature_cache': Rule('"" (off), "memory" or a folder name without surrounding blanks',
+                                lambda v: isinstance(v, str) and v == v.strip(),
+                                'give "memory", a writable folder, or "" to turn the cache off'),
     'train.feature_cache_mb': number(0, lo_open=True, fix='MiB of features, e.g. 2048'),
     # Tasks (the fields each application's config sets).
     'task.patch_size': integer(4, 4096, fix='patches are resized to the network input'),
@@ -355,7 +363,8 @@ def _cross_checks(config: ml_collections.ConfigDict, leaves: dict[str, Any], mod
   from medft.models import ARCHS
   arch = config.get('arch')
   if arch is not None and arch not in ARCHS:
-    raise _fail('arch', arch, 'one of ' + ', '.join(ARCHS), 'choose one of ' + ', '.join(ARCHS))
+    raise _fail('arch', arch, 'one of ' + _words(tuple(ARCHS)),
+                'choose one of ' + ', '.join(ARCHS))
   train = config.get('train')
   if train is not None and mode != 'pretrain':
     if train.get('steps', 1) <= 0 and train.get('epochs', 0) <= 0:
@@ -404,14 +413,18 @@ def _check_arms(config: ml_collections.ConfigDict) -> None:
   unknown = [a for a in items if a not in known]
   if unknown:
     raise _fail('sweep.arms', raw, f'arms of {config.arch}: {", ".join(known)}',
-                f'remove {", ".join(unknown)}')
+                f'remove {", ".join(unknown)} (not arms of {config.arch})')
 
 
 # ---- the smallest input of each architecture ----------------------------------------------
 
 
 def _accepts(arch: str, width: float, size: int) -> bool:
-  """Whether `arch` maps a size x size input to logits without an empty feature map."""
+  """Whether `arch` maps a size x size input to logits with no empty array on the way.
+
+  Traced, not run: every intermediate array of the forward pass (convolutions, pools,
+  reshapes, nested calls) is an output of an equation of its jaxpr.
+  """
   import jax
   import jax.numpy as jnp
 
@@ -419,12 +432,24 @@ def _accepts(arch: str, width: float, size: int) -> bool:
   model, _ = get_model(arch, 2, width=width)
   x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   try:
-    _, variables = jax.eval_shape(lambda v: model.init_with_output(
-        jax.random.key(0), v, train=False, capture_intermediates=True), x)
+    variables = jax.eval_shape(lambda v: model.init(jax.random.key(0), v, train=False), x)
+    traced = jax.make_jaxpr(lambda p, v: model.apply(p, v, train=False))(variables, x)
   except (TypeError, ValueError):  # a negative or empty window: lax refuses the shape
     return False
-  shapes = [leaf.shape for leaf in jax.tree.leaves(variables)]
-  return all(0 not in s for s in shapes)
+  return all(0 not in shape for shape in _shapes(traced.jaxpr))
+
+
+def _shapes(jaxpr) -> list[tuple[int, ...]]:
+  """The shapes of every equation output of `jaxpr` and of the jaxprs nested in it."""
+  out = []
+  for eqn in jaxpr.eqns:
+    out += [tuple(getattr(v.aval, 'shape', ())) for v in eqn.outvars]
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        inner = getattr(sub, 'jaxpr', sub)  # a ClosedJaxpr holds its Jaxpr
+        if hasattr(inner, 'eqns'):
+          out += _shapes(inner)
+  return out
 
 
 @functools.lru_cache(maxsize=None)

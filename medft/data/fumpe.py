@@ -101,8 +101,10 @@ def read_mask(path: Path) -> np.ndarray:
   except NotImplementedError:  # MATLAB v7.3 files are HDF5
     contents = _read_hdf5_mat(path)
   except Exception as err:  # scipy raises many types (MatReadError, IndexError, ...) for junk
-    raise InputFileError(f'Cannot read mask file {path} ({type(err).__name__}: {err}); it is '
-                         'not a MATLAB .mat file. Re-download or replace this file.') from None
+    if not _is_hdf5(path):  # an HDF5 .mat without MATLAB's header: scipy does not know it
+      raise InputFileError(f'Cannot read mask file {path} ({type(err).__name__}: {err}); it '
+                           'is not a MATLAB .mat file. Re-download or replace this file.') from None
+    contents = _read_hdf5_mat(path)
   if 'Mask' not in contents:
     keys = sorted(k for k in contents if not k.startswith('__'))
     raise InputFileError(f'Mask file {path} has no key "Mask" (keys: {keys}); expected the '
@@ -112,6 +114,13 @@ def read_mask(path: Path) -> np.ndarray:
     raise InputFileError(f'Mask file {path}: "Mask" is a {mask.ndim}-D {mask.dtype} array; '
                          'expected a 3-D numeric (y, x, z) mask.')
   return mask
+
+
+def _is_hdf5(path: Path) -> bool:
+  """HDF5's signature at offset 0 or after MATLAB v7.3's 512-byte user block."""
+  with open(path, 'rb') as f:
+    head = f.read(520)
+  return any(head[o:o + 8] == b'\x89HDF\r\n\x1a\n' for o in (0, 512))
 
 
 def _read_hdf5_mat(path: Path) -> dict[str, np.ndarray]:

@@ -74,6 +74,13 @@ class KvasirSeg(ManualBuilder, skip_registration=True):
         self._boxes = json.loads(boxes_path.read_text())
       except (OSError, ValueError) as err:
         raise InputFileError(f'Cannot read boxes file {boxes_path}: {err}') from err
+      if not isinstance(self._boxes, dict) or not all(
+          isinstance(v, dict) for v in self._boxes.values()):
+        raise InputFileError(
+            f'Boxes file {boxes_path} holds a JSON {type(self._boxes).__name__}, expected an '
+            'object {"<frame id>": {"height": h, "width": w, "bbox": [{"xmin": ..., "ymin": '
+            '..., "xmax": ..., "ymax": ...}]}}; re-download it, or delete it to take the boxes '
+            'from the masks.')
     self._boxes_path = boxes_path
     suffixes = ('.jpg', '.jpeg', '.png')
     masks = {p.stem: p for p in (root / 'masks').iterdir() if p.suffix.lower() in suffixes}
