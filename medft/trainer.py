@@ -300,11 +300,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     return json.loads(results_file.read_text())
   is_main = jax.process_index() == 0
   wall_start = time.time()
-  compile_counter = enable_compile_cache(config.compile_cache)
 
   # ---- data ----------------------------------------------------------------------------
   from medft import data, tasks  # TFDS is imported only by runs that read data
   ds = data.load(config.data)
+  # After the data: input that cannot be read leaves no compile-cache folder behind.
+  compile_counter = enable_compile_cache(config.compile_cache)
   task = tasks.get_task(ds.app, ds.splits, config.task, config.seed)
   if task.num_classes != config.num_classes:
     raise ConfigError(f'num_classes={config.num_classes} but the {ds.app} task has '

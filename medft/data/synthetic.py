@@ -526,7 +526,8 @@ def write_cached(app: str, out: Path, n: int, seed: int, layout: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = argparse.ArgumentParser(prog='python -m medft.data.synthetic',
+                                   description=__doc__.splitlines()[0])
   parser.add_argument('--app', required=True, choices=sorted(APP_LAYOUTS))
   parser.add_argument('--out', required=True, help='folder to write (created if missing)')
   parser.add_argument('--n', type=int, default=None, help='examples (default per app)')
