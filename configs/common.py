@@ -21,7 +21,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     key = key.strip()
     if key not in defaults:
       raise ConfigError(f'config argument {key!r} is unknown; known: '
-                       f'{", ".join(sorted(defaults))}.')
+                        f'{", ".join(sorted(defaults))}.')
     default = defaults[key]
     if not sep:
       if not isinstance(default, bool):
@@ -42,7 +42,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     except ValueError:
       kind = {bool: 'true or false', int: 'an integer', float: 'a number'}[type(default)]
       raise ConfigError(f'config argument {key}={value!r}: expected {kind} '
-                       f'(default {key}={default}).') from None
+                        f'(default {key}={default}).') from None
   return out
 
 

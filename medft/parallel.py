@@ -29,7 +29,7 @@ def check_batch(global_batch: int) -> int:
   if global_batch <= 0 or global_batch % n:
     nearest = max(n, global_batch // n * n)
     raise ConfigError(f'train.batch={global_batch} does not split evenly over {n} devices; '
-                     f'use a multiple of {n} (e.g. --config.train.batch={nearest}).')
+                      f'use a multiple of {n} (e.g. --config.train.batch={nearest}).')
   return global_batch // n
 
 

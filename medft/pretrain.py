@@ -39,7 +39,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from medft import files, parallel, trainer, tuning, validate
+from medft import files, parallel, trainer, tuning
 from medft.errors import ConfigError, MissingInputError, MissingPackageError
 from medft.weights import store
 
@@ -73,7 +73,7 @@ def load_photos(names: Sequence[str] = PHOTOS) -> dict[str, np.ndarray]:
     photos[name] = np.ascontiguousarray(image[..., :3])
   if len(photos) < 4:
     raise MissingInputError(f'only {len(photos)} of the skimage.data photos {list(names)} could be '
-                     'read; reinstall scikit-image (its wheel ships them).')
+                            'read; reinstall scikit-image (its wheel ships them).')
   return photos
 
 
@@ -256,6 +256,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
   A finished workdir is returned as is (after checking it was made with the same settings);
   an interrupted one resumes from its latest checkpoint.
   """
+  from medft import validate  # here, so that `python -m medft.validate` runs it fresh
   validate.check_config(config, 'pretrain')  # every field in range before anything is written
   validate.check_workdir(workdir)
   workdir = Path(workdir)
@@ -266,7 +267,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     held = json.loads(record_file.read_text()).get('settings')
     if held != json.loads(json.dumps(wanted)):
       raise ConfigError(f'{workdir} holds a source model pretrained with other settings; '
-                       f'delete {workdir} to pretrain again, or use another workdir.')
+                        f'delete {workdir} to pretrain again, or use another workdir.')
     logging.info('Source model %s exists; reusing it.', out)
     return out
   workdir.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ from typing import Any, Sequence
 import ml_collections
 from absl import logging
 
-from medft import files, trainer, tuning, validate
+from medft import files, trainer, tuning
 from medft.errors import ConfigError
 from medft.models import ARCHS
 
@@ -95,7 +95,7 @@ def _items(value: Any) -> list[str]:
 def units_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   if config.arch not in ARCHS:
     raise ConfigError(f'arch={config.arch!r} is not a known architecture; choose one of '
-                     f'{", ".join(ARCHS)}.')
+                      f'{", ".join(ARCHS)}.')
   return ARCHS[config.arch][1]
 
 
@@ -111,7 +111,7 @@ def plan(config: ml_collections.ConfigDict) -> list[Run]:
   unknown = [a for a in arms if a not in known]
   if unknown:
     raise ConfigError(f'sweep.arms: {", ".join(unknown)} not arms of {config.arch}; choose from '
-                     f'{", ".join(known)}.')
+                      f'{", ".join(known)}.')
   arms = [a for a in known if a in arms]  # paper order, no duplicates
   raw_fractions = study_setting(config, 'sweep', 'fractions')
   raw_seeds = study_setting(config, 'sweep', 'seeds')
@@ -120,11 +120,11 @@ def plan(config: ml_collections.ConfigDict) -> list[Run]:
     seeds = sorted({int(s) for s in _items(raw_seeds)})
   except ValueError:
     raise ConfigError(f'sweep.fractions={raw_fractions!r} / sweep.seeds='
-                     f'{raw_seeds!r}: expected comma-separated numbers such as '
-                     '0.25,0.5,1.0 and 0,1,2.') from None
+                      f'{raw_seeds!r}: expected comma-separated numbers such as '
+                      '0.25,0.5,1.0 and 0,1,2.') from None
   if not fractions or not seeds or not all(0 < f <= 1 for f in fractions):
     raise ConfigError(f'sweep.fractions={raw_fractions!r} must list numbers in (0, 1] '
-                     f'and sweep.seeds={raw_seeds!r} at least one seed.')
+                      f'and sweep.seeds={raw_seeds!r} at least one seed.')
   return [Run(a, f, s) for f in fractions for a in arms for s in seeds]
 
 
@@ -170,8 +170,8 @@ def source_init(config: ml_collections.ConfigDict, sweep_dir: Path,
       return str(pretrain.pretrain(config, workdir))
   if needs_init:
     raise ConfigError('fine-tuning arms need pretrained weights: pass init=<folder from python '
-                     '-m medft.weights.convert>, or set --config.pretrain.source=pretext to '
-                     'train the offline stand-in, or limit sweep.arms to scratch.')
+                      '-m medft.weights.convert>, or set --config.pretrain.source=pretext to '
+                      'train the offline stand-in, or limit sweep.arms to scratch.')
   return ''
 
 
@@ -246,6 +246,7 @@ def _write_plan(config, sweep_dir: Path, runs: Sequence[Run], init: str) -> None
 
 def sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Runs this shard's part of the study into `workdir` and returns the report (a dict)."""
+  from medft import validate  # here, so that `python -m medft.validate` runs it fresh
   validate.check_config(config, 'sweep')  # every field in range before anything is touched
   validate.check_workdir(workdir)
   sweep_dir = Path(workdir)
@@ -295,6 +296,7 @@ def auto_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   Runs at `config.data.fraction` and `config.seed` into the sweep layout of `workdir`, so runs
   a sweep already finished are reused (and the other way round).
   """
+  from medft import validate  # here, so that `python -m medft.validate` runs it fresh
   validate.check_config(config, 'auto')  # every field in range before anything is touched
   validate.check_workdir(workdir)
   sweep_dir = Path(workdir)

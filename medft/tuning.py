@@ -35,7 +35,7 @@ def trained_units(units: Sequence[str], depth: str) -> tuple[str, ...]:
     return tuple(units)
   if depth not in units:
     raise ConfigError(f'depth={depth!r} is not a tuning unit of this architecture; choose '
-                     f'scratch or one of {", ".join(units)}.')
+                      f'scratch or one of {", ".join(units)}.')
   return tuple(units[units.index(depth):])
 
 

@@ -27,6 +27,7 @@ import ml_collections
 from absl import logging
 
 from medft.errors import ConfigError
+from medft.models import ARCHS
 
 MODES = ('train', 'sweep', 'auto', 'pretrain')
 
@@ -175,7 +176,7 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 
 RULES: dict[str, Rule] = {
     # Network and arm (depth is checked against the architecture's arms below).
-    'arch': text('choose one of the architectures of medft.models.ARCHS'),
+    'arch': one_of(*ARCHS, fix=f'choose one of {", ".join(ARCHS)} (alexnet: the paper\'s)'),
     'depth': text('choose scratch or a unit of the architecture'),
     'init': path('pass the --out folder of python -m medft.weights.convert, or "" for none'),
     'num_classes': integer(2, fix='the application sets it; use its config file'),
@@ -360,11 +361,7 @@ def check_workdir(workdir: Any, name: str = 'workdir') -> None:
 
 
 def _cross_checks(config: ml_collections.ConfigDict, leaves: dict[str, Any], mode: str) -> None:
-  from medft.models import ARCHS
   arch = config.get('arch')
-  if arch is not None and arch not in ARCHS:
-    raise _fail('arch', arch, 'one of ' + _words(tuple(ARCHS)),
-                'choose one of ' + ', '.join(ARCHS))
   train = config.get('train')
   if train is not None and mode != 'pretrain':
     if train.get('steps', 1) <= 0 and train.get('epochs', 0) <= 0:

@@ -149,7 +149,7 @@ def _read_config(cfg: Any) -> dict[str, Any]:
   # Checked before anything is read or prepared, so a typo costs no preparation time.
   if not 0 < float(merged['fraction']) <= 1:
     raise ConfigError(f'data.fraction={merged["fraction"]} is outside (0, 1]: it is the share of '
-                     'training subjects kept; pass e.g. fraction=0.25, 0.5 or 1.0.')
+                      'training subjects kept; pass e.g. fraction=0.25, 0.5 or 1.0.')
   for key in ('val_share', 'test_share'):
     if not 0 <= float(merged[key]) < 1:
       raise ConfigError(f'data.{key}={merged[key]} is outside [0, 1); pass e.g. {key}=0.2.')
@@ -244,7 +244,7 @@ def load(cfg: Any) -> Dataset:
   n_full = builder.info.splits[FULL_SPLIT].num_examples
   if len(ids) != n_full:
     raise InputFileError(f'{builder.data_dir}: metadata lists {len(ids)} examples, the data has '
-                     f'{n_full}; delete this folder and prepare again.')
+                         f'{n_full}; delete this folder and prepare again.')
   seed, fraction = int(cfg['split_seed']), float(cfg['fraction'])
   by_split = splits_lib.split_units(units, seed, float(cfg['val_share']),
                                     float(cfg['test_share']))

@@ -100,7 +100,7 @@ class KvasirSeg(ManualBuilder, skip_registration=True):
     mask = (readers.read_image(mask_path, 'L') > 127).astype(np.uint8)
     if mask.shape != image.shape[:2]:
       raise InputFileError(f'Mask {mask_path} is {mask.shape}, its frame {image_path} is '
-                       f'{image.shape[:2]}.')
+                           f'{image.shape[:2]}.')
     entry = self._boxes.get(record.id)
     if entry is None:
       boxes = boxes_from_mask(mask)

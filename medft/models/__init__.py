@@ -22,6 +22,6 @@ def get_model(arch: str, num_classes: int, **kwargs) -> tuple[nn.Module, tuple[s
   """Returns the linen module for `arch` and its tuning units (bottom-up)."""
   if arch not in ARCHS:
     raise ConfigError(f'arch={arch!r} is not a known architecture; choose one of '
-                     f'{", ".join(ARCHS)}.')
+                      f'{", ".join(ARCHS)}.')
   cls, units = ARCHS[arch]
   return cls(num_classes=num_classes, **kwargs), units

@@ -35,10 +35,10 @@ class Frame:
     label = int(ex['label'])
     if label not in (0, 1):
       raise InputFileError(f'frame {ex.get("id")}: label {label} is not 0 or 1; map the classes to '
-                       'non-informative 0 and informative 1 (config data.classes).')
+                           'non-informative 0 and informative 1 (config data.classes).')
     if crop_size > min(image.shape[:2]):
       raise ConfigError(f'frame {ex.get("id")} is {image.shape[0]}x{image.shape[1]}, smaller '
-                       f'than task.crop_size={crop_size}; lower task.crop_size.')
+                        f'than task.crop_size={crop_size}; lower task.crop_size.')
     return cls(id=str(ex.get('id', '')), unit=str(ex.get('unit', ex.get('id', ''))),
                image=image, label=label)
 

@@ -265,7 +265,7 @@ class Volume:
     spacing = np.asarray(ex['spacing'], np.float64)
     if volume.shape != labels.shape:
       raise InputFileError(f'PE volume {ex.get("id")}: volume {volume.shape} and labels '
-                       f'{labels.shape} differ in shape.')
+                           f'{labels.shape} differ in shape.')
     found = find_candidates(volume, spacing, cfg)
     offset = np.array([b.start for b in found.box])
     lesions = label_candidates(labels[found.box], found.components, found.points - offset)
@@ -305,7 +305,7 @@ class PeTask:
     for split in ('train', 'validation'):
       if split in self.volumes and not any(c.lesion >= 0 for _, c in self._pool(split)):
         raise ConfigError(f'No {split} candidate hits a clot; check task.vessel_hu, '
-                         'task.defect_hu and task.closing_mm against the volumes.')
+                          'task.defect_hu and task.closing_mm against the volumes.')
     self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
   def _pool(self, split: str) -> list[tuple[int, Candidate]]:

@@ -56,7 +56,7 @@ def _blob_array(blob, where: str) -> np.ndarray:
   count = math.prod(shape)  # exact Python int: a huge claimed shape cannot overflow
   if count != len(values):
     raise InputFileError(f'{where} claims shape {shape} ({count} values) but holds {len(values)} '
-                     f'values; the file is damaged or truncated.')
+                         f'values; the file is damaged or truncated.')
   dtype = np.float64 if len(blob.double_data) else np.float32
   return np.asarray(values, dtype=dtype).astype(np.float32, copy=False).reshape(shape)
 
@@ -80,7 +80,7 @@ def read_net(path: Path):
     raise InputFileError(f'{path}: the file is empty; expected a binary .caffemodel.')
   if size > _MAX_PROTOBUF_BYTES:
     raise InputFileError(f'{path}: {size} bytes is more than a protobuf message can hold (2 GiB); '
-                     f'not a .caffemodel.')
+                         f'not a .caffemodel.')
   data = path.read_bytes()
   try:
     return schema.NetParameter.FromString(data)
@@ -115,7 +115,7 @@ def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
                     for i, (n, b) in enumerate(zip(names, blobs))}
   if not layers:
     raise InputFileError(f'{path}: parsed as a Caffe NetParameter but holds no layer with weights '
-                     f'({len(entries)} layers); expected a trained .caffemodel.')
+                         f'({len(entries)} layers); expected a trained .caffemodel.')
   order = [name for name, _, _ in entries]
   if 'pool1' in order and 'norm1' in order and order.index('pool1') < order.index('norm1'):
     log.warning('%s: pools before LRN, like CaffeNet (bvlc_reference_caffenet); medft\'s '

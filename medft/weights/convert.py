@@ -89,7 +89,7 @@ def _dense_oi_chw(channels_from: str) -> Callable[[dict, str, Params], dict]:
     side = math.isqrt(inputs // channels) if inputs % channels == 0 else 0
     if side * side * channels != inputs:
       raise InputFileError(f'{where}: {inputs} inputs are not a square map of the {channels} '
-                       f'channels of {channels_from}; the file is not this architecture.')
+                           f'channels of {channels_from}; the file is not this architecture.')
     w = w.reshape(out, channels, side, side).transpose(2, 3, 1, 0).reshape(inputs, out)
     return {'kernel': w, 'bias': _vector(p['bias'], where)}
   return layout
@@ -201,7 +201,7 @@ def to_flax(layers: Layers, format: str, arch: str, src: str) -> Params:
                   else f' The layout looks like {guess[1]} in {guess[0]} naming.')
   if arch not in tables:
     raise ConfigError(f'{src}: --format={format} converts {", ".join(tables)}, not '
-                     f'--arch={arch}.{looks_like}')
+                      f'--arch={arch}.{looks_like}')
   rows, head = tables[arch], _head(arch)
   missing = [r.source for r in rows if r.source not in layers and r.unit != head]
   unexpected = sorted(set(layers) - {r.source for r in rows})

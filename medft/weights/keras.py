@@ -116,7 +116,7 @@ def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
     import h5py
   except ImportError:
     raise MissingPackageError('--format=keras needs h5py, an optional extra of medft: '
-                      'pip install "medft[weights]" (or pip install h5py).') from None
+                              'pip install "medft[weights]" (or pip install h5py).') from None
   try:
     with h5py.File(path, 'r') as f:
       return _read(h5py, f, path)
@@ -124,4 +124,4 @@ def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
     raise
   except Exception as e:  # h5py raises OSError, KeyError, ValueError, ... for damaged files
     raise InputFileError(f'{path}: cannot be read as Keras HDF5 weights ({type(e).__name__}: '
-                     f'{e}). The file is truncated or not an HDF5 file.') from None
+                         f'{e}). The file is truncated or not an HDF5 file.') from None

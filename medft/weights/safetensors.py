@@ -22,8 +22,8 @@ def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
   try:
     from safetensors.numpy import load_file
   except ImportError:
-    raise MissingPackageError('--format=safetensors needs the safetensors package: '
-                      'pip install "medft[weights]" (or pip install safetensors).') from None
+    raise MissingPackageError('--format=safetensors needs the safetensors package: pip '
+                              'install "medft[weights]" (or pip install safetensors).') from None
   try:
     tensors = load_file(str(path))
   except Exception as e:  # SafetensorError for a bad header, TypeError for bf16 in NumPy, ...

@@ -57,8 +57,8 @@ class Meta:
     unknown = set(d) - fields
     if unknown or 'arch' not in d:
       raise InputFileError(f'{source}: not a medft weights description (unknown keys '
-                       f'{sorted(unknown)}, arch present: {"arch" in d}). Re-create it with '
-                       f'`python -m medft.weights.convert`.')
+                           f'{sorted(unknown)}, arch present: {"arch" in d}). Re-create it with '
+                           f'`python -m medft.weights.convert`.')
     if d.get('channel_order', 'RGB') not in ('RGB', 'BGR'):
       raise InputFileError(f'{source}: channel_order={d["channel_order"]!r}, expected RGB or BGR.')
     d = dict(d)
@@ -135,8 +135,8 @@ def load_artifact(path: str | os.PathLike) -> tuple[Params, Meta]:
                             f'`python -m medft.weights.convert`.')
   if not meta_file.is_file() or not params_dir.is_dir():
     raise InputFileError(f'init={path}: not a converted-weights folder (expected meta.json and '
-                     f'params/ inside). Convert the original file with '
-                     f'`python -m medft.weights.convert --src=FILE --format=... --out={path}`.')
+                         f'params/ inside). Convert the original file with '
+                         f'`python -m medft.weights.convert --src=FILE --format=... --out={path}`.')
   try:
     meta = Meta.from_json(json.loads(meta_file.read_text()), str(meta_file))
   except json.JSONDecodeError as e:
@@ -145,7 +145,7 @@ def load_artifact(path: str | os.PathLike) -> tuple[Params, Meta]:
     restored = _checkpointer().restore(params_dir.absolute())
   except Exception as e:  # orbax raises many types for a damaged folder.
     raise InputFileError(f'{params_dir}: cannot read the parameters ({type(e).__name__}: {e}); '
-                     f're-run the converter.') from None
+                         f're-run the converter.') from None
   params = jax_free_tree(restored)
   return params, meta
 

@@ -34,8 +34,9 @@ def import_torch():
     import torch
   except ImportError:
     raise MissingPackageError('--format=torch needs PyTorch, an optional extra of medft: '
-                      'pip install "medft[torch]" (or pip install torch). A .safetensors copy '
-                      'of the weights converts without it (--format=safetensors).') from None
+                              'pip install "medft[torch]" (or pip install torch). A '
+                              '.safetensors copy of the weights converts without it '
+                              '(--format=safetensors).') from None
   return torch
 
 
@@ -49,7 +50,7 @@ def group_by_layer(tensors: dict[str, np.ndarray], src: Path) -> dict[str, dict[
     layer, _, param = name.rpartition('.')
     if not layer:
       raise InputFileError(f'{src}: tensor name {name!r} is not "<layer>.<param>"; expected a '
-                       f'torchvision-style state_dict.')
+                           f'torchvision-style state_dict.')
     layers.setdefault(layer, {})[param] = value
   if not layers:
     raise InputFileError(f'{src}: holds no tensors; expected a state_dict.')
@@ -63,16 +64,16 @@ def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises pickle, zip and runtime errors for bad files
     raise InputFileError(f'{path}: cannot be read as a PyTorch state_dict with weights_only=True '
-                     f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). The '
-                     f'file is truncated, not a torch.save file, or holds pickled code (a '
-                     f'whole model): save model.state_dict() and convert that.') from None
+                         f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). The '
+                         f'file is truncated, not a torch.save file, or holds pickled code (a '
+                         f'whole model): save model.state_dict() and convert that.') from None
   for key in _NESTED_KEYS:
     if isinstance(obj, dict) and isinstance(obj.get(key), dict):
       obj = obj[key]
       break
   if not isinstance(obj, dict):
     raise InputFileError(f'{path}: holds a {type(obj).__name__}, expected a state_dict (a dict of '
-                     f'tensors).')
+                         f'tensors).')
   tensors = {}
   for name, value in obj.items():
     if not isinstance(value, torch.Tensor):
