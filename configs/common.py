@@ -49,10 +49,17 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 def set_field(c: ml_collections.ConfigDict, dotted: str, value: str) -> None:
   """`model.width=0.25` style override, converted to the type of the existing field."""
   *parents, leaf = dotted.split('.')
-  for name in parents:
-    c = c[name]
-  old = c[leaf]
-  c[leaf] = value.lower() in ('1', 'true') if isinstance(old, bool) else type(old)(value)
+  try:
+    for name in parents:
+      c = c[name]
+    old = c[leaf]
+  except (KeyError, AttributeError):
+    raise ConfigError(f'{dotted}={value}: the config has no field {dotted}.') from None
+  try:
+    c[leaf] = value.lower() in ('1', 'true') if isinstance(old, bool) else type(old)(value)
+  except (TypeError, ValueError):
+    raise ConfigError(f'{dotted}={value!r}: expected a value of the type of that field '
+                      f'({type(old).__name__}, now {old!r}).') from None
 
 
 # Arguments every application config accepts for the accelerator presets.

@@ -176,3 +176,14 @@ def test_bad_config_touches_no_workdir_data_or_compile_cache(entry, tmp_path):
 def test_a_non_config_mode_is_a_bug():
   with pytest.raises(ValueError, match='mode'):
     validate.check_config(ml_collections.ConfigDict(), 'deploy')
+
+
+def test_set_field_names_a_missing_field_or_a_value_of_the_wrong_type():
+  from configs import common
+  config = cimt.get_config('synthetic')
+  with pytest.raises(errors.ConfigError, match=r"train.steps='abc': expected .* \(int, now"):
+    common.set_field(config, 'train.steps', 'abc')
+  with pytest.raises(errors.ConfigError, match='has no field train.stpes'):
+    common.set_field(config, 'train.stpes', '5')
+  common.set_field(config, 'model.width', '0.5')
+  assert config.model.width == 0.5
