@@ -9,9 +9,12 @@
 Flags parse here; the work is one call into the `medft` library.
 """
 
+import ast
 import logging as py_logging
 import re
 import sys
+import traceback
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -43,9 +46,8 @@ flags.mark_flags_as_required(['workdir'])
 FLAGS = flags.FLAGS
 
 # Errors that describe bad input (medft.errors); anything else is a bug and keeps its
-# traceback. The builtin types stay in the list until every raise site names its UserError.
-USER_ERRORS = (medft.UserError, ValueError, FileNotFoundError, FileExistsError,
-               PermissionError, KeyError, ImportError)
+# traceback.
+USER_ERRORS = (medft.UserError,)
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -58,17 +60,76 @@ class _QuietLibraries(py_logging.Filter):
 def _parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, but a bad --config (its file, argument or a --config.<field>
   override) ends in medft's one-paragraph error instead of a traceback, unless --verbose."""
+  verbose = any(re.fullmatch(r'--verbose(=(true|1))?', a, re.IGNORECASE) for a in argv[1:])
+  problem = _config_file_problem(argv)
+  if problem and not verbose:
+    _flag_exit(problem)
   try:
     args = FLAGS(argv)
     if FLAGS.config is not None:
       FLAGS.config.keys()  # ml_collections defers the error of a config file it cannot load
     return args
   except (flags.Error, OSError, ValueError, TypeError, AttributeError, KeyError) as e:
-    if any(re.fullmatch(r'--verbose(=(true|1))?', a, re.IGNORECASE) for a in argv[1:]):
+    if verbose or _raised_in_config_code(e, argv):
       raise
-    print(f'medft: error: {_flag_error(e, argv)}\n(run with --verbose for the full traceback; '
-          '--helpshort lists the flags)', file=sys.stderr)
-    sys.exit(1)
+    _flag_exit(_flag_error(e, argv))
+
+
+def _flag_exit(message: str) -> None:
+  print(f'medft: error: {message}\n(run with --verbose for the full traceback; --helpshort '
+        'lists the flags)', file=sys.stderr)
+  sys.exit(1)
+
+
+def _config_path(argv: list[str]) -> tuple[str, Path] | None:
+  """(the --config=... argument, its file) when one is given."""
+  arg = next((a for a in argv if a.startswith('--config=')), None)
+  if arg is None:
+    return None
+  return arg, Path(arg.split('=', 1)[1].split(':', 1)[0])
+
+
+def _config_file_problem(argv: list[str]) -> str:
+  """A config file that cannot be a config (syntax error, no get_config), in words; or ''."""
+  found = _config_path(argv)
+  if found is None or not found[1].is_file():
+    return ''  # a missing file: ml_collections' error, handled below
+  arg, path = found
+  try:
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+  except SyntaxError as e:
+    return (f'{arg}: {path} is not valid Python: {e.msg} at line {e.lineno}'
+            f'{f", column {e.offset}" if e.offset else ""}; fix the file.')
+  except (OSError, ValueError) as e:
+    return f'{arg}: cannot read {path} ({e}); pass a readable config file.'
+  defines = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+  defines |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets
+              if isinstance(t, ast.Name)}
+  defines |= {(a.asname or a.name) for n in tree.body if isinstance(n, ast.ImportFrom)
+              for a in n.names}
+  if 'get_config' not in defines:
+    return (f'{arg}: {path} defines no get_config(); a config file is a Python module with '
+            '`def get_config(arg=None) -> ml_collections.ConfigDict` (see configs/cimt.py).')
+  return ''
+
+
+def _raised_in_config_code(e: Exception, argv: list[str]) -> bool:
+  """A builtin error raised by the config file's own code (not a UserError): a bug in that
+  code, which keeps its traceback."""
+  found = _config_path(argv)
+  if found is None:
+    return False
+  chain = [e]
+  while chain[-1].__context__ is not None:
+    chain.append(chain[-1].__context__)
+  target = found[1].resolve()
+  for err in chain:
+    if isinstance(err, medft.UserError):
+      return False
+    frames = traceback.extract_tb(err.__traceback__)
+    if frames and Path(frames[-1].filename).resolve() == target:
+      return True
+  return False
 
 
 def _flag_error(e: Exception, argv: list[str]) -> str:
@@ -106,7 +167,8 @@ def main(argv):
   medft.parallel.initialize_distributed()
   try:
     if FLAGS.config is None and FLAGS.mode != 'report':
-      raise ValueError(f'--mode={FLAGS.mode} needs --config (e.g. configs/cimt.py:demo).')
+      raise medft.ConfigError(f'--mode={FLAGS.mode} needs --config (e.g. '
+                              'configs/cimt.py:demo).')
     MODES[FLAGS.mode](FLAGS.config, FLAGS.workdir)
   except medft.Preempted as e:
     print(f'medft: {e}', file=sys.stderr)

@@ -6,6 +6,8 @@ from typing import Any
 
 import ml_collections
 
+from medft.errors import ConfigError
+
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """Parses `key=value,flag,...` against `defaults`; unknown keys are an error.
@@ -18,12 +20,12 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     key, sep, value = item.partition('=')
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f'config argument {key!r} is unknown; known: '
-                       f'{", ".join(sorted(defaults))}.')
+      raise ConfigError(f'config argument {key!r} is unknown; known: '
+                        f'{", ".join(sorted(defaults))}.')
     default = defaults[key]
     if not sep:
       if not isinstance(default, bool):
-        raise ValueError(f'config argument {key!r} needs a value ({key}=...).')
+        raise ConfigError(f'config argument {key!r} needs a value ({key}=...).')
       out[key] = True
       continue
     try:
@@ -39,18 +41,25 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
         out[key] = value
     except ValueError:
       kind = {bool: 'true or false', int: 'an integer', float: 'a number'}[type(default)]
-      raise ValueError(f'config argument {key}={value!r}: expected {kind} '
-                       f'(default {key}={default}).') from None
+      raise ConfigError(f'config argument {key}={value!r}: expected {kind} '
+                        f'(default {key}={default}).') from None
   return out
 
 
 def set_field(c: ml_collections.ConfigDict, dotted: str, value: str) -> None:
   """`model.width=0.25` style override, converted to the type of the existing field."""
   *parents, leaf = dotted.split('.')
-  for name in parents:
-    c = c[name]
-  old = c[leaf]
-  c[leaf] = value.lower() in ('1', 'true') if isinstance(old, bool) else type(old)(value)
+  try:
+    for name in parents:
+      c = c[name]
+    old = c[leaf]
+  except (KeyError, AttributeError):
+    raise ConfigError(f'{dotted}={value}: the config has no field {dotted}.') from None
+  try:
+    c[leaf] = value.lower() in ('1', 'true') if isinstance(old, bool) else type(old)(value)
+  except (TypeError, ValueError):
+    raise ConfigError(f'{dotted}={value!r}: expected a value of the type of that field '
+                      f'({type(old).__name__}, now {old!r}).') from None
 
 
 # Arguments every application config accepts for the accelerator presets.
@@ -63,7 +72,7 @@ def apply_presets(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict) 
   The paper's learning-rate rules are unchanged; only throughput-related fields move.
   """
   if arg.tpu and arg.gpu:
-    raise ValueError('config arguments tpu and gpu exclude each other; pick one.')
+    raise ConfigError('config arguments tpu and gpu exclude each other; pick one.')
   if not (arg.tpu or arg.gpu):
     return
   c.dtype = 'bfloat16'

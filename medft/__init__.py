@@ -11,12 +11,21 @@ Library entry points (each takes an ml_collections config, as `configs/<app>.py`
 
 import importlib
 
+from medft.errors import (  # noqa: F401
+  ConfigError,
+  InputFileError,
+  LockedError,
+  MissingInputError,
+  MissingPackageError,
+  NonFiniteError,
+  NotOursError,
+  ResourceError,
+  UserError,
+)
+
 # Imported eagerly: importing the submodule `medft.sweep` would otherwise bind the name to the
 # module. The trainer imports TFDS only when a run reads data.
 from medft.sweep import auto_tune, sweep  # noqa: F401  (also imports medft.trainer)
-from medft.errors import (ConfigError, InputFileError, LockedError,  # noqa: F401
-                          MissingInputError, NonFiniteError, NotOursError, ResourceError,
-                          UserError)
 from medft.trainer import Preempted, train  # noqa: F401
 
 __version__ = '0.1.0'

@@ -871,7 +871,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   s = QUICK if args.quick else Settings()
   changes = {}
   if args.archs:
-    changes['archs'] = tuple(a for a in args.archs.split(',') if a)
+    changes['archs'] = _arch_list(p, '--archs', args.archs)
+  lever_archs = _arch_list(p, '--lever-archs', args.lever_archs)
   if args.batch:
     changes['batch'] = args.batch
   if args.reps:
@@ -894,11 +895,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
   rows = run(s, use_torch=False if args.no_torch else None, levers=args.levers, parts=parts,
              log=log, only_levers=tuple(x for x in args.only_levers.split(',') if x),
-             lever_archs=tuple(x for x in args.lever_archs.split(',') if x))
+             lever_archs=lever_archs)
   if args.out:
     files.write_json_atomic(args.out, rows)
     print(f'wrote {len(rows)} rows to {args.out}')
   return rows
+
+
+def _arch_list(parser: argparse.ArgumentParser, flag: str, value: str) -> tuple[str, ...]:
+  """A comma list of known architectures, each once; anything else ends in parser.error."""
+  from medft.models import ARCHS
+  archs = tuple(a.strip() for a in value.split(',') if a.strip())
+  unknown = [a for a in archs if a not in ARCHS]
+  if unknown or not archs or len(set(archs)) != len(archs):
+    parser.error(f'argument {flag}: {flag}={value!r}: expected a comma list of distinct '
+                 f'architectures from {", ".join(ARCHS)}'
+                 + (f' ({", ".join(map(repr, unknown))} unknown)' if unknown else '') + '.')
+  return archs
 
 
 if __name__ == '__main__':

@@ -1,4 +1,4 @@
-"""The errors medft raises for bad input: a `UserError` is the user's to fix, anything else is a bug.
+"""The errors medft raises for bad input: a `UserError` is the user's to fix, anything else a bug.
 
 `run.py` prints a `UserError` as one paragraph (its message names the file, key or value and
 the fix) and exits 1; every other exception keeps its traceback. Library code raises the
@@ -31,6 +31,10 @@ class NotOursError(UserError, FileExistsError):
 
 class LockedError(UserError, RuntimeError):
   """Another live process holds the workdir, sweep or source-model lock."""
+
+
+class MissingPackageError(UserError, ImportError):
+  """An optional package a step needs is not installed: names the package and the pip extra."""
 
 
 class ResourceError(UserError, OSError):

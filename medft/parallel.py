@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from medft.errors import ConfigError
+
 AXIS = 'batch'
 
 
@@ -26,8 +28,8 @@ def check_batch(global_batch: int) -> int:
   n = jax.device_count()
   if global_batch <= 0 or global_batch % n:
     nearest = max(n, global_batch // n * n)
-    raise ValueError(f'train.batch={global_batch} does not split evenly over {n} devices; '
-                     f'use a multiple of {n} (e.g. --config.train.batch={nearest}).')
+    raise ConfigError(f'train.batch={global_batch} does not split evenly over {n} devices; '
+                      f'use a multiple of {n} (e.g. --config.train.batch={nearest}).')
   return global_batch // n
 
 

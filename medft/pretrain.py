@@ -40,6 +40,7 @@ from absl import logging
 from PIL import Image
 
 from medft import files, parallel, trainer, tuning
+from medft.errors import ConfigError, MissingInputError, MissingPackageError
 from medft.weights import store
 
 SOURCE_FORMAT = 'medft-pretext'
@@ -71,8 +72,8 @@ def load_photos(names: Sequence[str] = PHOTOS) -> dict[str, np.ndarray]:
       image = np.repeat(image[..., None], 3, axis=-1)
     photos[name] = np.ascontiguousarray(image[..., :3])
   if len(photos) < 4:
-    raise ValueError(f'only {len(photos)} of the skimage.data photos {list(names)} could be '
-                     'read; reinstall scikit-image (its wheel ships them).')
+    raise MissingInputError(f'only {len(photos)} of the skimage.data photos {list(names)} could be '
+                            'read; reinstall scikit-image (its wheel ships them).')
   return photos
 
 
@@ -173,7 +174,7 @@ class FolderSource(_ImageClassesSource):
     self.files = [(f, k) for k, c in enumerate(classes) for f in sorted(c.iterdir())
                   if f.suffix.lower() in self.EXTENSIONS]
     if not self.files:
-      raise FileNotFoundError(
+      raise MissingInputError(
           f'pretrain.manual_dir={root}: expected class folders with images in {train} '
           '(ImageNet layout train/<wnid>/*.JPEG, e.g. from extracting ILSVRC2012_img_train.tar '
           'and its per-class tars).')
@@ -196,7 +197,7 @@ class TfdsImagenetSource(_ImageClassesSource):
                            file_format='array_record')
     if not builder.is_prepared():
       if not manual_dir:
-        raise ValueError(
+        raise MissingInputError(
             'imagenet2012 is not prepared in pretrain.data_dir and pretrain.manual_dir is empty: '
             'put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in a folder and pass it as '
             '--config.pretrain.manual_dir, or use pretrain.source=folder on extracted images.')
@@ -204,7 +205,7 @@ class TfdsImagenetSource(_ImageClassesSource):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             manual_dir=str(manual_dir)))
       except ImportError as e:  # TFDS' imagenet2012 preparation imports TF and more
-        raise ImportError(
+        raise MissingPackageError(
             f'preparing imagenet2012 stopped on a missing module ({e}). TFDS\' imagenet2012 '
             'builder needs TensorFlow (tf.io.gfile, CMYK/PNG fix-ups) and importlib_resources '
             'to prepare: `pip install tensorflow-cpu importlib_resources` for that one step '
@@ -230,7 +231,7 @@ def make_source(config: ml_collections.ConfigDict):
     return FolderSource(p.manual_dir, size, p.seed)
   if p.source == 'imagenet2012':
     return TfdsImagenetSource(p.data_dir, p.manual_dir, size, p.seed)
-  raise ValueError(f'pretrain.source={p.source!r}: expected pretext, folder or imagenet2012.')
+  raise ConfigError(f'pretrain.source={p.source!r}: expected pretext, folder or imagenet2012.')
 
 
 # ---- training ----------------------------------------------------------------------------
@@ -255,6 +256,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
   A finished workdir is returned as is (after checking it was made with the same settings);
   an interrupted one resumes from its latest checkpoint.
   """
+  from medft import validate  # here, so that `python -m medft.validate` runs it fresh
+  validate.check_config(config, 'pretrain')  # every field in range before anything is written
+  validate.check_workdir(workdir)
   workdir = Path(workdir)
   out = artifact_path(workdir)
   record_file = workdir / 'pretrain.json'
@@ -262,8 +266,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
   if (out / 'meta.json').is_file() and record_file.is_file():
     held = json.loads(record_file.read_text()).get('settings')
     if held != json.loads(json.dumps(wanted)):
-      raise ValueError(f'{workdir} holds a source model pretrained with other settings; '
-                       f'delete {workdir} to pretrain again, or use another workdir.')
+      raise ConfigError(f'{workdir} holds a source model pretrained with other settings; '
+                        f'delete {workdir} to pretrain again, or use another workdir.')
     logging.info('Source model %s exists; reusing it.', out)
     return out
   workdir.mkdir(parents=True, exist_ok=True)

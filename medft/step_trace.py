@@ -47,6 +47,7 @@ import ml_collections
 import numpy as np
 
 from medft import parallel, trainer, tuning
+from medft.errors import MissingInputError
 from medft.weights import store
 
 # ---- setup: the trainer's model, optimizer, step and input pipeline ----------------------
@@ -107,7 +108,7 @@ def trace_file(logdir: str | Path) -> Path:
   found = sorted(Path(logdir).glob('plugins/profile/*/perfetto_trace.json.gz'))
   found = found or sorted(Path(logdir).glob('plugins/profile/*/*.trace.json.gz'))
   if not found:
-    raise FileNotFoundError(f'no trace JSON under {logdir}/plugins/profile/*/.')
+    raise MissingInputError(f'no trace JSON under {logdir}/plugins/profile/*/.')
   return found[-1]
 
 

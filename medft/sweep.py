@@ -46,6 +46,7 @@ import ml_collections
 from absl import logging
 
 from medft import files, trainer, tuning
+from medft.errors import ConfigError
 from medft.models import ARCHS
 
 # Config blocks that describe the study, not a run: stripped from each run's config so that
@@ -101,8 +102,8 @@ def _items(value: Any) -> list[str]:
 
 def units_of(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   if config.arch not in ARCHS:
-    raise ValueError(f'arch={config.arch!r} is not a known architecture; choose one of '
-                     f'{", ".join(ARCHS)}.')
+    raise ConfigError(f'arch={config.arch!r} is not a known architecture; choose one of '
+                      f'{", ".join(ARCHS)}.')
   return ARCHS[config.arch][1]
 
 
@@ -127,8 +128,8 @@ def plan(config: ml_collections.ConfigDict, fractions: Sequence[float] = ()) -> 
   arms = _items(study_setting(config, 'sweep', 'arms')) or list(default_arms(config))
   unknown = [a for a in arms if a not in known]
   if unknown:
-    raise ValueError(f'sweep.arms: {", ".join(unknown)} not arms of {config.arch}; choose from '
-                     f'{", ".join(known)}.')
+    raise ConfigError(f'sweep.arms: {", ".join(unknown)} not arms of {config.arch}; choose from '
+                      f'{", ".join(known)}.')
   arms = [a for a in known if a in arms]  # paper order, no duplicates
   raw_fractions = study_setting(config, 'sweep', 'fractions')
   raw_seeds = study_setting(config, 'sweep', 'seeds')
@@ -136,12 +137,12 @@ def plan(config: ml_collections.ConfigDict, fractions: Sequence[float] = ()) -> 
     fractions = sorted({float(f) for f in (fractions or _items(raw_fractions))})
     seeds = sorted({int(s) for s in _items(raw_seeds)})
   except ValueError:
-    raise ValueError(f'sweep.fractions={raw_fractions!r} / sweep.seeds='
-                     f'{raw_seeds!r}: expected comma-separated numbers such as '
-                     '0.25,0.5,1.0 and 0,1,2.') from None
+    raise ConfigError(f'sweep.fractions={raw_fractions!r} / sweep.seeds='
+                      f'{raw_seeds!r}: expected comma-separated numbers such as '
+                      '0.25,0.5,1.0 and 0,1,2.') from None
   if not fractions or not seeds or not all(0 < f <= 1 for f in fractions):
-    raise ValueError(f'sweep.fractions={raw_fractions!r} must list numbers in (0, 1] '
-                     f'and sweep.seeds={raw_seeds!r} at least one seed.')
+    raise ConfigError(f'sweep.fractions={raw_fractions!r} must list numbers in (0, 1] '
+                      f'and sweep.seeds={raw_seeds!r} at least one seed.')
   return [Run(a, f, s) for f in fractions for a in arms for s in seeds]
 
 
@@ -161,9 +162,9 @@ def shard_of(runs: Sequence[Run], shard: str) -> list[Run]:
   try:
     i, n = (int(x) for x in shard.split('/'))
   except ValueError:
-    raise ValueError(f'sweep.shard={shard!r}: expected i/n such as 0/4.') from None
+    raise ConfigError(f'sweep.shard={shard!r}: expected i/n such as 0/4.') from None
   if not 0 <= i < n:
-    raise ValueError(f'sweep.shard={shard!r}: need 0 <= i < n.')
+    raise ConfigError(f'sweep.shard={shard!r}: need 0 <= i < n.')
   return [r for k, r in enumerate(runs) if k % n == i]
 
 
@@ -199,9 +200,9 @@ def source_init(config: ml_collections.ConfigDict, sweep_dir: Path,
                     done=workdir / 'pretrain.json'):  # written after the weights
       return str(pretrain.pretrain(config, workdir))
   if needs_init:
-    raise ValueError('fine-tuning arms need pretrained weights: pass init=<folder from python '
-                     '-m medft.weights.convert>, or set --config.pretrain.source=pretext to '
-                     'train the offline stand-in, or limit sweep.arms to scratch.')
+    raise ConfigError('fine-tuning arms need pretrained weights: pass init=<folder from python '
+                      '-m medft.weights.convert>, or set --config.pretrain.source=pretext to '
+                      'train the offline stand-in, or limit sweep.arms to scratch.')
   return ''
 
 
@@ -258,7 +259,7 @@ def dropped_checkpoints(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   keep = study_setting(config, 'sweep', 'keep_checkpoints')
   dropped = {'all': (), 'best': ('latest',), 'none': ('latest', 'best')}
   if keep not in dropped:
-    raise ValueError(f'sweep.keep_checkpoints={keep!r}: expected all, best or none.')
+    raise ConfigError(f'sweep.keep_checkpoints={keep!r}: expected all, best or none.')
   return dropped[keep]
 
 
@@ -276,6 +277,9 @@ def _write_plan(config, sweep_dir: Path, runs: Sequence[Run], init: str) -> None
 
 def sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Runs this shard's part of the study into `workdir` and returns the report (a dict)."""
+  from medft import validate  # here, so that `python -m medft.validate` runs it fresh
+  validate.check_config(config, 'sweep')  # every field in range before anything is touched
+  validate.check_workdir(workdir)
   sweep_dir = Path(workdir)
   dropped = dropped_checkpoints(config)
   runs = plan(config, checked_fractions(config))
@@ -324,6 +328,9 @@ def auto_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   Runs at `config.data.fraction` and `config.seed` into the sweep layout of `workdir`, so runs
   a sweep already finished are reused (and the other way round).
   """
+  from medft import validate  # here, so that `python -m medft.validate` runs it fresh
+  validate.check_config(config, 'auto')  # every field in range before anything is touched
+  validate.check_workdir(workdir)
   sweep_dir = Path(workdir)
   dropped_checkpoints(config)
   units = units_of(config)

@@ -24,7 +24,9 @@ from absl import logging
 from flax import struct
 
 from medft import feature_cache, files, models, parallel, preprocess, tuning
-from medft.errors import NonFiniteError  # noqa: F401  (re-exported as medft.trainer.NonFiniteError)
+
+# NonFiniteError is re-exported as medft.trainer.NonFiniteError.
+from medft.errors import ConfigError, InputFileError, NonFiniteError  # noqa: F401
 from medft.weights import store
 
 
@@ -101,26 +103,26 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
     try:
       held = json.loads(config_file.read_text())
     except json.JSONDecodeError:
-      raise ValueError(f'{config_file} is not valid JSON; it was not written by medft. Use an '
-                       'empty --workdir.') from None
+      raise InputFileError(f'{config_file} is not valid JSON; it was not written by medft. Use an '
+                           'empty --workdir.') from None
     if held != wanted:
       diff = sorted(k for k in set(_flat(held)) | set(_flat(wanted))
                     if _flat(held).get(k) != _flat(wanted).get(k))
-      raise ValueError(f'--workdir={workdir} holds a run of a different config (differs in: '
-                       f'{", ".join(diff[:8])}). Use a new --workdir, or repeat the original '
-                       'command to resume that run.')
+      raise ConfigError(f'--workdir={workdir} holds a run of a different config (differs in: '
+                        f'{", ".join(diff[:8])}). Use a new --workdir, or repeat the original '
+                        'command to resume that run.')
     return
   if not create:
     folder = next(p for p in (workdir.absolute(), *workdir.absolute().parents) if p.exists())
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-      raise ValueError(f'--workdir={workdir} cannot be created: {folder} is not a writable '
-                       'folder; choose a writable folder.')
+      raise ConfigError(f'--workdir={workdir} cannot be created: {folder} is not a writable '
+                        'folder; choose a writable folder.')
     return
   try:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
-    raise ValueError(f'--workdir={workdir} cannot be created ({e.strerror}); choose a '
-                     'writable folder.') from None
+    raise ConfigError(f'--workdir={workdir} cannot be created ({e.strerror}); choose a '
+                      'writable folder.') from None
   if jax.process_index() == 0:
     files.write_json_atomic(config_file, wanted)
 
@@ -163,14 +165,14 @@ def initial_params(config: ml_collections.ConfigDict, model, units) -> tuple[Any
   tuning.trained_units(units, config.depth)  # validates the depth name early
   scratch = config.depth == 'scratch'
   if not scratch and not config.init:
-    raise ValueError(f'depth={config.depth} fine-tunes pretrained weights but init= is empty; '
-                     'pass init=<folder from python -m medft.weights.convert>, or use '
-                     'depth=scratch.')
+    raise ConfigError(f'depth={config.depth} fine-tunes pretrained weights but init= is empty; '
+                      'pass init=<folder from python -m medft.weights.convert>, or use '
+                      'depth=scratch.')
   if config.init:
     loaded, meta = store.load_artifact(config.init)
     if meta.arch != config.arch:
-      raise ValueError(f'init={config.init} holds {meta.arch} weights but arch={config.arch}; '
-                       f'set arch={meta.arch} or convert weights for {config.arch}.')
+      raise ConfigError(f'init={config.init} holds {meta.arch} weights but arch={config.arch}; '
+                        f'set arch={meta.arch} or convert weights for {config.arch}.')
   else:
     meta = store.default_meta(config.arch, (config.input_size, config.input_size))
   h, w = meta.input_size
@@ -288,6 +290,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   Re-running with the same config and workdir resumes from `checkpoints/latest`; a finished
   run returns its existing results without training again.
   """
+  from medft import validate  # here, so that `python -m medft.validate` runs it fresh
+  validate.check_config(config, 'train')  # every field in range before anything is touched
+  validate.check_workdir(workdir)
   workdir = Path(workdir)
   _prepare_workdir(config, workdir, create=False)
   results_file = workdir / 'results.json'
@@ -296,15 +301,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     return json.loads(results_file.read_text())
   is_main = jax.process_index() == 0
   wall_start = time.time()
-  compile_counter = enable_compile_cache(config.compile_cache)
 
   # ---- data ----------------------------------------------------------------------------
   from medft import data, tasks  # TFDS is imported only by runs that read data
   ds = data.load(config.data)
+  # After the data: input that cannot be read leaves no compile-cache folder behind.
+  compile_counter = enable_compile_cache(config.compile_cache)
   task = tasks.get_task(ds.app, ds.splits, config.task, config.seed)
   if task.num_classes != config.num_classes:
-    raise ValueError(f'num_classes={config.num_classes} but the {ds.app} task has '
-                     f'{task.num_classes} classes.')
+    raise ConfigError(f'num_classes={config.num_classes} but the {ds.app} task has '
+                      f'{task.num_classes} classes.')
   batch = config.train.batch
   if config.train.batch_per_device > 0:
     batch = config.train.batch_per_device * jax.device_count()
@@ -464,11 +470,11 @@ def _feature_cache(config, model, units, meta: store.Meta, params
   if not mode:
     return None, None
   if not mode.strip():
-    raise ValueError(f'train.feature_cache={mode!r} is blank; give "memory", a folder, or "" '
-                     'to turn the cache off.')
+    raise ConfigError(f'train.feature_cache={mode!r} is blank; give "memory", a folder, or "" '
+                      'to turn the cache off.')
   if not config.train.feature_cache_mb > 0:
-    raise ValueError(f'train.feature_cache_mb={config.train.feature_cache_mb} must be above 0 '
-                     '(MiB of features the cache may hold).')
+    raise ConfigError(f'train.feature_cache_mb={config.train.feature_cache_mb} must be above 0 '
+                      '(MiB of features the cache may hold).')
   if config.depth == 'scratch' or config.depth == units[0]:
     logging.info('train.feature_cache: arm %s trains every unit; nothing to cache.',
                  config.depth)
@@ -478,11 +484,11 @@ def _feature_cache(config, model, units, meta: store.Meta, params
     try:
       folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-      raise ValueError(f'train.feature_cache={mode} cannot be created ({e.strerror}); give a '
-                       'writable folder, "memory", or "" to turn the cache off.') from None
+      raise ConfigError(f'train.feature_cache={mode} cannot be created ({e.strerror}); give a '
+                        'writable folder, "memory", or "" to turn the cache off.') from None
     if not os.access(folder, os.W_OK | os.X_OK):
-      raise ValueError(f'train.feature_cache={mode} is not writable; give a writable folder, '
-                       '"memory", or "" to turn the cache off.')
+      raise ConfigError(f'train.feature_cache={mode} is not writable; give a writable folder, '
+                        '"memory", or "" to turn the cache off.')
   stop, frozen = feature_cache.frozen_trunk(units, config.depth, params)
   key = feature_cache.fingerprint(frozen, {
       'arch': config.arch, 'model': config.model.to_dict(), 'dtype': config.dtype,

@@ -19,6 +19,8 @@ import optax
 from absl import logging
 from flax import traverse_util
 
+from medft.errors import ConfigError
+
 FROZEN = 'frozen'
 
 
@@ -56,8 +58,8 @@ def trained_units(units: Sequence[str], depth: str) -> tuple[str, ...]:
   if depth == 'scratch':
     return tuple(units)
   if depth not in units:
-    raise ValueError(f'depth={depth!r} is not a tuning unit of this architecture; choose '
-                     f'scratch or one of {", ".join(units)}.')
+    raise ConfigError(f'depth={depth!r} is not a tuning unit of this architecture; choose '
+                      f'scratch or one of {", ".join(units)}.')
   return tuple(units[units.index(depth):])
 
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
-from medft.errors import MissingInputError
+from medft.errors import InputFileError, MissingInputError
 
 # The only split a medft builder writes: train/validation/test are chosen at read time.
 FULL_SPLIT = 'full'
@@ -113,7 +113,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
       dupes = sorted({i for i in ids if ids.count(i) > 1})
-      raise ValueError(f'Dataset {self.name!r}: duplicate example ids {dupes[:5]} in {root}.')
+      raise InputFileError(f'Dataset {self.name!r}: duplicate example ids {dupes[:5]} in {root}.')
     self.info.metadata.update(
         app=self.APP,
         ids=ids,

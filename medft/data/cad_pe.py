@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from medft.data import volumes
 from medft.data.base import ManualBuilder, ManualDirError, Record
+from medft.errors import InputFileError
 
 _IMAGE = re.compile(r'^(\d+)\.nrrd$')
 
@@ -30,9 +31,9 @@ def nrrd_spacing(header: dict[str, Any], path: Path) -> np.ndarray:
   elif header.get('spacings') is not None:
     sizes = [float(s) for s in header['spacings']]
   else:
-    raise ValueError(f'NRRD file {path} has neither "space directions" nor "spacings".')
+    raise InputFileError(f'NRRD file {path} has neither "space directions" nor "spacings".')
   if len(sizes) != 3 or min(sizes) <= 0:
-    raise ValueError(f'NRRD file {path}: cannot read a 3-D voxel size from {sizes}.')
+    raise InputFileError(f'NRRD file {path}: cannot read a 3-D voxel size from {sizes}.')
   # The header lists axes fastest first (x, y, z); C-order arrays are (z, y, x).
   return np.asarray(sizes[::-1], dtype=np.float32)
 
@@ -42,9 +43,9 @@ def read_nrrd(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
   try:
     data, header = nrrd.read(str(path), index_order='C')
   except Exception as err:  # pynrrd raises many types (NRRDError, ValueError, OSError, ...)
-    raise ValueError(f'Cannot read NRRD file {path}: {err}') from err
+    raise InputFileError(f'Cannot read NRRD file {path}: {err}') from err
   if data.ndim != 3:
-    raise ValueError(f'NRRD file {path} holds a {data.ndim}-D array; expected a 3-D volume.')
+    raise InputFileError(f'NRRD file {path} holds a {data.ndim}-D array; expected a 3-D volume.')
   return data, header
 
 
@@ -86,7 +87,7 @@ class CadPe(ManualBuilder, skip_registration=True):
     volume, header = read_nrrd(record.files['image'])
     reference, _ = read_nrrd(record.files['reference'])
     if reference.shape != volume.shape:
-      raise ValueError(
+      raise InputFileError(
           f'Reference {record.files["reference"]} is {reference.shape}, volume '
           f'{record.files["image"]} is {volume.shape}.'
       )

@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from medft.data import readers
 from medft.data.base import ManualBuilder, ManualDirError, Record
+from medft.errors import ConfigError
 
 IMAGE_SUFFIXES = ('.tiff', '.tif', '.png')
 # Folder names under SEGMENTATIONS/ accepted for each annotator (copies of CUBS differ).
@@ -53,7 +54,8 @@ class CubsConfig(tfds.core.BuilderConfig):
 def config_name(annotator: str) -> str:
   """Builder config name for an annotator: A1 -> a1, A1' -> a1s."""
   if annotator not in ANNOTATOR_FOLDERS:
-    raise ValueError(f'Unknown CUBS annotator {annotator!r}; use one of {list(ANNOTATOR_FOLDERS)}.')
+    raise ConfigError(f'Unknown CUBS annotator {annotator!r}; use one of '
+                      f'{list(ANNOTATOR_FOLDERS)}.')
   return annotator.lower().replace("'", 's')
 
 

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from medft.data import readers
 from medft.data.base import ManualBuilder, ManualDirError, Record
 from medft.data.masks import boxes_from_mask
+from medft.errors import InputFileError
 
 # First frame of each of the 29 sequences; the last sequence ends at frame 612.
 SEQUENCE_STARTS = (
@@ -34,7 +35,7 @@ MASK_FOLDERS = ('Ground Truth', 'GroundTruth', 'Ground_Truth')
 def sequence_of(frame: int) -> int:
   """CVC-ClinicDB frame number (1-based) -> sequence number 1..29."""
   if not 1 <= frame <= LAST_FRAME:
-    raise ValueError(f'CVC-ClinicDB frame {frame} is outside 1..{LAST_FRAME}.')
+    raise InputFileError(f'CVC-ClinicDB frame {frame} is outside 1..{LAST_FRAME}.')
   return bisect.bisect_right(SEQUENCE_STARTS, frame)
 
 
@@ -81,7 +82,7 @@ class CvcClinicdb(ManualBuilder, skip_registration=True):
       if image.suffix.lower() not in IMAGE_SUFFIXES:
         continue
       if not image.stem.isdigit():
-        raise ValueError(f'CVC-ClinicDB frame {image} is not named <number>{image.suffix}.')
+        raise InputFileError(f'CVC-ClinicDB frame {image} is not named <number>{image.suffix}.')
       frame = int(image.stem)
       mask = _find(mask_dir, image.stem)
       if mask is None:
@@ -98,7 +99,7 @@ class CvcClinicdb(ManualBuilder, skip_registration=True):
     image = readers.read_image(record.files['image'], 'RGB')
     mask = (readers.read_image(record.files['mask'], 'L') > 127).astype(np.uint8)
     if mask.shape != image.shape[:2]:
-      raise ValueError(
+      raise InputFileError(
           f'Mask {record.files["mask"]} is {mask.shape}, its frame {record.files["image"]} '
           f'is {image.shape[:2]}.'
       )

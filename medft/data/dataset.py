@@ -32,6 +32,7 @@ from medft.data.frames_folder import FramesFolder, FramesFolderConfig
 from medft.data.fumpe import Fumpe
 from medft.data.kvasir_seg import KvasirSeg
 from medft.data.readers import decode_image_bytes
+from medft.errors import ConfigError, InputFileError
 
 BUILDERS: dict[str, type[ManualBuilder]] = {
     cls.name: cls for cls in (Cubs, CvcClinicdb, KvasirSeg, CadPe, Fumpe, FramesFolder)
@@ -145,17 +146,17 @@ def _read_config(cfg: Any) -> dict[str, Any]:
   raw = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
   unknown = sorted(set(raw) - set(DEFAULTS))
   if unknown:
-    raise ValueError(f'Unknown data config fields {unknown}; known: {sorted(DEFAULTS)}.')
+    raise ConfigError(f'Unknown data config fields {unknown}; known: {sorted(DEFAULTS)}.')
   merged = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
   if not merged['name']:
-    raise ValueError(f'The data config needs a name: one of {dataset_names()}.')
+    raise ConfigError(f'The data config needs a name: one of {dataset_names()}.')
   # Checked before anything is read or prepared, so a typo costs no preparation time.
   if not 0 < float(merged['fraction']) <= 1:
-    raise ValueError(f'data.fraction={merged["fraction"]} is outside (0, 1]: it is the share of '
-                     'training subjects kept; pass e.g. fraction=0.25, 0.5 or 1.0.')
+    raise ConfigError(f'data.fraction={merged["fraction"]} is outside (0, 1]: it is the share of '
+                      'training subjects kept; pass e.g. fraction=0.25, 0.5 or 1.0.')
   for key in ('val_share', 'test_share'):
     if not 0 <= float(merged[key]) < 1:
-      raise ValueError(f'data.{key}={merged[key]} is outside [0, 1); pass e.g. {key}=0.2.')
+      raise ConfigError(f'data.{key}={merged[key]} is outside [0, 1); pass e.g. {key}=0.2.')
   if merged['fraction_unit']:
     splits_lib.check_fraction_unit(merged['fraction_unit'])
   return merged
@@ -178,7 +179,7 @@ def _make_builder(builder_name: str, cfg: dict[str, Any], data_dir: Path) -> Man
     config = config_name(cfg['annotator'])
   elif cls is FramesFolder:
     if not cfg['classes']:
-      raise ValueError(
+      raise ConfigError(
           'frames_folder needs config field `classes`, a class folder -> label map such as '
           "{'informative': 1, 'non_informative': 0}."
       )
@@ -196,9 +197,9 @@ def _resolve(cfg: dict[str, Any]) -> tuple[str, Path | None, Path, dict[str, Any
   target = name.removeprefix('synthetic_')
   builder_name = TWIN_BUILDERS.get(target, target)
   if not name.startswith('synthetic_') or builder_name not in BUILDERS:
-    raise ValueError(f'Unknown dataset {name!r}; use one of {dataset_names()}.')
+    raise ConfigError(f'Unknown dataset {name!r}; use one of {dataset_names()}.')
   if cfg['manual_dir']:
-    raise ValueError(f'{name!r} writes its own raw data; remove manual_dir={cfg["manual_dir"]!r}.')
+    raise ConfigError(f'{name!r} writes its own raw data; remove manual_dir={cfg["manual_dir"]!r}.')
   app = BUILDERS[builder_name].APP
   n = int(cfg['synthetic_n'] or synthetic.DEFAULT_N[app])
   seed = int(cfg['synthetic_seed'])
@@ -248,8 +249,8 @@ def load(cfg: Any) -> Dataset:
   ids, units = list(meta['ids']), list(meta['units'])
   n_full = builder.info.splits[FULL_SPLIT].num_examples
   if len(ids) != n_full:
-    raise ValueError(f'{builder.data_dir}: metadata lists {len(ids)} examples, the data has '
-                     f'{n_full}; delete this folder and prepare again.')
+    raise InputFileError(f'{builder.data_dir}: metadata lists {len(ids)} examples, the data has '
+                         f'{n_full}; delete this folder and prepare again.')
   seed, fraction = int(cfg['split_seed']), float(cfg['fraction'])
   by_split, kept_ids, counts = _assign(cfg, ids, units)
   source = _Source(builder)
@@ -260,7 +261,7 @@ def load(cfg: Any) -> Dataset:
                and (split != 'train' or kept_ids is None or ids[i] in kept_ids)]
     share = {'validation': cfg['val_share'], 'test': cfg['test_share']}.get(split, 1.0)
     if not indices and share > 0:
-      raise ValueError(
+      raise InputFileError(
           f'Split {split!r} of {builder.name} is empty (fraction={fraction}, '
           f'split_seed={seed}); the dataset has {len(set(units))} units.'
       )

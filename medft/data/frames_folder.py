@@ -3,8 +3,10 @@
 The class -> label map and an optional unit regex are part of the builder config, so one
 prepared copy exists per map. Only the class folders named in the map are read. Each example's
 id is `<class>/<file stem>`. Its unit (the split unit: video or patient) is the first group of
-`unit_regex` searched in the file stem, or the file stem itself when there is no regex or it
-does not match. Images are kept as their original file bytes and decoded at read time.
+`unit_regex` searched in the file stem, or the file stem itself when there is no regex. A regex
+that does not match every file is refused (those frames would silently become units of their
+own, splitting one video over train and test). Images are kept as their original file bytes
+and decoded at read time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from medft.data import readers
 from medft.data.base import ManualBuilder, ManualDirError, Record
+from medft.errors import ConfigError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
 
@@ -31,9 +34,14 @@ class FramesFolderConfig(tfds.core.BuilderConfig):
   def __init__(self, *, classes: Mapping[str, int], unit_regex: str | None = None, **kwargs):
     classes = {str(k): int(v) for k, v in sorted(dict(classes).items())}
     if not classes:
-      raise ValueError('frames_folder needs a non-empty class -> label map (config "classes").')
-    if unit_regex is not None:
-      re.compile(unit_regex)
+      raise ConfigError('frames_folder needs a non-empty class -> label map (config "classes").')
+    if unit_regex:
+      try:
+        re.compile(unit_regex)
+      except re.error as e:
+        raise ConfigError(f'data.unit_regex={unit_regex!r} is not a valid regular expression '
+                          f'({e}); fix it, e.g. r"^(vid\\d+)_", or give "" for one unit per '
+                          'file.') from None
     key = json.dumps({'classes': classes, 'unit_regex': unit_regex}, sort_keys=True)
     kwargs.setdefault('name', 'c' + hashlib.sha1(key.encode()).hexdigest()[:12])
     kwargs.setdefault('description', key)
@@ -48,6 +56,21 @@ def unit_of(stem: str, unit_regex: str | None) -> str:
     if match:
       return match.group(1) if match.groups() else match.group(0)
   return stem
+
+
+def _check_units(records: list[Record], unit_regex: str | None, root: Path) -> None:
+  """ConfigError unless `unit_regex` matches the stem of every file (when there is one)."""
+  if not unit_regex or not records:
+    return
+  unmatched = [r for r in records if not re.search(unit_regex, Path(r.id).name)]
+  if unmatched:
+    shown = ', '.join(Path(str(r.files['image'])).name for r in unmatched[:3])
+    raise ConfigError(
+        f'data.unit_regex={unit_regex!r} matches {len(records) - len(unmatched)} of the '
+        f'{len(records)} frames in {root} (e.g. not {shown}); every frame needs a unit (video '
+        'or patient), or frames of one video would split over train and test. Fix the regex so '
+        'that its first group picks the id out of every file stem, or give '
+        '--config.data.unit_regex="" for one unit per file.')
 
 
 class FramesFolder(ManualBuilder, skip_registration=True):
@@ -95,6 +118,7 @@ class FramesFolder(ManualBuilder, skip_registration=True):
               unit=unit_of(image.stem, config.unit_regex),
               files={'image': image, 'label': label},
           ))
+    _check_units(records, config.unit_regex, root)
     return records
 
   def _extra_metadata(self, records: list[Record]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from medft.data import readers
 from medft.data.base import ManualBuilder, ManualDirError, Record
 from medft.data.masks import boxes_from_mask
+from medft.errors import InputFileError
 
 BOXES_FILE = 'kavsir_bboxes.json'  # sic: the original release misspells it
 
@@ -34,7 +35,7 @@ def scale_boxes(entry: dict[str, Any], height: int, width: int, source: Path) ->
         for b in entry['bbox']
     ]
   except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
-    raise ValueError(f'Malformed box entry in {source}: {entry!r} ({err}).') from err
+    raise InputFileError(f'Malformed box entry in {source}: {entry!r} ({err}).') from err
   return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
@@ -72,7 +73,14 @@ class KvasirSeg(ManualBuilder, skip_registration=True):
       try:
         self._boxes = json.loads(boxes_path.read_text())
       except (OSError, ValueError) as err:
-        raise ValueError(f'Cannot read boxes file {boxes_path}: {err}') from err
+        raise InputFileError(f'Cannot read boxes file {boxes_path}: {err}') from err
+      if not isinstance(self._boxes, dict) or not all(
+          isinstance(v, dict) for v in self._boxes.values()):
+        raise InputFileError(
+            f'Boxes file {boxes_path} holds a JSON {type(self._boxes).__name__}, expected an '
+            'object {"<frame id>": {"height": h, "width": w, "bbox": [{"xmin": ..., "ymin": '
+            '..., "xmax": ..., "ymax": ...}]}}; re-download it, or delete it to take the boxes '
+            'from the masks.')
     self._boxes_path = boxes_path
     suffixes = ('.jpg', '.jpeg', '.png')
     masks = {p.stem: p for p in (root / 'masks').iterdir() if p.suffix.lower() in suffixes}
@@ -91,8 +99,8 @@ class KvasirSeg(ManualBuilder, skip_registration=True):
     image = readers.read_image(image_path, 'RGB')
     mask = (readers.read_image(mask_path, 'L') > 127).astype(np.uint8)
     if mask.shape != image.shape[:2]:
-      raise ValueError(f'Mask {mask_path} is {mask.shape}, its frame {image_path} is '
-                       f'{image.shape[:2]}.')
+      raise InputFileError(f'Mask {mask_path} is {mask.shape}, its frame {image_path} is '
+                           f'{image.shape[:2]}.')
     entry = self._boxes.get(record.id)
     if entry is None:
       boxes = boxes_from_mask(mask)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medft.errors import InputFileError
+
 _SEPARATORS = re.compile(r'[\s,;]+')
 _PROFILE_LAYOUTS = (
     'two rows (all x values on the first line, all y values on the second) or one "x y" '
@@ -19,19 +21,37 @@ _PROFILE_LAYOUTS = (
 )
 
 
+# PIL modes of 16-bit greyscale images ('I' is how some Pillow versions open 16-bit PNGs).
+_SIXTEEN_BIT = ('I;16', 'I;16B', 'I;16L', 'I')
+_SIXTEEN_BIT_TOP = 65535.0
+
+
 def read_image(path: Path, mode: str) -> np.ndarray:
-  """Decodes an image file to uint8: mode 'L' gives (H, W), 'RGB' gives (H, W, 3)."""
+  """Decodes an image file to uint8: mode 'L' gives (H, W), 'RGB' gives (H, W, 3).
+
+  16-bit greyscale is scaled by the dtype's range (value * 255 / 65535), the same for every
+  image, so intensities stay comparable across images (scaling each image by its own maximum
+  would not); PIL's own conversion would clip instead.
+  """
   try:
     with Image.open(path) as img:
       img.load()
-      if img.mode in ('I;16', 'I;16B', 'I;16L', 'I') and mode == 'L':
-        # 16-bit greyscale: rescale to 8 bit instead of clipping.
-        arr = np.asarray(img, dtype=np.float64)
-        top = max(float(arr.max()), 1.0)
-        return np.round(arr * (255.0 / top)).astype(np.uint8)
-      return np.asarray(img.convert(mode), dtype=np.uint8).copy()
+      return _to_uint8(img, mode, path)
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-    raise ValueError(f'Cannot read image {path}: {err}. Re-download or replace this file.') from err
+    raise InputFileError(f'Cannot read image {path}: {err}. Re-download or replace this '
+                         'file.') from err
+
+
+def _to_uint8(img: Image.Image, mode: str, source: Path | str) -> np.ndarray:
+  if img.mode not in _SIXTEEN_BIT:
+    return np.asarray(img.convert(mode), dtype=np.uint8).copy()
+  values = np.asarray(img, dtype=np.float64)
+  if values.size and (values.min() < 0 or values.max() > _SIXTEEN_BIT_TOP):
+    raise InputFileError(f'Image {source} holds values {values.min():g}..{values.max():g}, '
+                         'outside the 16-bit range 0..65535 medft reads; save it as 8- or '
+                         '16-bit greyscale.')
+  grey = np.round(values * (255.0 / _SIXTEEN_BIT_TOP)).astype(np.uint8)
+  return grey if mode == 'L' else np.repeat(grey[..., None], 3, axis=-1)
 
 
 def read_image_bytes(path: Path, mode: str) -> bytes:
@@ -44,7 +64,7 @@ def decode_image_bytes(data: np.ndarray | bytes, mode: str) -> np.ndarray:
   """Decodes image file bytes (as stored by the builders) to a uint8 array."""
   raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
   with Image.open(io.BytesIO(raw)) as img:
-    return np.asarray(img.convert(mode), dtype=np.uint8).copy()
+    return _to_uint8(img, mode, '<stored image bytes>')
 
 
 def _numbers(path: Path, line_no: int, line: str) -> list[float]:
@@ -52,7 +72,7 @@ def _numbers(path: Path, line_no: int, line: str) -> list[float]:
   try:
     return [float(t) for t in tokens]
   except ValueError as err:
-    raise ValueError(
+    raise InputFileError(
         f'{path}:{line_no}: non-numeric value in {line.strip()!r}; expected {_PROFILE_LAYOUTS}.'
     ) from err
 
@@ -72,12 +92,12 @@ def parse_profile(text: str, path: Path | str = '<string>') -> np.ndarray:
     points = np.asarray(rows)
   else:
     shown = counts if len(counts) <= 8 else counts[:8] + ['...']
-    raise ValueError(
+    raise InputFileError(
         f'Malformed profile {path}: {len(rows)} non-empty lines with {shown} values per line; '
         f'expected {_PROFILE_LAYOUTS}.'
     )
   if not np.all(np.isfinite(points)):
-    raise ValueError(f'Malformed profile {path}: contains NaN or infinite values.')
+    raise InputFileError(f'Malformed profile {path}: contains NaN or infinite values.')
   return points.astype(np.float32)
 
 
@@ -86,7 +106,7 @@ def read_profile(path: Path) -> np.ndarray:
   try:
     text = Path(path).read_text()
   except (OSError, UnicodeDecodeError) as err:
-    raise ValueError(f'Cannot read profile {path}: {err}') from err
+    raise InputFileError(f'Cannot read profile {path}: {err}') from err
   return parse_profile(text, path)
 
 
@@ -95,19 +115,19 @@ def read_cf(path: Path) -> float:
   try:
     text = Path(path).read_text()
   except (OSError, UnicodeDecodeError) as err:
-    raise ValueError(f'Cannot read calibration file {path}: {err}') from err
+    raise InputFileError(f'Cannot read calibration file {path}: {err}') from err
   tokens = [t for t in _SEPARATORS.split(text.strip()) if t]
   try:
     if len(tokens) != 1:
       raise ValueError(f'{len(tokens)} values')
     value = float(tokens[0])
   except ValueError as err:
-    raise ValueError(
+    raise InputFileError(
         f'Malformed calibration file {path}: expected exactly one number (mm per pixel), '
         f'got {text.strip()[:80]!r}.'
     ) from err
   if not (np.isfinite(value) and 0.0 < value <= 1.0):
-    raise ValueError(
+    raise InputFileError(
         f'Malformed calibration file {path}: {value} mm/pixel is outside (0, 1]; CUBS '
         'calibration factors are about 0.03-0.10.'
     )

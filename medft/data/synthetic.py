@@ -10,6 +10,10 @@ has a visible but speckled intima-media band between the written LI and MA profi
 are textured reddish ellipses matching their masks, PE volumes have bright vessels with dark
 filling defects at the labelled voxels, informative frames are sharp and the others blurred,
 dark or washed out. Everything is a function of (app, layout, n, seed).
+
+A written folder carries `.medft_synthetic.json` (app, layout, n, seed, file count). `--out`
+must be absent, empty, or such a folder (which is then replaced); any other folder is refused,
+so the twin, whose file names follow the real datasets', never writes over a real download.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from medft.errors import ConfigError, NotOursError, ResourceError, UserError
 
 APP_LAYOUTS = {
     'cimt': ('cubs',),
@@ -38,6 +45,8 @@ FRAMES_CLASSES = {'informative': 1, 'non_informative': 0}
 FRAMES_UNIT_REGEX = r'^(vid\d+)_'
 CIMT_ANNOTATORS = ('A1', 'A2')
 PE_SPACING = (1.5, 0.7, 0.7)  # (z, y, x) mm
+# The marker of a folder this module wrote (what lets `write` replace it).
+MARKER = '.medft_synthetic.json'
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -194,7 +203,7 @@ def cvc_frame_numbers(n: int) -> list[int]:
     for start, end in zip(SEQUENCE_STARTS, ends):
       frames += [f for f in range(start + offset, min(start + offset + 4, end))]
     if offset > LAST_FRAME:
-      raise ValueError(f'CVC-ClinicDB has only {LAST_FRAME} frames; asked for n={n}.')
+      raise ConfigError(f'CVC-ClinicDB has only {LAST_FRAME} frames; asked for n={n}.')
     offset += 4
   return sorted(frames[:n])
 
@@ -310,8 +319,14 @@ def write_cad_pe(out: Path, n: int, seed: int) -> None:
 
 
 def write_dicom_series(folder: Path, volume: np.ndarray, names: list[str], z0: float,
-                       spacing=PE_SPACING) -> None:
-  """Writes volume slice k (physical order, ascending z) to folder/names[k] as CT DICOM."""
+                       spacing=PE_SPACING, orientation=(1, 0, 0, 0, 1, 0),
+                       positions: np.ndarray | None = None, series: str | None = None) -> None:
+  """Writes volume slice k (physical order, ascending z) to folder/names[k] as CT DICOM.
+
+  Axial slices at z0 + k * spacing[0] by default; `orientation` (ImageOrientationPatient) and
+  `positions` ((n, 3) ImagePositionPatient in physical order) write oblique series instead, and
+  `series` sets the SeriesInstanceUID.
+  """
   from medft.data.volumes import require
 
   pydicom = require('pydicom', 'Writing the synthetic FUMPE twin')
@@ -319,11 +334,12 @@ def write_dicom_series(folder: Path, volume: np.ndarray, names: list[str], z0: f
   from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
   folder.mkdir(parents=True, exist_ok=True)
-  series = generate_uid(entropy_srcs=[str(folder.name), 'series'])
+  entropy = [str(folder.name)] if series is None else [series]
+  series = series or generate_uid(entropy_srcs=[str(folder.name), 'series'])
   for k, name in enumerate(names):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(folder.name), str(k)])
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[*entropy, str(k)])
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta
@@ -340,8 +356,9 @@ def write_dicom_series(folder: Path, volume: np.ndarray, names: list[str], z0: f
     ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
     ds.PixelSpacing = [spacing[1], spacing[2]]
     ds.SliceThickness = spacing[0]
-    ds.ImagePositionPatient = [0.0, 0.0, z0 + k * spacing[0]]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = ([0.0, 0.0, z0 + k * spacing[0]] if positions is None
+                               else [float(v) for v in positions[k]])
+    ds.ImageOrientationPatient = [float(v) for v in orientation]
     ds.InstanceNumber = k + 1
     ds.PixelData = (volume[k].astype(np.int32) + 1024).clip(0, 65535).astype('<u2').tobytes()
     try:
@@ -418,20 +435,72 @@ _WRITERS = {
 }
 
 
-def write(app: str, out: str | Path, n: int | None = None, seed: int = 0,
-          layout: str | None = None) -> Path:
-  """Writes a synthetic `app` dataset in the on-disk layout of builder `layout` into out."""
+def _layout(app: str, layout: str | None, n: int | None) -> tuple[str, int]:
+  """The layout and example count, checked (ConfigError naming the bad one)."""
   if app not in APP_LAYOUTS:
-    raise ValueError(f'Unknown app {app!r}; use one of {list(APP_LAYOUTS)}.')
+    raise ConfigError(f'Unknown app {app!r}; use one of {list(APP_LAYOUTS)}.')
   layout = layout or APP_LAYOUTS[app][0]
   if layout not in APP_LAYOUTS[app]:
-    raise ValueError(f'App {app!r} has layouts {list(APP_LAYOUTS[app])}, not {layout!r}.')
+    raise ConfigError(f'App {app!r} has layouts {list(APP_LAYOUTS[app])}, not {layout!r}.')
   n = DEFAULT_N[app] if n is None else int(n)
   if n < 1:
-    raise ValueError(f'n={n} must be positive.')
+    raise ConfigError(f'n={n}: a synthetic dataset needs at least one example; pass --n=1 or '
+                      f'more (default for {app}: {DEFAULT_N[app]}).')
+  return layout, n
+
+
+def is_synthetic(folder: Path) -> bool:
+  """Whether `folder` is a synthetic dataset written here (it holds the marker)."""
+  try:
+    return json.loads((Path(folder) / MARKER).read_text()).get('written_by') == 'medft'
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+def _write_into(folder: Path, app: str, layout: str, n: int, seed: int) -> int:
+  """Writes the dataset into the new, empty `folder` plus its marker; returns the file count
+  (the marker not counted)."""
+  _WRITERS[layout](folder, n, seed)
+  count = sum(1 for p in folder.rglob('*') if p.is_file())
+  (folder / MARKER).write_text(json.dumps({
+      'written_by': 'medft', 'app': app, 'layout': layout, 'n': n, 'seed': seed,
+      'files': count}, indent=2) + '\n')
+  return count
+
+
+def _new_sibling(out: Path) -> Path:
+  try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f'.{out.name}.incomplete.', dir=out.parent))
+  except OSError as e:
+    raise ResourceError(f'--out={out}: cannot write in {out.parent} ({e.strerror}); choose a '
+                        'writable folder.') from None
+
+
+def write(app: str, out: str | Path, n: int | None = None, seed: int = 0,
+          layout: str | None = None) -> Path:
+  """Writes a synthetic `app` dataset in the on-disk layout of builder `layout` into out.
+
+  `out` must not exist, be empty, or hold a synthetic dataset written here (replaced as a
+  whole); anything else raises NotOursError. The data is written to a temporary sibling and
+  renamed into place, so an interrupted call leaves `out` as it was.
+  """
+  layout, n = _layout(app, layout, n)
   out = Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  _WRITERS[layout](out, n, seed)
+  if out.exists() and not out.is_dir():
+    raise NotOursError(f'--out={out} is a file, not a folder; choose a new folder.')
+  if out.is_dir() and any(out.iterdir()) and not is_synthetic(out):
+    raise NotOursError(f'--out={out} is a folder with files medft did not write (no {MARKER}); '
+                       'it is left alone. Choose a new or empty folder.')
+  tmp = _new_sibling(out)
+  try:
+    _write_into(tmp, app, layout, n, seed)
+    if out.is_dir():
+      shutil.rmtree(out)  # empty, or a synthetic dataset written here
+    os.rename(tmp, out)
+  finally:
+    if tmp.exists():
+      shutil.rmtree(tmp)
   return out
 
 
@@ -441,10 +510,10 @@ def write_cached(app: str, out: Path, n: int, seed: int, layout: str) -> Path:
   out = Path(out)
   if out.is_dir():
     return out
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.incomplete.', dir=out.parent))
+  layout, n = _layout(app, layout, n)
+  tmp = _new_sibling(out)
   try:
-    write(app, tmp, n=n, seed=seed, layout=layout)
+    _write_into(tmp, app, layout, n, seed)
     try:
       os.rename(tmp, out)
     except OSError:
@@ -456,19 +525,28 @@ def write_cached(app: str, out: Path, n: int, seed: int, layout: str) -> Path:
   return out
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m medft.data.synthetic',
+                                   description=__doc__.splitlines()[0])
   parser.add_argument('--app', required=True, choices=sorted(APP_LAYOUTS))
   parser.add_argument('--out', required=True, help='folder to write (created if missing)')
   parser.add_argument('--n', type=int, default=None, help='examples (default per app)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--layout', default=None, help='builder layout, e.g. kvasir_seg or fumpe')
   args = parser.parse_args(argv)
-  out = write(args.app, args.out, n=args.n, seed=args.seed, layout=args.layout)
-  files = sum(1 for p in out.rglob('*') if p.is_file())
+  if args.n is not None and args.n < 1:
+    parser.error(f'argument --n: --n={args.n}; a synthetic dataset needs at least one example '
+                 f'(default for {args.app}: {DEFAULT_N[args.app]}).')
+  try:
+    out = write(args.app, args.out, n=args.n, seed=args.seed, layout=args.layout)
+  except UserError as e:
+    print(f'python -m medft.data.synthetic: error: {e}', file=sys.stderr)
+    return 1
+  files = json.loads((out / MARKER).read_text())['files']
   print(f'Wrote {files} files of a synthetic {args.app} dataset '
         f'({args.layout or APP_LAYOUTS[args.app][0]} layout) to {out}')
+  return 0
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

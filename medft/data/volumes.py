@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medft.data.masks import label_components
+from medft.errors import InputFileError, MissingPackageError
 
 PE_EXTRA = 'medft[pe]'
 
@@ -18,7 +19,7 @@ def require(module: str, purpose: str) -> ModuleType:
   try:
     return importlib.import_module(module)
   except ImportError as err:
-    raise ImportError(
+    raise MissingPackageError(
         f'{purpose} needs the optional package {module!r}; install it with '
         f'`pip install "{PE_EXTRA}"` (or `pip install {module if module != "nrrd" else "pynrrd"}`).'
     ) from err
@@ -53,5 +54,5 @@ def clot_labels(reference: np.ndarray) -> np.ndarray:
   if np.all(np.isin(values, (0, 1))) or reference.dtype == bool:
     return label_components(reference)
   if values.min() < 0:
-    raise ValueError(f'Clot reference holds negative labels {values[values < 0][:5]}.')
+    raise InputFileError(f'Clot reference holds negative labels {values[values < 0][:5]}.')
   return reference.astype(np.int32)

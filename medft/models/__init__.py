@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flax import linen as nn
 
+from medft.errors import ConfigError
 from medft.models import alexnet, squeezenet
 
 ARCHS = {
@@ -20,7 +21,7 @@ ARCHS = {
 def get_model(arch: str, num_classes: int, **kwargs) -> tuple[nn.Module, tuple[str, ...]]:
   """Returns the linen module for `arch` and its tuning units (bottom-up)."""
   if arch not in ARCHS:
-    raise ValueError(f'arch={arch!r} is not a known architecture; choose one of '
-                     f'{", ".join(ARCHS)}.')
+    raise ConfigError(f'arch={arch!r} is not a known architecture; choose one of '
+                      f'{", ".join(ARCHS)}.')
   cls, units = ARCHS[arch]
   return cls(num_classes=num_classes, **kwargs), units

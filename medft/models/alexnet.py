@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from medft.errors import ConfigError
 from medft.models.layers import Conv, adaptive_avg_pool, caffe_lrn, max_pool, stage_range
 
 UNITS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
@@ -27,7 +28,7 @@ def kernel_init(scheme: str, std: float):
     return nn.initializers.xavier_uniform()  # Caffe's "xavier" filler is uniform too.
   if scheme == 'he':
     return nn.initializers.he_normal()
-  raise ValueError(f'init scheme {scheme!r}: expected gaussian, xavier or he.')
+  raise ConfigError(f'init scheme {scheme!r}: expected gaussian, xavier or he.')
 
 
 def _classifier(module: nn.Module, x: jax.Array, train: bool, dropout_first: bool,

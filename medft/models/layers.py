@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from medft.errors import ConfigError
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -42,7 +44,7 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, gro
   if impl == 'xla':
     return _conv(x, kernel, stride, padding, groups)
   if impl != 'split':
-    raise ValueError(f'grouped conv impl={impl!r}: expected auto, split or xla.')
+    raise ConfigError(f'grouped conv impl={impl!r}: expected auto, split or xla.')
   xs = jnp.split(x, groups, axis=-1)
   ks = jnp.split(kernel, groups, axis=-1)
   return jnp.concatenate([_conv(a, k, stride, padding, 1) for a, k in zip(xs, ks)], axis=-1)

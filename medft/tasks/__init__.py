@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from medft.errors import ConfigError
+
 
 def get_task(app: str, splits: dict, task_config: Any, seed: int):
   """The task object for a dataset's application (`cimt`, `polyp`, `pe`, `frames`)."""
@@ -19,4 +21,4 @@ def get_task(app: str, splits: dict, task_config: Any, seed: int):
   if app == 'frames':
     from medft.tasks.frames import FramesTask
     return FramesTask(splits, task_config, seed)
-  raise ValueError(f'application {app!r} has no task; available: cimt, polyp, pe, frames.')
+  raise ConfigError(f'application {app!r} has no task; available: cimt, polyp, pe, frames.')

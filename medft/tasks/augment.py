@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from medft.errors import ConfigError
+
 NUM_ORIENTATIONS = 8
 
 
@@ -73,7 +75,7 @@ def box_views(scales: Sequence[float], shift_frac: float, shift_steps: Sequence[
   paper's 10% translations with steps (-1, 0, 1) give a 3 x 3 grid).
   """
   if not 1 <= orientations <= NUM_ORIENTATIONS:
-    raise ValueError(f'orientations={orientations} must be in 1..{NUM_ORIENTATIONS}.')
+    raise ConfigError(f'orientations={orientations} must be in 1..{NUM_ORIENTATIONS}.')
   shifts = [(shift_frac * dy, shift_frac * dx)
             for dy, dx in itertools.product(shift_steps, shift_steps)]
   return [View(float(s), (float(dy), float(dx)), k)
@@ -92,7 +94,7 @@ def random_crop_corners(rng: np.random.Generator, image_hw: Sequence[int], size:
   """(n, 2) top-left corners of `size x size` crops drawn uniformly inside an (H, W) image."""
   h, w = int(image_hw[0]), int(image_hw[1])
   if size > min(h, w):
-    raise ValueError(f'crop size {size} does not fit in a {h}x{w} image; lower the crop size.')
+    raise ConfigError(f'crop size {size} does not fit in a {h}x{w} image; lower the crop size.')
   return np.stack([rng.integers(0, h - size + 1, n), rng.integers(0, w - size + 1, n)], axis=1)
 
 

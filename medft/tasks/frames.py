@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from medft import metrics
+from medft.errors import ConfigError, InputFileError
 from medft.tasks import augment
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -33,11 +34,11 @@ class Frame:
       image = np.repeat(image[..., None], 3, axis=-1)
     label = int(ex['label'])
     if label not in (0, 1):
-      raise ValueError(f'frame {ex.get("id")}: label {label} is not 0 or 1; map the classes to '
-                       'non-informative 0 and informative 1 (config data.classes).')
+      raise InputFileError(f'frame {ex.get("id")}: label {label} is not 0 or 1; map the classes to '
+                           'non-informative 0 and informative 1 (config data.classes).')
     if crop_size > min(image.shape[:2]):
-      raise ValueError(f'frame {ex.get("id")} is {image.shape[0]}x{image.shape[1]}, smaller '
-                       f'than task.crop_size={crop_size}; lower task.crop_size.')
+      raise ConfigError(f'frame {ex.get("id")} is {image.shape[0]}x{image.shape[1]}, smaller '
+                        f'than task.crop_size={crop_size}; lower task.crop_size.')
     return cls(id=str(ex.get('id', '')), unit=str(ex.get('unit', ex.get('id', ''))),
                image=image, label=label)
 

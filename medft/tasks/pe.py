@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from medft import metrics
+from medft.errors import ConfigError, InputFileError
 from medft.tasks import detection
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -263,8 +264,8 @@ class Volume:
     volume, labels = np.asarray(ex['volume']), np.asarray(ex['labels'])
     spacing = np.asarray(ex['spacing'], np.float64)
     if volume.shape != labels.shape:
-      raise ValueError(f'PE volume {ex.get("id")}: volume {volume.shape} and labels '
-                       f'{labels.shape} differ in shape.')
+      raise InputFileError(f'PE volume {ex.get("id")}: volume {volume.shape} and labels '
+                           f'{labels.shape} differ in shape.')
     found = find_candidates(volume, spacing, cfg)
     offset = np.array([b.start for b in found.box])
     lesions = label_candidates(labels[found.box], found.components, found.points - offset)
@@ -303,8 +304,8 @@ class PeTask:
     self.train_pool = self._pool('train')
     for split in ('train', 'validation'):
       if split in self.volumes and not any(c.lesion >= 0 for _, c in self._pool(split)):
-        raise ValueError(f'No {split} candidate hits a clot; check task.vessel_hu, '
-                         'task.defect_hu and task.closing_mm against the volumes.')
+        raise ConfigError(f'No {split} candidate hits a clot; check task.vessel_hu, '
+                          'task.defect_hu and task.closing_mm against the volumes.')
     self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
   def _pool(self, split: str) -> list[tuple[int, Candidate]]:

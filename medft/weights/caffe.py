@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medft.errors import InputFileError
+
 log = logging.getLogger(__name__)
 
 # SHA-1 of BVLC's models/bvlc_alexnet/bvlc_alexnet.caffemodel (its readme lists it).
@@ -45,16 +47,16 @@ def _blob_array(blob, where: str) -> np.ndarray:
   else:
     shape = None
   if len(blob.data) and len(blob.double_data):
-    raise ValueError(f'{where} holds both float and double data; the file is damaged.')
+    raise InputFileError(f'{where} holds both float and double data; the file is damaged.')
   values = blob.double_data if len(blob.double_data) else blob.data
   if shape is None:
     shape = (len(values),)
   if any(d < 0 for d in shape):
-    raise ValueError(f'{where} has a negative dimension {shape}; the file is damaged.')
+    raise InputFileError(f'{where} has a negative dimension {shape}; the file is damaged.')
   count = math.prod(shape)  # exact Python int: a huge claimed shape cannot overflow
   if count != len(values):
-    raise ValueError(f'{where} claims shape {shape} ({count} values) but holds {len(values)} '
-                     f'values; the file is damaged or truncated.')
+    raise InputFileError(f'{where} claims shape {shape} ({count} values) but holds {len(values)} '
+                         f'values; the file is damaged or truncated.')
   dtype = np.float64 if len(blob.double_data) else np.float32
   return np.asarray(values, dtype=dtype).astype(np.float32, copy=False).reshape(shape)
 
@@ -75,10 +77,10 @@ def read_net(path: Path):
 
   size = path.stat().st_size
   if size == 0:
-    raise ValueError(f'{path}: the file is empty; expected a binary .caffemodel.')
+    raise InputFileError(f'{path}: the file is empty; expected a binary .caffemodel.')
   if size > _MAX_PROTOBUF_BYTES:
-    raise ValueError(f'{path}: {size} bytes is more than a protobuf message can hold (2 GiB); '
-                     f'not a .caffemodel.')
+    raise InputFileError(f'{path}: {size} bytes is more than a protobuf message can hold (2 GiB); '
+                         f'not a .caffemodel.')
   data = path.read_bytes()
   try:
     return schema.NetParameter.FromString(data)
@@ -86,7 +88,7 @@ def read_net(path: Path):
     hint = (' It looks like text: a .prototxt describes the network but holds no weights; '
             'pass the binary .caffemodel.' if _looks_like_text(data[:512]) else
             ' The file is truncated, damaged or not a binary Caffe model (.caffemodel).')
-    raise ValueError(f'{path}: cannot be parsed as a Caffe NetParameter ({e}).{hint}') from None
+    raise InputFileError(f'{path}: cannot be parsed as a Caffe NetParameter ({e}).{hint}') from None
 
 
 def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
@@ -107,13 +109,13 @@ def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
     if not len(blobs):
       continue
     if name in layers:
-      raise ValueError(f'{path}: two layers named {name!r} hold weights; the file is damaged.')
+      raise InputFileError(f'{path}: two layers named {name!r} hold weights; the file is damaged.')
     names = ['weight', 'bias'] + [f'blob{i}' for i in range(2, len(blobs))]
     layers[name] = {n: _blob_array(b, f'{path}: layer {name!r} ({kind}) blob {i}')
                     for i, (n, b) in enumerate(zip(names, blobs))}
   if not layers:
-    raise ValueError(f'{path}: parsed as a Caffe NetParameter but holds no layer with weights '
-                     f'({len(entries)} layers); expected a trained .caffemodel.')
+    raise InputFileError(f'{path}: parsed as a Caffe NetParameter but holds no layer with weights '
+                         f'({len(entries)} layers); expected a trained .caffemodel.')
   order = [name for name, _, _ in entries]
   if 'pool1' in order and 'norm1' in order and order.index('pool1') < order.index('norm1'):
     log.warning('%s: pools before LRN, like CaffeNet (bvlc_reference_caffenet); medft\'s '

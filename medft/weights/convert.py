@@ -25,7 +25,8 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 from flax import traverse_util
 
-from medft.weights.store import Meta, Params, describe_misfit, save_artifact
+from medft.errors import ConfigError, InputFileError, MissingInputError, NotOursError
+from medft.weights.store import Meta, Params, describe_misfit, refuse_unless_artifact, save_artifact
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ Layers = dict[str, dict[str, np.ndarray]]
 def _vector(b: np.ndarray, where: str) -> np.ndarray:
   """A bias; Caffe's legacy 4-d blobs store it as (1, 1, 1, n)."""
   if b.ndim == 0 or b.size != b.shape[-1]:
-    raise ValueError(f'{where}: bias has shape {b.shape}, expected a vector.')
+    raise InputFileError(f'{where}: bias has shape {b.shape}, expected a vector.')
   return b.reshape(-1)
 
 
@@ -50,7 +51,7 @@ def _matrix(w: np.ndarray, where: str) -> np.ndarray:
   if w.ndim == 4 and w.shape[:2] == (1, 1):
     w = w.reshape(w.shape[2:])
   if w.ndim != 2:
-    raise ValueError(f'{where}: weight has shape {w.shape}, expected (out, in).')
+    raise InputFileError(f'{where}: weight has shape {w.shape}, expected (out, in).')
   return w
 
 
@@ -58,14 +59,15 @@ def _conv_oihw(p: dict, where: str, _: Params) -> dict:
   """Caffe/PyTorch conv: (out, in // groups, kh, kw) -> Flax (kh, kw, in // groups, out)."""
   w = p['weight']
   if w.ndim != 4:
-    raise ValueError(f'{where}: weight has shape {w.shape}, expected (out, in/groups, kh, kw).')
+    raise InputFileError(f'{where}: weight has shape {w.shape}, expected (out, in/groups, kh, kw).')
   return {'kernel': w.transpose(2, 3, 1, 0), 'bias': _vector(p['bias'], where)}
 
 
 def _conv_hwio(p: dict, where: str, _: Params) -> dict:
   """Keras conv: already (kh, kw, in, out)."""
   if p['kernel'].ndim != 4:
-    raise ValueError(f'{where}: kernel has shape {p["kernel"].shape}, expected (kh, kw, in, out).')
+    raise InputFileError(f'{where}: kernel has shape {p["kernel"].shape}, expected '
+                         '(kh, kw, in, out).')
   return {'kernel': p['kernel'], 'bias': _vector(p['bias'], where)}
 
 
@@ -86,8 +88,8 @@ def _dense_oi_chw(channels_from: str) -> Callable[[dict, str, Params], dict]:
     out, inputs = w.shape
     side = math.isqrt(inputs // channels) if inputs % channels == 0 else 0
     if side * side * channels != inputs:
-      raise ValueError(f'{where}: {inputs} inputs are not a square map of the {channels} '
-                       f'channels of {channels_from}; the file is not this architecture.')
+      raise InputFileError(f'{where}: {inputs} inputs are not a square map of the {channels} '
+                           f'channels of {channels_from}; the file is not this architecture.')
     w = w.reshape(out, channels, side, side).transpose(2, 3, 1, 0).reshape(inputs, out)
     return {'kernel': w, 'bias': _vector(p['bias'], where)}
   return layout
@@ -198,13 +200,13 @@ def to_flax(layers: Layers, format: str, arch: str, src: str) -> Params:
     looks_like = (f' The layout looks like {guess[1]}: pass --arch={guess[1]}.' if same_naming
                   else f' The layout looks like {guess[1]} in {guess[0]} naming.')
   if arch not in tables:
-    raise ValueError(f'{src}: --format={format} converts {", ".join(tables)}, not '
-                     f'--arch={arch}.{looks_like}')
+    raise ConfigError(f'{src}: --format={format} converts {", ".join(tables)}, not '
+                      f'--arch={arch}.{looks_like}')
   rows, head = tables[arch], _head(arch)
   missing = [r.source for r in rows if r.source not in layers and r.unit != head]
   unexpected = sorted(set(layers) - {r.source for r in rows})
   if missing or unexpected:
-    raise ValueError(
+    raise InputFileError(
         f'{src}: not a {format} file of {arch}.{looks_like} Layers the {arch} table expects '
         f'but the file lacks: {missing[:8] or "none"}; layers in the file the table does not '
         f'know: {unexpected[:8] or "none"}.')
@@ -218,13 +220,13 @@ def to_flax(layers: Layers, format: str, arch: str, src: str) -> Params:
     wanted = _SOURCE_PARAMS.get(row.layout, ('weight', 'bias'))
     found = layers[row.source]
     if sorted(found) != sorted(wanted):
-      raise ValueError(f'{where} holds {sorted(found)}, expected {list(wanted)}.')
+      raise InputFileError(f'{where} holds {sorted(found)}, expected {list(wanted)}.')
     params = row.layout(found, where, converted)
     converted[row.unit] = {k: np.ascontiguousarray(v, dtype=np.float32)
                            for k, v in params.items()}
   for path, value in traverse_util.flatten_dict(converted, sep='/').items():
     if not np.isfinite(value).all():
-      raise ValueError(f'{src}: {path} holds NaN or infinite values; the file is damaged.')
+      raise InputFileError(f'{src}: {path} holds NaN or infinite values; the file is damaged.')
   return traverse_util.unflatten_dict(converted, sep='/')
 
 
@@ -256,7 +258,7 @@ def check_fits(params: Params, meta: Meta, src: str, model_kwargs: dict | None =
                      f'{tuple(flat_expected[k].shape)}' for k in flat
                      if k in flat_expected and flat[k].shape != tuple(flat_expected[k].shape))
   if missing or unexpected or misshaped:
-    raise ValueError(describe_misfit(
+    raise InputFileError(describe_misfit(
         f'{src}: the converted weights do not fit {meta.arch} '
         f'(input {meta.input_size[0]}x{meta.input_size[1]}):', missing, unexpected, misshaped,
         'The file holds another variant of the network (channel widths, groups or input size '
@@ -287,17 +289,19 @@ def read_weights(src: str | Path, format: str, arch: str, *, model_kwargs: dict 
   from medft.weights import caffe, keras, safetensors, torch
   readers = {'caffe': caffe, 'torch': torch, 'safetensors': safetensors, 'keras': keras}
   if format not in readers:
-    raise ValueError(f'--format={format!r} is unknown; choose one of {", ".join(FORMATS)}.')
+    raise ConfigError(f'--format={format!r} is unknown; choose one of {", ".join(FORMATS)}.')
   from medft.models import ARCHS
   if arch not in ARCHS:
-    raise ValueError(f'--arch={arch!r} is unknown; choose one of {", ".join(ARCHS)}.')
+    raise ConfigError(f'--arch={arch!r} is unknown; choose one of {", ".join(ARCHS)}.')
   path = Path(src)
   if not path.is_file():
-    raise FileNotFoundError(f'--src={src}: no such file.')
+    raise MissingInputError(f'--src={src}: no such file.')
   reader = readers[format]
   sha1, sha256 = _digests(path)
   layers = reader.read_layers(path)
-  params = to_flax(layers, format, arch, str(path))
+  source_dtype = ','.join(sorted({str(np.asarray(v).dtype) for d in layers.values()
+                                  for v in d.values()}))
+  params = to_flax(layers, format, arch, str(path))  # float32 whatever the source dtype
   if format == 'caffe':
     caffe.log_provenance(path, sha1, arch)
   if arch == 'squeezenet1_1' and format != 'keras':
@@ -306,10 +310,13 @@ def read_weights(src: str | Path, format: str, arch: str, *, model_kwargs: dict 
   head = params.get(_head(arch))
   meta = Meta(arch=arch, source_format=format, source_file=path.name, source_sha256=sha256,
               num_source_classes=int(head['kernel'].shape[-1]) if head else 0,
-              **reader.INPUT[arch])
+              source_dtype=source_dtype, **reader.INPUT[arch])
   if input_size is not None:
     meta.input_size = tuple(input_size)
   check_fits(params, meta, str(path), model_kwargs)
+  if source_dtype != 'float32':
+    log.info('%s: source tensors are %s; converted to float32 (recorded in meta.json as '
+             'source_dtype).', path, source_dtype)
   log.info('%s: %d parameter arrays converted to %s (%s, %d source classes).', path,
            len(traverse_util.flatten_dict(params)), arch, format, meta.num_source_classes)
   return params, meta
@@ -321,7 +328,9 @@ def convert(src: str | Path, format: str, arch: str, out: str | Path, *,
   """Converts `src` and writes the artifact to `out`; returns its path."""
   out = Path(out)
   if out.exists() and not overwrite:
-    raise FileExistsError(f'--out={out} already exists; choose another folder or remove it.')
+    raise NotOursError(f'--out={out} already exists; choose another folder or remove it.')
+  if out.exists():  # checked before reading --src: a refused --out costs nothing
+    refuse_unless_artifact(out)
   params, meta = read_weights(src, format, arch, model_kwargs=model_kwargs,
                               input_size=input_size)
   return save_artifact(out, params, meta, overwrite=overwrite)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medft.errors import InputFileError, MissingPackageError
+
 INPUT = {'squeezenet1_1': dict(channel_order='BGR', scale=255.0, mean=(104.0, 117.0, 123.0),
                                std=(1.0, 1.0, 1.0), input_size=(227, 227))}
 
@@ -113,13 +115,13 @@ def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
   try:
     import h5py
   except ImportError:
-    raise ImportError('--format=keras needs h5py, an optional extra of medft: '
-                      'pip install "medft[weights]" (or pip install h5py).') from None
+    raise MissingPackageError('--format=keras needs h5py, an optional extra of medft: '
+                              'pip install "medft[weights]" (or pip install h5py).') from None
   try:
     with h5py.File(path, 'r') as f:
       return _read(h5py, f, path)
   except _NotKerasWeights:
     raise
   except Exception as e:  # h5py raises OSError, KeyError, ValueError, ... for damaged files
-    raise ValueError(f'{path}: cannot be read as Keras HDF5 weights ({type(e).__name__}: '
-                     f'{e}). The file is truncated or not an HDF5 file.') from None
+    raise InputFileError(f'{path}: cannot be read as Keras HDF5 weights ({type(e).__name__}: '
+                         f'{e}). The file is truncated or not an HDF5 file.') from None

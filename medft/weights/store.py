@@ -4,8 +4,11 @@ Artifact layout (written atomically: a temporary sibling folder renamed into pla
   DIR/params/     orbax pytree in the Flax layout, top-level keys = tuning units
   DIR/meta.json   {arch, source_format, source_file, source_sha256, num_source_classes,
                    channel_order: "RGB"|"BGR", scale: 1|255, mean: [c0, c1, c2],
-                   std: [c0, c1, c2], input_size: [h, w]}
+                   std: [c0, c1, c2], input_size: [h, w], source_dtype, written_by: "medft"}
 `mean` and `std` are per channel, in `channel_order`, on the `scale` the network expects.
+`source_dtype` names the dtypes of the source file's tensors (e.g. "bfloat16"); params are
+always float32. `written_by` is medft's marker: `save_artifact(..., overwrite=True)` replaces
+only a folder whose meta.json carries it, never a folder medft did not write.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from typing import Any, Iterable
 import numpy as np
 from flax import traverse_util
 
+from medft.errors import InputFileError, MissingInputError, NotOursError
+
 Params = dict[str, Any]
+MARKER = 'medft'
 
 
 @dataclasses.dataclass
@@ -37,6 +43,8 @@ class Meta:
   source_file: str = ''
   source_sha256: str = ''
   num_source_classes: int = 0
+  source_dtype: str = ''      # dtypes of the source tensors, e.g. 'bfloat16' (params: float32)
+  written_by: str = MARKER    # medft's marker (what lets --overwrite replace the folder)
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
@@ -48,11 +56,11 @@ class Meta:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - fields
     if unknown or 'arch' not in d:
-      raise ValueError(f'{source}: not a medft weights description (unknown keys '
-                       f'{sorted(unknown)}, arch present: {"arch" in d}). Re-create it with '
-                       f'`python -m medft.weights.convert`.')
+      raise InputFileError(f'{source}: not a medft weights description (unknown keys '
+                           f'{sorted(unknown)}, arch present: {"arch" in d}). Re-create it with '
+                           f'`python -m medft.weights.convert`.')
     if d.get('channel_order', 'RGB') not in ('RGB', 'BGR'):
-      raise ValueError(f'{source}: channel_order={d["channel_order"]!r}, expected RGB or BGR.')
+      raise InputFileError(f'{source}: channel_order={d["channel_order"]!r}, expected RGB or BGR.')
     d = dict(d)
     for key in ('mean', 'std', 'input_size'):
       if key in d:
@@ -76,7 +84,10 @@ def save_artifact(out_dir: str | os.PathLike, params: Params, meta: Meta,
   """Writes `params` and `meta` to `out_dir`; never leaves a half-written folder."""
   out = Path(out_dir).absolute()
   if out.exists() and not overwrite:
-    raise FileExistsError(f'{out} already exists; choose another --out or remove it first.')
+    raise NotOursError(f'{out} already exists; choose another --out or remove it first.')
+  if out.exists():
+    refuse_unless_artifact(out)
+  meta = dataclasses.replace(meta, written_by=MARKER)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
   try:
@@ -95,26 +106,46 @@ def save_artifact(out_dir: str | os.PathLike, params: Params, meta: Meta,
   return out
 
 
+def is_artifact(path: str | os.PathLike) -> bool:
+  """Whether `path` is a weights folder medft wrote: params/ and a meta.json with its marker."""
+  path = Path(path)
+  try:
+    meta = json.loads((path / 'meta.json').read_text())
+  except (OSError, ValueError):
+    return False
+  return (path.is_dir() and isinstance(meta, dict) and meta.get('written_by') == MARKER
+          and (path / 'params').is_dir())
+
+
+def refuse_unless_artifact(path: str | os.PathLike) -> None:
+  """NotOursError unless `path` holds a weights artifact medft wrote (so it may replace it)."""
+  if not is_artifact(path):
+    raise NotOursError(
+        f'--out={path} exists and is not a medft weights folder (no params/ and meta.json '
+        f'with written_by={MARKER!r}), so --overwrite does not replace it; choose another '
+        '--out, or move that folder away yourself.')
+
+
 def load_artifact(path: str | os.PathLike) -> tuple[Params, Meta]:
   """Reads an artifact written by `save_artifact` (or `python -m medft.weights.convert`)."""
   path = Path(path)
   meta_file, params_dir = path / 'meta.json', path / 'params'
   if not path.exists():
-    raise FileNotFoundError(f'init={path}: no such folder. Pass the --out folder of '
+    raise MissingInputError(f'init={path}: no such folder. Pass the --out folder of '
                             f'`python -m medft.weights.convert`.')
   if not meta_file.is_file() or not params_dir.is_dir():
-    raise ValueError(f'init={path}: not a converted-weights folder (expected meta.json and '
-                     f'params/ inside). Convert the original file with '
-                     f'`python -m medft.weights.convert --src=FILE --format=... --out={path}`.')
+    raise InputFileError(f'init={path}: not a converted-weights folder (expected meta.json and '
+                         f'params/ inside). Convert the original file with '
+                         f'`python -m medft.weights.convert --src=FILE --format=... --out={path}`.')
   try:
     meta = Meta.from_json(json.loads(meta_file.read_text()), str(meta_file))
   except json.JSONDecodeError as e:
-    raise ValueError(f'{meta_file}: not valid JSON ({e}); re-run the converter.') from None
+    raise InputFileError(f'{meta_file}: not valid JSON ({e}); re-run the converter.') from None
   try:
     restored = _checkpointer().restore(params_dir.absolute())
   except Exception as e:  # orbax raises many types for a damaged folder.
-    raise ValueError(f'{params_dir}: cannot read the parameters ({type(e).__name__}: {e}); '
-                     f're-run the converter.') from None
+    raise InputFileError(f'{params_dir}: cannot read the parameters ({type(e).__name__}: {e}); '
+                         f're-run the converter.') from None
   params = jax_free_tree(restored)
   return params, meta
 
@@ -157,7 +188,7 @@ def merge_params(loaded: Params, init: Params, dont_load: Iterable[str] = (),
       for k in flat_init if keep(k) and k in flat_loaded
       and np.shape(flat_loaded[k]) != np.shape(flat_init[k]))
   if missing or unexpected or misshaped:
-    raise ValueError(describe_misfit(
+    raise InputFileError(describe_misfit(
         f'{source} do not fit the model:', missing, unexpected, misshaped,
         'Check that arch= matches the weights (and width/num_classes), or list the units to '
         'skip in dont_load.'))

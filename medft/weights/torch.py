@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medft.errors import InputFileError, MissingPackageError
+
 _TORCHVISION_INPUT = dict(channel_order='RGB', scale=1.0, mean=(0.485, 0.456, 0.406),
                           std=(0.229, 0.224, 0.225), input_size=(224, 224))
 INPUT = {'alexnet_torchvision': _TORCHVISION_INPUT, 'squeezenet1_1': _TORCHVISION_INPUT}
@@ -31,9 +33,10 @@ def import_torch():
   try:
     import torch
   except ImportError:
-    raise ImportError('--format=torch needs PyTorch, an optional extra of medft: '
-                      'pip install "medft[torch]" (or pip install torch). A .safetensors copy '
-                      'of the weights converts without it (--format=safetensors).') from None
+    raise MissingPackageError('--format=torch needs PyTorch, an optional extra of medft: '
+                              'pip install "medft[torch]" (or pip install torch). A '
+                              '.safetensors copy of the weights converts without it '
+                              '(--format=safetensors).') from None
   return torch
 
 
@@ -46,11 +49,11 @@ def group_by_layer(tensors: dict[str, np.ndarray], src: Path) -> dict[str, dict[
   for name, value in tensors.items():
     layer, _, param = name.rpartition('.')
     if not layer:
-      raise ValueError(f'{src}: tensor name {name!r} is not "<layer>.<param>"; expected a '
-                       f'torchvision-style state_dict.')
+      raise InputFileError(f'{src}: tensor name {name!r} is not "<layer>.<param>"; expected a '
+                           f'torchvision-style state_dict.')
     layers.setdefault(layer, {})[param] = value
   if not layers:
-    raise ValueError(f'{src}: holds no tensors; expected a state_dict.')
+    raise InputFileError(f'{src}: holds no tensors; expected a state_dict.')
   return layers
 
 
@@ -60,21 +63,22 @@ def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
   try:
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # torch raises pickle, zip and runtime errors for bad files
-    raise ValueError(f'{path}: cannot be read as a PyTorch state_dict with weights_only=True '
-                     f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). The '
-                     f'file is truncated, not a torch.save file, or holds pickled code (a '
-                     f'whole model): save model.state_dict() and convert that.') from None
+    raise InputFileError(f'{path}: cannot be read as a PyTorch state_dict with weights_only=True '
+                         f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). The '
+                         f'file is truncated, not a torch.save file, or holds pickled code (a '
+                         f'whole model): save model.state_dict() and convert that.') from None
   for key in _NESTED_KEYS:
     if isinstance(obj, dict) and isinstance(obj.get(key), dict):
       obj = obj[key]
       break
   if not isinstance(obj, dict):
-    raise ValueError(f'{path}: holds a {type(obj).__name__}, expected a state_dict (a dict of '
-                     f'tensors).')
+    raise InputFileError(f'{path}: holds a {type(obj).__name__}, expected a state_dict (a dict of '
+                         f'tensors).')
   tensors = {}
   for name, value in obj.items():
     if not isinstance(value, torch.Tensor):
-      raise ValueError(f'{path}: entry {name!r} is a {type(value).__name__}, expected a tensor.')
+      raise InputFileError(f'{path}: entry {name!r} is a {type(value).__name__}, expected a '
+                           'tensor.')
     if value.is_floating_point():
       tensors[str(name)] = value.detach().to(torch.float32).numpy()
   return group_by_layer(tensors, path)
