@@ -19,6 +19,7 @@ Its output, and what it means, is in docs/candidate_recall_kvasir.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -87,7 +88,8 @@ def main(argv=None) -> int:
     c.data.test_share = args.test_share
   with tempfile.TemporaryDirectory(prefix='candidate-recall-') as tmp:
     c.data.data_dir = tmp
-    ds = data.load(c.data)
+    with contextlib.redirect_stdout(sys.stderr):  # TFDS's preparation messages
+      ds = data.load(c.data)
     names = ('test',) if args.split == 'test' else ('train', 'validation')
     examples = [ex for name in names for ex in ds.splits[name]]
   d = c.data

@@ -107,7 +107,7 @@ def generator_names(spec: str) -> list[str]:
   """The registered generators named by `task.generator` ('dog', or a union such as 'dog+grid')."""
   names = [n.strip() for n in str(spec).split('+')]
   unknown = [n for n in names if n not in GENERATORS]
-  if unknown or not names:
+  if unknown:
     raise ConfigError(f'task.generator={spec!r}: unknown generator {", ".join(map(repr, unknown))}'
                       f'; available: {", ".join(sorted(GENERATORS))} (join several with "+", '
                       'e.g. dog+grid).')
@@ -119,9 +119,9 @@ def generate(image: np.ndarray, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
 
   For a union 'a+b' the generators run in that order. A candidate is dropped when its centre
   is darker than `min_brightness` (mean of the 5x5 pixels around it, channels averaged, 0..1:
-  the black frame border and overlays, never tissue), or when it comes from a later generator
-  and the centre of a kept candidate lies within `dedup_frac` of its own box side (a grid box
-  whose cell a blob candidate already covers costs test views and adds no hit).
+  the black frame border and overlays; lit mucosa is far brighter), or when it comes from a
+  later generator and the centre of a kept candidate lies within `dedup_frac` of its own box
+  side (a grid box whose cell a blob candidate already covers costs test views, adds no hit).
   """
   kept_c, kept_s = np.zeros((0, 2)), np.zeros(0)
   bright = None
