@@ -4,19 +4,24 @@ The paper's candidate generator is not public, so candidates come from the frame
 through a pluggable generator (`GENERATORS`, chosen by `task.generator`): `dog` takes local
 maxima of a scale-normalised difference-of-Gaussians response of redness and brightness (a
 cheap blob detector; the box side follows from the blob scale), `grid` tiles the frame with
-boxes of a few sizes. A candidate whose centre lies inside the polyp mask is positive and hits
-the connected mask component (the lesion) under its centre; every other candidate is a false
-positive. Training draws candidates class-balanced (negatives down-sampled) with a random view:
-3 scales of the box, shifts of 10% of the box on both axes and 8 orientations. At test time a
-candidate's score is the mean probability over all of its views, and the detector is scored
-by FROC (sensitivity vs false positives per frame) and candidate ROC AUC, with 95% bootstrap
-intervals over units (video sequences; a Kvasir frame is its own unit).
+boxes of a few sizes. Names joined by '+' (the default `dog+grid`) take the union of those
+generators (see `generate`): the blob detector finds small polyps, the coarse grid the large
+smooth ones that give no blob maximum inside them, which otherwise cap the study's sensitivity
+(docs/candidate_recall_kvasir.md). A candidate whose centre lies inside the polyp mask is
+positive and hits the connected mask component (the lesion) under its centre; every other
+candidate is a false positive. Training draws candidates class-balanced (negatives
+down-sampled) with a random view: 3 scales of the box, shifts of 10% of the box on both axes
+and 8 orientations. At test time a candidate's score is the mean probability over all of its
+views, and the detector is scored by FROC (sensitivity vs false positives per frame) and
+candidate ROC AUC, with 95% bootstrap intervals over units (video sequences; a Kvasir frame is
+its own unit).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+import time
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -24,6 +29,7 @@ from skimage import feature, transform
 
 from medft import metrics
 from medft.data.masks import label_components
+from medft.errors import ConfigError
 from medft.tasks import augment, detection
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -97,6 +103,47 @@ def grid_candidates(image: np.ndarray, cfg: Any) -> tuple[np.ndarray, np.ndarray
   return np.concatenate(centres), np.concatenate(sides)
 
 
+def generator_names(spec: str) -> list[str]:
+  """The registered generators named by `task.generator` ('dog', or a union such as 'dog+grid')."""
+  names = [n.strip() for n in str(spec).split('+')]
+  unknown = [n for n in names if n not in GENERATORS]
+  if unknown:
+    raise ConfigError(f'task.generator={spec!r}: unknown generator {", ".join(map(repr, unknown))}'
+                      f'; available: {", ".join(sorted(GENERATORS))} (join several with "+", '
+                      'e.g. dog+grid).')
+  return names
+
+
+def generate(image: np.ndarray, cfg: Any) -> tuple[np.ndarray, np.ndarray]:
+  """Candidates of `task.generator` on `image`: (centres (K, 2) yx, sides (K,)) in its pixels.
+
+  For a union 'a+b' the generators run in that order. A candidate is dropped when its centre
+  is darker than `min_brightness` (mean of the 5x5 pixels around it, channels averaged, 0..1:
+  the black frame border and overlays; lit mucosa is far brighter), or when it comes from a
+  later generator and the centre of a kept candidate lies within `dedup_frac` of its own box
+  side (a grid box whose cell a blob candidate already covers costs test views, adds no hit).
+  """
+  kept_c, kept_s = np.zeros((0, 2)), np.zeros(0)
+  bright = None
+  if cfg.min_brightness > 0:
+    bright = ndimage.uniform_filter(image.astype(np.float32).mean(axis=-1) / 255.0, 5,
+                                    mode='nearest')
+  for k, name in enumerate(generator_names(cfg.generator)):
+    centres, sides = GENERATORS[name](image, cfg)
+    centres, sides = np.asarray(centres, np.float64).reshape(-1, 2), np.asarray(sides, np.float64)
+    keep = np.ones(len(sides), bool)
+    if bright is not None and len(sides):
+      rows = np.clip(np.rint(centres[:, 0]).astype(np.int64), 0, image.shape[0] - 1)
+      cols = np.clip(np.rint(centres[:, 1]).astype(np.int64), 0, image.shape[1] - 1)
+      keep &= bright[rows, cols] >= cfg.min_brightness
+    if k and len(kept_s) and len(sides):
+      nearest = np.linalg.norm(centres[:, None] - kept_c[None], axis=-1).min(axis=1)
+      keep &= nearest > cfg.dedup_frac * sides
+    kept_c = np.concatenate([kept_c, centres[keep]])
+    kept_s = np.concatenate([kept_s, sides[keep]])
+  return kept_c, kept_s
+
+
 def label_candidates(mask: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, int]:
   """(lesion id per candidate: mask component 1..K under its centre or -1, K)."""
   components = label_components(mask)
@@ -128,7 +175,7 @@ class Frame:
                        'differ in size.')
     factor = min(1.0, cfg.frame_max_side / max(mask.shape))
     image = _resize(image, factor)
-    centres, sides = GENERATORS[cfg.generator](image, cfg)
+    centres, sides = generate(image, cfg)
     # Labels are read on the full-resolution mask.
     full_centres = (centres + 0.5) / factor - 0.5
     lesions, num_lesions = label_candidates(mask, full_centres)
@@ -145,15 +192,40 @@ class Frame:
                                 np.maximum(comp_sides * factor, cfg.min_box)))
 
 
+def candidate_recall(examples: Iterable[dict], cfg: Any) -> dict:
+  """Candidate recall of `examples`: lesions some candidate hits / lesions (the sensitivity cap).
+
+  Each example becomes its `Frame` exactly as the task makes it (resize, `task.generator`,
+  labels on the full-resolution mask), timed. Returns the totals, candidates per frame (mean
+  and max), milliseconds per frame and `per_unit` rows {unit, lesions, lesions_hit}.
+  """
+  units: dict[str, dict] = {}
+  counts, seconds = [], 0.0
+  for ex in examples:
+    start = time.perf_counter()
+    frame = Frame.from_example(ex, cfg)
+    seconds += time.perf_counter() - start
+    counts.append(len(frame.sides))
+    u = units.setdefault(frame.unit, {'unit': frame.unit, 'lesions': 0, 'lesions_hit': 0})
+    u['lesions'] += frame.num_lesions
+    u['lesions_hit'] += len(set(frame.lesions[frame.lesions >= 0].tolist()))
+  lesions = sum(u['lesions'] for u in units.values())
+  hit = sum(u['lesions_hit'] for u in units.values())
+  return {'frames': len(counts), 'lesions': lesions, 'lesions_hit': hit,
+          'recall': hit / lesions if lesions else float('nan'),
+          'candidates_per_frame': float(np.mean(counts)) if counts else 0.0,
+          'max_candidates_per_frame': int(max(counts, default=0)),
+          'ms_per_frame': 1000 * seconds / max(len(counts), 1),
+          'per_unit': list(units.values())}
+
+
 class PolypTask:
   """Candidate sampling, test-time averaging and FROC evaluation for polyp detection."""
   app = 'polyp'
   num_classes = 2
 
   def __init__(self, splits: dict[str, Sequence[dict]], task_config: Any, seed: int):
-    if task_config.generator not in GENERATORS:
-      raise ValueError(f'task.generator={task_config.generator!r} is unknown; available: '
-                       f'{", ".join(sorted(GENERATORS))}.')
+    generator_names(task_config.generator)  # an unknown name is refused before any work
     self.cfg = task_config
     self.seed = seed
     self.views = augment.box_views(task_config.scales, task_config.shift_frac,
