@@ -27,6 +27,7 @@ from medft.errors import ResourceError
 MARKER = '.medft'
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+_NOT_A_FOLDER = (errno.ENOTDIR, errno.EEXIST)
 
 
 def _mib(n: float) -> str:
@@ -50,7 +51,7 @@ def _fault(e: BaseException | None) -> OSError | None:
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in _FULL + _READ_ONLY:
+    if isinstance(e, OSError) and e.errno in _FULL + _READ_ONLY + _NOT_A_FOLDER:
       return e
     e = e.__cause__ or e.__context__
   return None
@@ -82,6 +83,10 @@ def resource_error(e: BaseException, folder: str | os.PathLike, step: str,
     return _resource(
         cause.errno, f'the disk holding {folder} is full ({left}) and writing {step} needs '
         f'more{need}. Free some space there, or point the run at a folder on a larger disk.')
+  if cause.errno in _NOT_A_FOLDER:
+    return _resource(
+        cause.errno, f'{folder} cannot be created: a file stands where a folder is needed on '
+        f'that path ({cause.filename or folder}). Choose a writable folder.')
   return _resource(
       cause.errno, f'{folder} is read-only ({os.strerror(cause.errno)}), so {step}{need} '
       'cannot be written there. Make it writable, or choose a writable folder.')
