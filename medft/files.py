@@ -51,7 +51,7 @@ def _fault(e: BaseException | None) -> OSError | None:
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
-    if isinstance(e, OSError) and e.errno in _FULL + _READ_ONLY + _NOT_A_FOLDER:
+    if isinstance(e, OSError) and e.errno in _FULL + _READ_ONLY:
       return e
     e = e.__cause__ or e.__context__
   return None
@@ -74,6 +74,8 @@ def resource_error(e: BaseException, folder: str | os.PathLike, step: str,
   if isinstance(e, ResourceError):
     return e
   cause = _fault(e)
+  if cause is None and isinstance(e, OSError) and e.errno in _NOT_A_FOLDER:
+    cause = e  # only as raised by make_dirs: a file in the way of a folder
   if cause is None:
     return e
   need = f' (about {_mib(needs)})' if needs else ''

@@ -38,9 +38,10 @@ class Progress:
   """Counts work done in a phase and logs count, rate and (with `total`) share and ETA."""
 
   def __init__(self, what: str, unit: str = 'items', total: int | None = None,
-               every_s: float = EVERY_S, log: Callable[..., None] = logging.info):
+               every_s: float | None = None, log: Callable[..., None] | None = None):
     self.what, self.unit, self.total = what, unit, total
-    self.every_s, self._log = every_s, log
+    self.every_s = EVERY_S if every_s is None else every_s
+    self._log = log or logging.info
     self.count = 0
     self.t0 = self._last = time.time()
     self.lines = 0

@@ -127,7 +127,7 @@ def trained_anything(workdir: Path) -> bool:
   metrics = workdir / 'metrics.jsonl'
   if (workdir / 'results.json').exists() or (metrics.exists() and metrics.stat().st_size):
     return True
-  return any((workdir / 'checkpoints' / kind).glob('[0-9]*')
+  return any(any((workdir / 'checkpoints' / kind).glob('[0-9]*'))
              for kind in ('latest', 'best'))
 
 
@@ -150,8 +150,11 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
     except (json.JSONDecodeError, UnicodeDecodeError):
       raise InputFileError(f'{config_file} is not valid JSON; it was not written by medft. Use '
                            'an empty --workdir.') from None
+    if not isinstance(held, dict) or 'train' not in held:
+      raise InputFileError(f'{config_file} is not the config of a medft run; it was not '
+                           'written by medft. Use an empty --workdir.')
     if held != wanted:
-      if not trained_anything(workdir):
+      if not trained_anything(workdir) and files.read_marker(workdir) == 'run':
         if create:
           logging.warning('%s held the config of a run that trained nothing (no metrics row '
                           'or checkpoint); replacing it with this config.', config_file)
@@ -398,6 +401,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
   if results_file.exists():
     logging.info('%s is finished; returning its results.', workdir)
     return read_results(results_file)
+  read_metrics(workdir / 'metrics.jsonl')  # a damaged row is named before any work starts
   is_main = jax.process_index() == 0
   wall_start = time.time()
   compile_counter = enable_compile_cache(config.compile_cache)
@@ -672,22 +676,19 @@ def enable_compile_cache(setting: str) -> collections.Counter:
   return collections.Counter(_CACHE_EVENTS)
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-  """On resume, drops rows logged after the checkpoint we resume from, and a torn last line
-  (a crash in the middle of its write); a damaged line before it is an InputFileError."""
+def read_metrics(path: Path) -> list[tuple[str, dict]]:
+  """The rows of a metrics.jsonl as (line, row). A torn last line (a crash in the middle of
+  its write) is dropped with a warning; a damaged line before it is an InputFileError."""
   if not path.exists():
-    return
-  try:
-    lines = path.read_text().splitlines()
-  except UnicodeDecodeError:
-    lines = path.read_bytes().decode('utf-8', 'replace').splitlines()
+    return []
+  lines = path.read_bytes().decode('utf-8', 'replace').splitlines()
   rows = []
   for number, line in enumerate(lines, 1):
     if not line.strip():
       continue
     try:
       row = json.loads(line)
-      kept = int(row['step']) <= step
+      int(row['step'])
     except (ValueError, KeyError, TypeError) as e:
       if number == len(lines):
         logging.warning('%s: its last line is torn (%r...); dropped it (a crash while it was '
@@ -697,11 +698,17 @@ def _truncate_metrics(path: Path, step: int) -> None:
           f'{path}, line {number}, is damaged ({type(e).__name__}: {e}); only a torn last line '
           'is dropped on resume. Delete that line (or the file: the run then keeps its '
           'checkpoint but loses its curve) and repeat the command.') from None
-    if kept:
-      rows.append(line)
-  kept_text = ''.join(r + '\n' for r in rows)
-  if kept_text != '\n'.join(lines) + ('\n' if lines else ''):
-    files.write_text_atomic(path, kept_text)
+    rows.append((line, row))
+  return rows
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+  """On resume, drops rows logged after the checkpoint we resume from (and a torn line)."""
+  if not path.exists():
+    return
+  kept = ''.join(line + '\n' for line, row in read_metrics(path) if int(row['step']) <= step)
+  if kept.encode() != path.read_bytes():
+    files.write_text_atomic(path, kept)
 
 
 def _lr(config, step: int, steps_per_epoch: int) -> float:

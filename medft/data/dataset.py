@@ -221,6 +221,8 @@ def _resolve(cfg: dict[str, Any]) -> tuple[str, Path | None, Path, dict[str, Any
   if builder_name == 'frames_folder':
     cfg['classes'] = cfg['classes'] or dict(synthetic.FRAMES_CLASSES)
     cfg['unit_regex'] = cfg['unit_regex'] or synthetic.FRAMES_UNIT_REGEX
+  if not (root / 'raw').is_dir():
+    _check_writable(data_dir, None)
   raw = synthetic.write_cached(app, root / 'raw', n=n, seed=seed, layout=builder_name)
   return builder_name, raw, root / 'tfds', {'app': app, 'layout': builder_name, 'n': n,
                                             'seed': seed, 'raw_dir': str(raw)}
