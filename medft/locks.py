@@ -12,8 +12,8 @@ A run workdir, a sweep folder (per shard) and a sweep's source model each have a
 * on a filesystem without flock (some network and FUSE filesystems: `flock` fails with
   ENOLCK/EOPNOTSUPP) the record alone decides: a holder on this host whose pid is gone
   (`os.kill(pid, 0)`) is taken over; a holder on another host is trusted until its record is
-  older than `STALE_S` (a day: no medft phase runs that long without the holder refreshing
-  the record at each checkpoint), or until the user deletes the lock file the message names.
+  older than `STALE_S` (a day; a training run refreshes its record at each checkpoint), or
+  until the user deletes the lock file the message names.
 
 The file stays after release (emptied), so releasing never races with a process that has just
 opened it.
@@ -56,7 +56,7 @@ def describe(record: dict | None) -> str:
 def _alive(record: dict) -> bool:
   """Whether the holder in `record` may still run (anything unknown counts as alive)."""
   if record.get('host') != socket.gethostname():
-    return time.time() - float(record.get('since', 0)) < STALE_S
+    return time.time() - float(record.get('refreshed', record.get('since', 0))) < STALE_S
   try:
     os.kill(int(record['pid']), 0)
   except ProcessLookupError:
@@ -79,6 +79,7 @@ class Lock:
     self.what = what
     self._fd: int | None = None
     self._found: tuple[int, int] | None = None
+    self._record: dict = {}
 
   def __enter__(self) -> 'Lock':
     self.acquire()
@@ -136,13 +137,14 @@ class Lock:
     # so a run refused after taking the lock changes nothing in its workdir.
     self._found = (existed.st_atime_ns, existed.st_mtime_ns) \
         if existed is not None and not existed.st_size else None
-    self._write(_holder())
+    self._record = _holder()
+    self._write(self._record)
     return self
 
   def refresh(self) -> None:
     """Renews the record's start time (for filesystems without flock; see STALE_S)."""
     if self._fd is not None:
-      self._write({**_holder(), 'since': time.time()})
+      self._write({**self._record, 'refreshed': time.time()})
 
   def _write(self, record: dict) -> None:
     data = json.dumps(record).encode()

@@ -109,6 +109,9 @@ class _NoLock:
   def release(self) -> None:
     pass
 
+  def refresh(self) -> None:
+    pass
+
 
 def check_workdir_arg(workdir: Any, name: str = 'workdir') -> Path:
   """`workdir` as a Path; an empty one (which would mean the current folder) is refused."""
@@ -507,6 +510,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
         stop = int(early['bad_evals']) >= config.train.patience
         if step % config.train.checkpoint_every == 0 or eval_now or stop or preempted:
           ckpt.save_latest(step, {'state': parallel.unreplicate(pstate), 'early': early})
+          lock.refresh()
         if preempted:
           raise Preempted(f'SIGTERM received: checkpoint saved at step {step} in '
                           f'{ckpt.latest_dir}; repeat the same command to resume.')
