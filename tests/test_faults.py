@@ -406,3 +406,20 @@ def test_progress_lines_have_rate_share_and_eta():
   assert lines[0].startswith('test evaluation: 50/200 patches (25%), ')
   assert 'patches/s, ETA 0:00:0' in lines[0]
   assert lines[-1].startswith('test evaluation: 200 patches in 0:00:00')
+
+
+def test_damaged_feature_cache_file_is_named_and_rebuilt(tmp_path, caplog):
+  import numpy as np
+
+  from medft import feature_cache
+  trunk = lambda patches: patches.reshape(len(patches), -1).astype(np.float32) * 2  # noqa: E731
+  path = feature_cache.FeatureCache._file(tmp_path, 'k' * 32)
+  path.write_bytes(b'PK\x03\x04 torn by a crash')
+  caplog.set_level(logging.WARNING, logger='absl')
+  cache = feature_cache.FeatureCache(trunk, 'k' * 32, str(tmp_path), 2**20)
+  assert f'Feature cache {path} is unreadable (BadZipFile' in caplog.text
+  patches = np.arange(24, dtype=np.uint8).reshape(3, 2, 2, 2)
+  np.testing.assert_array_equal(cache.features(patches), trunk(patches))
+  cache.save()
+  again = feature_cache.FeatureCache(trunk, 'k' * 32, str(tmp_path), 2**20)
+  assert len(again) == 3 and not _leftovers(tmp_path)
