@@ -40,7 +40,7 @@ from absl import logging
 from PIL import Image
 
 from medft import files, parallel, trainer, tuning
-from medft.errors import InputFileError, NotOursError
+from medft.errors import ConfigError, InputFileError, NotOursError
 from medft.weights import store
 
 SOURCE_FORMAT = 'medft-pretext'
@@ -286,8 +286,8 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: Path, lock) -> Path:
   if (out / 'meta.json').is_file() and record_file.is_file():
     held = _read_record(record_file).get('settings')
     if held != json.loads(json.dumps(wanted)):
-      raise ValueError(f'{workdir} holds a source model pretrained with other settings; '
-                       f'delete {workdir} to pretrain again, or use another workdir.')
+      raise ConfigError(f'{workdir} holds a source model pretrained with other settings; '
+                        f'delete {workdir} to pretrain again, or use another workdir.')
     logging.info('Source model %s exists; reusing it.', out)
     return out
   if workdir.is_dir() and files.read_marker(workdir) is None and any(

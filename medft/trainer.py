@@ -165,9 +165,9 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
         return
       diff = sorted(k for k in set(_flat(held)) | set(_flat(wanted))
                     if _flat(held).get(k) != _flat(wanted).get(k))
-      raise ValueError(f'--workdir={workdir} holds a run of a different config (differs in: '
-                       f'{", ".join(diff[:8])}). Use a new --workdir, or repeat the original '
-                       'command to resume that run.')
+      raise ConfigError(f'--workdir={workdir} holds a run of a different config (differs in: '
+                        f'{", ".join(diff[:8])}). Use a new --workdir, or repeat the original '
+                        'command to resume that run.')
     if create:
       files.write_marker(workdir, 'run')
     return
