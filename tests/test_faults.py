@@ -70,6 +70,17 @@ def _rows(path: Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _rows_so_far(path: Path) -> list[dict]:
+  """The rows of a metrics.jsonl another process is appending to (a line mid-write skipped)."""
+  out = []
+  for line in path.read_text().splitlines() if path.exists() else []:
+    try:
+      out.append(json.loads(line))
+    except ValueError:
+      pass
+  return out
+
+
 def _wait_for(condition, proc: subprocess.Popen, log: Path, what: str, timeout: float = 240):
   deadline = time.time() + timeout
   while not condition():
@@ -106,49 +117,51 @@ def test_sweep_resumes_after_sigterm_and_sigkill_in_pretraining(sweep_data, tmp_
           f'--config.data.data_dir={sweep_data}']
   metrics = folder / 'source_model' / 'metrics.jsonl'
   record = folder / 'source_model' / 'pretrain.json'
+  # The uninterrupted sweep of the same command, alongside (the machine has two cores).
+  reference_log = tmp_path / 'reference.log'
+  reference = _popen([a if not a.startswith('--workdir=') else
+                      f'--workdir={tmp_path / "reference"}' for a in args], reference_log)
 
-  # SIGTERM (a preempted VM) in the middle of pretraining: checkpoint, message, exit 143.
-  log = tmp_path / 'sigterm.log'
-  proc = _popen(args, log)
-  _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, proc, log, 'a pretrain row')
-  proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
-  stderr = log.read_text()
-  assert 'SIGTERM received: pretraining checkpoint saved at step' in stderr, stderr[-3000:]
-  assert TRACEBACK not in stderr
-  assert not record.exists(), 'pretraining finished before the signal: the test proves nothing'
-  term_step = max(r['step'] for r in _rows(metrics))
-  assert term_step < SWEEP['pretrain.steps']
-  assert list((folder / 'source_model' / 'checkpoints' / 'latest').glob('[0-9]*'))
+  try:
+    # SIGTERM (a preempted VM) in the middle of pretraining: checkpoint, message, exit 143.
+    log = tmp_path / 'sigterm.log'
+    proc = _popen(args, log)
+    _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, proc, log, 'a pretrain row')
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
+    stderr = log.read_text()
+    assert 'SIGTERM received: pretraining checkpoint saved at step' in stderr, stderr[-3000:]
+    assert TRACEBACK not in stderr
+    assert not record.exists(), 'pretraining finished before the signal: the test proves nothing'
+    term_step = max(r['step'] for r in _rows(metrics))
+    assert term_step < SWEEP['pretrain.steps']
+    assert list((folder / 'source_model' / 'checkpoints' / 'latest').glob('[0-9]*'))
 
-  # The same command resumes; SIGKILL it later in pretraining (no handler, no cleanup).
-  log = tmp_path / 'sigkill.log'
-  proc = _popen(args, log)
-  _wait_for(lambda: any(r['step'] > term_step for r in _rows(metrics)), proc, log,
-            'a resumed pretrain row')
-  proc.send_signal(signal.SIGKILL)
-  proc.wait(timeout=60)
-  assert 'Pretraining resumes at step' in log.read_text()
-  assert not record.exists(), 'pretraining finished before SIGKILL: the test proves nothing'
+    # The same command resumes; SIGKILL it later in pretraining (no handler, no cleanup).
+    log = tmp_path / 'sigkill.log'
+    proc = _popen(args, log)
+    _wait_for(lambda: any(r['step'] > term_step for r in _rows_so_far(metrics)), proc, log,
+              'a resumed pretrain row')
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert 'Pretraining resumes at step' in log.read_text()
+    assert not record.exists(), 'pretraining finished before SIGKILL: the test proves nothing'
 
-  # The same command again: no wait on the dead holder's lock; the run finishes.
-  done = _run(args, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert 'Took over the lock of the source model' in done.stderr, done.stderr[-3000:]
-  steps = [r['step'] for r in _rows(metrics)]
-  assert steps == sorted(set(steps)) and steps[-1] == SWEEP['pretrain.steps']
-  assert not _leftovers(folder)
+    # The same command again: no wait on the dead holder's lock; the run finishes.
+    done = _run(args, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'Took over the lock of the source model' in done.stderr, done.stderr[-3000:]
+    steps = [r['step'] for r in _rows(metrics)]
+    assert steps == sorted(set(steps)) and steps[-1] == SWEEP['pretrain.steps']
+    assert not _leftovers(folder)
 
-  # An uninterrupted sweep of the same config gives the same report table.
-  config = cimt.get_config(SWEEP_ARG)
-  for key, value in {**SWEEP, 'data.data_dir': str(sweep_data)}.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  medft.sweep(config, tmp_path / 'reference')
-  assert _report_table(folder) == _report_table(tmp_path / 'reference')
+    # The uninterrupted sweep gives the same report table.
+    assert reference.wait(timeout=300) == 0, reference_log.read_text()[-3000:]
+    assert _report_table(folder) == _report_table(tmp_path / 'reference')
+  finally:
+    if reference.poll() is None:
+      reference.kill()
+      reference.wait()
 
 
 # ---- two processes on one workdir --------------------------------------------------------
