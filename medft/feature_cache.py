@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -92,8 +93,10 @@ class FeatureCache:
         keys, feats = z['keys'], z['features']
       if keys.ndim != 2 or keys.shape[1] != KEY_BYTES or len(keys) != len(feats):
         raise ValueError('keys and features do not match')
-    except (OSError, ValueError, KeyError) as e:
-      logging.warning('Feature cache %s is unreadable (%s); it will be rebuilt.', self.path, e)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+      # Only a cache: the run recomputes the features and save() replaces the file atomically.
+      logging.warning('Feature cache %s is unreadable (%s: %s); it is rebuilt from the frozen '
+                      'trunk (delete the file to silence this).', self.path, type(e).__name__, e)
       return
     for k, f in zip(keys, feats):
       self._add(k.tobytes(), f)

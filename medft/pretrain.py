@@ -40,7 +40,8 @@ from absl import logging
 from PIL import Image
 
 from medft import files, parallel, trainer, tuning
-from medft.errors import ConfigError, MissingInputError, MissingPackageError
+from medft.errors import (ConfigError, InputFileError, MissingInputError,
+                          MissingPackageError, NotOursError)
 from medft.weights import store
 
 SOURCE_FORMAT = 'medft-pretext'
@@ -254,23 +255,53 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
   """Trains the source model of `config.pretrain` and returns its converted-weights folder.
 
   A finished workdir is returned as is (after checking it was made with the same settings);
-  an interrupted one resumes from its latest checkpoint.
+  an interrupted one (killed, or stopped by SIGTERM: checkpoint, `Preempted`, exit 143)
+  resumes from its latest checkpoint. One process per workdir (`workdir/medft.lock`).
   """
   from medft import validate  # here, so that `python -m medft.validate` runs it fresh
   validate.check_config(config, 'pretrain')  # every field in range before anything is written
-  validate.check_workdir(workdir)
-  workdir = Path(workdir)
+  workdir = trainer.check_workdir_arg(workdir)
+  lock = trainer.workdir_lock(workdir)
+  if (workdir / trainer.LOCK_FILE).is_file():
+    lock.acquire()
+  try:
+    return _pretrain(config, workdir, lock)
+  finally:
+    lock.release()
+
+
+def _read_record(record_file: Path) -> dict:
+  try:
+    record = json.loads(record_file.read_text())
+    if not isinstance(record, dict):
+      raise ValueError('not the record of a medft source model')
+  except (ValueError, UnicodeDecodeError) as e:
+    raise InputFileError(f'{record_file} is damaged ({e}); delete it and repeat the command '
+                         '(the source model is trained again from its latest checkpoint).'
+                         ) from None
+  return record
+
+
+def _pretrain(config: ml_collections.ConfigDict, workdir: Path, lock) -> Path:
   out = artifact_path(workdir)
   record_file = workdir / 'pretrain.json'
   wanted = _settings(config)
   if (out / 'meta.json').is_file() and record_file.is_file():
-    held = json.loads(record_file.read_text()).get('settings')
+    held = _read_record(record_file).get('settings')
     if held != json.loads(json.dumps(wanted)):
       raise ConfigError(f'{workdir} holds a source model pretrained with other settings; '
                         f'delete {workdir} to pretrain again, or use another workdir.')
     logging.info('Source model %s exists; reusing it.', out)
     return out
-  workdir.mkdir(parents=True, exist_ok=True)
+  if workdir.is_dir() and files.read_marker(workdir) is None and any(
+      p.name not in (trainer.LOCK_FILE, files.MARKER, 'checkpoints', 'metrics.jsonl', ARTIFACT,
+                     'pretrain.json') for p in workdir.iterdir()):
+    raise NotOursError(f'--workdir={workdir} is a folder of other files (no {files.MARKER} '
+                       'marker of medft); medft does not pretrain into it. Use a new or empty '
+                       '--workdir.')
+  files.make_dirs(workdir, 'the source model')
+  lock.acquire()
+  files.write_marker(workdir, 'source_model')
   wall_start = time.time()
   p = config.pretrain
 
@@ -316,29 +347,33 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     return float(np.mean(np.argmax(probs, -1) == held['label']))
 
   step, t_log, pending = start, time.time(), []
-  for batch in parallel.prefetch_to_device(batches, size=2):
-    pstate, m = p_train_step(pstate, batch, rng)
-    step += 1
-    pending.append(m)
-    if step % p.log_every == 0 or step == p.steps:
-      fetched = jax.device_get([{k: v[0] for k, v in x.items()} for x in pending])
-      pending = []
-      if not all(x['finite'] for x in fetched):
-        raise trainer.NonFiniteError(f'pretraining: non-finite loss by step {step}; lower '
-                                     'pretrain.base_lr.')
-      row = {'step': step, 'loss': float(np.mean([x['loss'] for x in fetched])),
-             'accuracy': float(np.mean([x['accuracy'] for x in fetched])),
-             'img_per_s': len(fetched) * p.batch / max(time.time() - t_log, 1e-9)}
-      if step % p.eval_every == 0 or step == p.steps:
-        row['held_out_accuracy'] = held_out_accuracy(pstate.params)
-      logging.info('pretrain step %d/%d  loss %.3f  acc %.3f  %s', step, p.steps, row['loss'],
-                   row['accuracy'], f'held-out acc {row["held_out_accuracy"]:.3f}'
-                   if 'held_out_accuracy' in row else '')
-      with metrics_file.open('a') as f:
-        f.write(json.dumps(row) + '\n')
-      if step % p.checkpoint_every == 0 or step == p.steps:
+  with trainer.sigterm_flag() as preempted:
+    for batch in parallel.prefetch_to_device(batches, size=2):
+      pstate, m = p_train_step(pstate, batch, rng)
+      step += 1
+      pending.append(m)
+      if step % p.log_every == 0 or step == p.steps:
+        fetched = jax.device_get([{k: v[0] for k, v in x.items()} for x in pending])
+        pending = []
+        if not all(x['finite'] for x in fetched):
+          raise trainer.NonFiniteError(f'pretraining: non-finite loss by step {step}; lower '
+                                       'pretrain.base_lr.')
+        row = {'step': step, 'loss': float(np.mean([x['loss'] for x in fetched])),
+               'accuracy': float(np.mean([x['accuracy'] for x in fetched])),
+               'img_per_s': len(fetched) * p.batch / max(time.time() - t_log, 1e-9)}
+        if step % p.eval_every == 0 or step == p.steps:
+          row['held_out_accuracy'] = held_out_accuracy(pstate.params)
+        logging.info('pretrain step %d/%d  loss %.3f  acc %.3f  %s', step, p.steps, row['loss'],
+                     row['accuracy'], f'held-out acc {row["held_out_accuracy"]:.3f}'
+                     if 'held_out_accuracy' in row else '')
+        files.append_line(metrics_file, json.dumps(row))
+        t_log = time.time()
+      if step % p.checkpoint_every == 0 or step == p.steps or preempted:
         ckpt.save_latest(step, {'state': parallel.unreplicate(pstate)})
-      t_log = time.time()
+      if preempted:
+        ckpt.close()
+        raise trainer.Preempted(f'SIGTERM received: pretraining checkpoint saved at step {step} '
+                                f'in {ckpt.latest_dir}; repeat the same command to resume.')
   ckpt.close()
 
   # ---- artifact ----

@@ -33,10 +33,8 @@ The cost is the shallow depths' steps being repeated; auto.json and the report s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -45,8 +43,8 @@ from typing import Any, Sequence
 import ml_collections
 from absl import logging
 
-from medft import files, trainer, tuning
-from medft.errors import ConfigError
+from medft import files, locks, trainer, tuning
+from medft.errors import ConfigError, NonFiniteError, NotOursError
 from medft.models import ARCHS
 
 # Config blocks that describe the study, not a run: stripped from each run's config so that
@@ -196,8 +194,12 @@ def source_init(config: ml_collections.ConfigDict, sweep_dir: Path,
   if p is not None and p.source:
     from medft import pretrain  # trains only when asked: keep the import out of plain sweeps
     workdir = sweep_dir.absolute() / SOURCE_MODEL_DIR
-    with _exclusive(workdir.parent / f'.{SOURCE_MODEL_DIR}.lock',
-                    done=workdir / 'pretrain.json'):  # written after the weights
+    # Shards sharing the folder wait while one of them pretrains (the lock is the OS's: a
+    # holder that dies releases it, and the waiter takes over); an unsharded sweep stops.
+    shard = study_setting(config, 'sweep', 'shard')
+    lock = locks.Lock(workdir.parent / f'.{SOURCE_MODEL_DIR}.lock',
+                      f'the source model {workdir}')
+    with lock.acquire(wait=bool(shard)):
       return str(pretrain.pretrain(config, workdir))
   if needs_init:
     raise ConfigError('fine-tuning arms need pretrained weights: pass init=<folder from python '
@@ -206,27 +208,36 @@ def source_init(config: ml_collections.ConfigDict, sweep_dir: Path,
   return ''
 
 
-@contextlib.contextmanager
-def _exclusive(lock: Path, done: Path, poll_s: float = 5.0):
-  """One process at a time (shards sharing DIR); the others wait until `done` exists."""
-  lock.parent.mkdir(parents=True, exist_ok=True)
-  fd = None
-  while fd is None and not done.exists():
-    try:
-      fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-      logging.info('Waiting for %s: another shard is preparing it (delete the lock if no '
-                   'process holds it).', lock)
-      time.sleep(poll_s)
-  try:
-    yield
-  finally:
-    if fd is not None:
-      os.close(fd)
-      lock.unlink(missing_ok=True)
+def sweep_lock(config: ml_collections.ConfigDict, sweep_dir: Path) -> locks.Lock:
+  """One process per sweep folder and shard (`DIR/.sweep.lock`, `DIR/.sweep.<i>of<n>.lock`)."""
+  shard = study_setting(config, 'sweep', 'shard')
+  name = f'.sweep.{shard.replace("/", "of")}.lock' if shard else '.sweep.lock'
+  what = f'the sweep {sweep_dir}' + (f' (shard {shard})' if shard else '')
+  return locks.Lock(sweep_dir / name, what)
+
+
+def _prepare_sweep_dir(sweep_dir: Path) -> None:
+  """Creates the sweep folder with medft's marker; a folder of other files is refused."""
+  if sweep_dir.is_dir() and files.read_marker(sweep_dir) is None:
+    legacy = (sweep_dir / 'sweep.json').exists() or (sweep_dir / SOURCE_MODEL_DIR).exists()
+    if not legacy and any(not p.name.startswith('.sweep') for p in sweep_dir.iterdir()):
+      raise NotOursError(f'--workdir={sweep_dir} is a folder of other files (no sweep.json or '
+                         f'{files.MARKER} marker of medft); medft does not write into it. Use a '
+                         'new or empty --workdir for the sweep.')
+  files.make_dirs(sweep_dir, 'the sweep folder')
+  files.write_marker(sweep_dir, 'sweep')
 
 
 # ---- running -----------------------------------------------------------------------------
+
+
+def _failure(workdir: Path) -> str:
+  """The error recorded in a run's failed.json (or what is wrong with that file)."""
+  try:
+    record = json.loads((workdir / 'failed.json').read_text())
+    return str(record['error']) if isinstance(record, dict) else str(record)
+  except (OSError, ValueError, KeyError) as e:
+    return f'failed.json unreadable ({e})'
 
 
 def _run_one(config, run: Run, sweep_dir: Path, init: str) -> dict | None:
@@ -264,8 +275,15 @@ def dropped_checkpoints(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def _write_plan(config, sweep_dir: Path, runs: Sequence[Run], init: str) -> None:
-  sweep_dir.mkdir(parents=True, exist_ok=True)
-  files.write_json_atomic(sweep_dir / 'sweep.json', {
+  plan_file = sweep_dir / 'sweep.json'
+  if plan_file.exists():  # a resumed sweep: its plan is medft's own and rewritten below
+    try:
+      held = json.loads(plan_file.read_text())
+      if not isinstance(held, dict) or not isinstance(held.get('runs'), list):
+        raise ValueError('not the plan of a medft sweep')
+    except (ValueError, UnicodeDecodeError) as e:
+      logging.warning('%s was damaged (%s); writing the plan again.', plan_file, e)
+  files.write_json_atomic(plan_file, {
       'arch': config.arch, 'dataset': config.data.name, 'init': init or None,
       'arms': sorted({r.arm for r in runs}, key=all_arms(config).index),
       'fractions': sorted({r.fraction for r in runs}),
@@ -279,24 +297,39 @@ def sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Runs this shard's part of the study into `workdir` and returns the report (a dict)."""
   from medft import validate  # here, so that `python -m medft.validate` runs it fresh
   validate.check_config(config, 'sweep')  # every field in range before anything is touched
-  validate.check_workdir(workdir)
-  sweep_dir = Path(workdir)
+  sweep_dir = trainer.check_workdir_arg(workdir)
   dropped = dropped_checkpoints(config)
   runs = plan(config, checked_fractions(config))
   shard = study_setting(config, 'sweep', 'shard')
   mine = shard_of(runs, shard)
   t0 = time.time()
-  init = source_init(config, sweep_dir, needs_init=any(not tuning.is_scratch(r.arm) for r in runs))
-  if init and dropped:
-    shutil.rmtree(sweep_dir / SOURCE_MODEL_DIR / 'checkpoints', ignore_errors=True)
-  _write_plan(config, sweep_dir, runs, init)
-  logging.info('Sweep: %d runs planned, %d in this shard (%s).', len(runs), len(mine),
-               shard or 'all')
-  for k, run in enumerate(mine):
-    logging.info('---- sweep run %d/%d ----', k + 1, len(mine))
-    _run_one(config, run, sweep_dir, init)
-  logging.info('Sweep shard done in %.0f s.', time.time() - t0)
-  return _finish(config, sweep_dir)
+  _prepare_sweep_dir(sweep_dir)
+  with sweep_lock(config, sweep_dir):
+    init = source_init(config, sweep_dir, needs_init=any(not tuning.is_scratch(r.arm)
+                                                              for r in runs))
+    if init and dropped:
+      shutil.rmtree(sweep_dir / SOURCE_MODEL_DIR / 'checkpoints', ignore_errors=True)
+    _write_plan(config, sweep_dir, runs, init)
+    logging.info('Sweep: %d runs planned, %d in this shard (%s).', len(runs), len(mine),
+                 shard or 'all')
+    failed = []
+    for k, run in enumerate(mine):
+      logging.info('---- sweep run %d/%d ----', k + 1, len(mine))
+      if _run_one(config, run, sweep_dir, init) is None:
+        failed.append(run)
+    logging.info('Sweep shard done in %.0f s.', time.time() - t0)
+    if mine and len(failed) == len(mine):
+      raise NonFiniteError(
+          f'every run of the sweep {sweep_dir}{" (shard " + shard + ")" if shard else ""} '
+          f'failed ({len(failed)}): ' + '; '.join(
+              f'{r.arm}/{r.fraction}/{r.seed}: {_failure(r.path(sweep_dir))[:160]}'
+              for r in failed[:4]) + ('; ...' if len(failed) > 4 else '') +
+          '. Fix the cause (e.g. lower optim.base_lr), delete the failed.json files in those '
+          'run folders and repeat the command.')
+    if failed:
+      logging.warning('%d of %d runs failed: %s (see their failed.json).', len(failed),
+                      len(mine), ', '.join(str(r.path('.')) for r in failed))
+    return _finish(config, sweep_dir)
 
 
 def _finish(config, sweep_dir: Path) -> dict:
@@ -330,12 +363,17 @@ def auto_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """
   from medft import validate  # here, so that `python -m medft.validate` runs it fresh
   validate.check_config(config, 'auto')  # every field in range before anything is touched
-  validate.check_workdir(workdir)
-  sweep_dir = Path(workdir)
+  sweep_dir = trainer.check_workdir_arg(workdir)
   dropped_checkpoints(config)
   units = units_of(config)
   tolerance = float(study_setting(config, 'auto', 'tolerance'))
   patience = max(1, int(study_setting(config, 'auto', 'patience')))
+  _prepare_sweep_dir(sweep_dir)
+  with sweep_lock(config, sweep_dir):
+    return _auto_tune(config, sweep_dir, units, tolerance, patience)
+
+
+def _auto_tune(config, sweep_dir: Path, units, tolerance: float, patience: int) -> dict:
   init = source_init(config, sweep_dir, needs_init=True)
   fraction, seed = float(config.data.fraction), int(config.seed)
   curve, best, best_results, bad, stopped = [], None, None, 0, ''
@@ -364,7 +402,9 @@ def auto_tune(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   else:
     stopped = 'reached the deepest unit (every layer trained)'
   if best is None:
-    raise RuntimeError(f'auto: no depth finished (see failed.json files under {sweep_dir}).')
+    raise NonFiniteError(f'auto: no depth finished (see the failed.json files under '
+                         f'{sweep_dir}); fix the cause (e.g. lower optim.base_lr), delete them '
+                         'and repeat the command.')
   results = best_results
   out = {
       'fraction': fraction, 'seed': seed, 'tolerance': tolerance, 'patience': patience,

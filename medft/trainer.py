@@ -8,8 +8,10 @@ flag parsing and no global state.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -23,10 +25,11 @@ import optax
 from absl import logging
 from flax import struct
 
-from medft import feature_cache, files, models, parallel, preprocess, tuning
+from medft import feature_cache, files, locks, models, parallel, preprocess, progress, tuning
 
 # NonFiniteError is re-exported as medft.trainer.NonFiniteError.
-from medft.errors import ConfigError, InputFileError, NonFiniteError  # noqa: F401
+from medft.errors import (ConfigError, InputFileError, NonFiniteError,  # noqa: F401
+                          NotOursError, ResourceError)
 from medft.weights import store
 
 
@@ -89,41 +92,102 @@ def _config_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
+LOCK_FILE = 'medft.lock'
+
+
+def workdir_lock(workdir: Path) -> 'locks.Lock | _NoLock':
+  """The lock of a run workdir (`workdir/medft.lock`, see medft/locks.py). Held by process 0
+  of a multi-process job for the whole job (its other processes write the same folder)."""
+  if jax.process_index() != 0:
+    return _NoLock()
+  return locks.Lock(workdir / LOCK_FILE, f'--workdir={workdir}')
+
+
+class _NoLock:
+  """What processes other than 0 hold: nothing."""
+
+  def acquire(self, *args, **kwargs) -> '_NoLock':
+    return self
+
+  def release(self) -> None:
+    pass
+
+  def refresh(self) -> None:
+    pass
+
+
+def check_workdir_arg(workdir: Any, name: str = 'workdir') -> Path:
+  """`workdir` as a Path; an empty one (which would mean the current folder) is refused."""
+  if not isinstance(workdir, (str, os.PathLike)):
+    raise TypeError(f'{name} must be a folder path (str or os.PathLike), not '
+                    f'{type(workdir).__name__}.')
+  if not str(os.fspath(workdir)).strip():
+    raise ConfigError(f'--{name} is empty; name the folder for this run\'s files, e.g. '
+                      f'--{name}=runs/cimt_fc7 (an empty value would write into the current '
+                      'folder).')
+  return Path(workdir)
+
+
+def trained_anything(workdir: Path) -> bool:
+  """Whether a run in `workdir` got as far as a metrics row, a checkpoint or its results."""
+  metrics = workdir / 'metrics.jsonl'
+  if (workdir / 'results.json').exists() or (metrics.exists() and metrics.stat().st_size):
+    return True
+  return any(any((workdir / 'checkpoints' / kind).glob('[0-9]*'))
+             for kind in ('latest', 'best'))
+
+
 def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
                      create: bool = True) -> None:
   """Creates the workdir, or checks that the run already in it used the same config.
 
   `create=False` only checks (and that the workdir could be made): `train` calls it before
   reading any input, and creates the workdir once every input has been read, so that a bad
-  input leaves the workdir as it was.
+  input leaves the workdir as it was. A workdir whose run stopped before its first metrics
+  row or checkpoint (a bad value found late) holds nothing of value: a new config replaces
+  its config.json. A non-empty folder without medft's marker or a config.json is not ours
+  and is refused.
   """
   wanted = _config_dict(config)
   config_file = workdir / 'config.json'
   if config_file.exists():
     try:
       held = json.loads(config_file.read_text())
-    except json.JSONDecodeError:
-      raise InputFileError(f'{config_file} is not valid JSON; it was not written by medft. Use an '
-                           'empty --workdir.') from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+      raise InputFileError(f'{config_file} is not valid JSON; it was not written by medft. Use '
+                           'an empty --workdir.') from None
+    if not isinstance(held, dict) or 'train' not in held:
+      raise InputFileError(f'{config_file} is not the config of a medft run; it was not '
+                           'written by medft. Use an empty --workdir.')
     if held != wanted:
+      if not trained_anything(workdir) and files.read_marker(workdir) == 'run':
+        if create:
+          logging.warning('%s held the config of a run that trained nothing (no metrics row '
+                          'or checkpoint); replacing it with this config.', config_file)
+          files.write_json_atomic(config_file, wanted)
+        return
       diff = sorted(k for k in set(_flat(held)) | set(_flat(wanted))
                     if _flat(held).get(k) != _flat(wanted).get(k))
       raise ConfigError(f'--workdir={workdir} holds a run of a different config (differs in: '
                         f'{", ".join(diff[:8])}). Use a new --workdir, or repeat the original '
                         'command to resume that run.')
+    if create:
+      files.write_marker(workdir, 'run')
     return
+  if workdir.is_dir() and files.read_marker(workdir) is None and any(
+      p.name not in (LOCK_FILE, files.MARKER) for p in workdir.iterdir()):
+    raise NotOursError(f'--workdir={workdir} is a folder of other files (no config.json or '
+                       f'{files.MARKER} marker of medft); medft does not write into it. Use a '
+                       'new or empty --workdir.')
   if not create:
     folder = next(p for p in (workdir.absolute(), *workdir.absolute().parents) if p.exists())
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-      raise ConfigError(f'--workdir={workdir} cannot be created: {folder} is not a writable '
-                        'folder; choose a writable folder.')
+      raise ResourceError(f'--workdir={workdir} cannot be created: {folder} is not a writable '
+                          'folder; choose a writable folder.')
     return
-  try:
-    workdir.mkdir(parents=True, exist_ok=True)
-  except OSError as e:
-    raise ConfigError(f'--workdir={workdir} cannot be created ({e.strerror}); choose a '
-                      'writable folder.') from None
+  files.make_dirs(workdir, 'the run workdir')
   if jax.process_index() == 0:
+    files.write_marker(workdir, 'run')
     files.write_json_atomic(config_file, wanted)
 
 
@@ -260,24 +324,47 @@ class _Checkpoints:
     self.best = ocp.CheckpointManager(self.best_dir.absolute(), options=opts)
 
   def save_latest(self, step: int, tree: Any) -> None:
-    self.latest.save(step, args=self._ocp.args.StandardSave(tree), force=True)
-    self.latest.wait_until_finished()
+    self._save(self.latest, self.latest_dir, step, tree)
 
   def save_best(self, step: int, params: Any) -> None:
-    self.best.save(step, args=self._ocp.args.StandardSave(params), force=True)
-    self.best.wait_until_finished()
+    self._save(self.best, self.best_dir, step, params)
+
+  def _save(self, manager, folder: Path, step: int, tree: Any) -> None:
+    """One save; a full disk or read-only folder is refused before orbax starts writing, or
+    its half-written temporary folder removed, and reported as a ResourceError."""
+    needs = sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
+    # Orbax keeps the previous checkpoint until the new one is complete: room for one more.
+    files.check_space(folder, int(needs * 1.05) + 2**20, f'checkpoint {step} into {folder}')
+    try:
+      manager.save(step, args=self._ocp.args.StandardSave(tree), force=True)
+      manager.wait_until_finished()
+    except Exception as e:
+      if not files.is_resource_fault(e):
+        raise
+      for partial in folder.glob('*orbax-checkpoint-tmp*'):
+        shutil.rmtree(partial, ignore_errors=True)
+      raise files.resource_error(e, folder, f'checkpoint {step}', needs) from None
 
   def restore_latest(self, like: Any) -> Any | None:
-    step = self.latest.latest_step()
-    if step is None:
-      return None
-    return self.latest.restore(step, args=self._ocp.args.StandardRestore(like))
+    return self._restore(self.latest, self.latest_dir, like)
 
   def restore_best(self, like: Any) -> Any | None:
-    step = self.best.latest_step()
+    return self._restore(self.best, self.best_dir, like)
+
+  def _restore(self, manager, folder: Path, like: Any) -> Any | None:
+    step = manager.latest_step()
     if step is None:
       return None
-    return self.best.restore(step, args=self._ocp.args.StandardRestore(like))
+    try:
+      return manager.restore(step, args=self._ocp.args.StandardRestore(like))
+    except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
+      if files.is_resource_fault(e):
+        raise files.resource_error(e, folder, f'checkpoint {step}') from e
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      raise InputFileError(
+          f'checkpoint {folder / str(step)} cannot be read ({type(e).__name__}: {reason}). It '
+          f'is damaged, or was written by another medft version; delete {folder / str(step)} '
+          'and repeat the command to train this run again from the start.') from e
 
   def close(self) -> None:
     self.latest.close()
@@ -288,17 +375,41 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Trains one arm (`config.depth`) and returns the contents of `results.json`.
 
   Re-running with the same config and workdir resumes from `checkpoints/latest`; a finished
-  run returns its existing results without training again.
+  run returns its existing results without training again. One process per workdir: a second
+  one stops at once with `LockedError` naming the first (medft/locks.py).
   """
   from medft import validate  # here, so that `python -m medft.validate` runs it fresh
   validate.check_config(config, 'train')  # every field in range before anything is touched
-  validate.check_workdir(workdir)
-  workdir = Path(workdir)
+  workdir = check_workdir_arg(workdir)
+  lock = workdir_lock(workdir)
+  if (workdir / LOCK_FILE).is_file():  # a run was here: is it still running?
+    lock.acquire()
+  try:
+    return _train(config, workdir, lock)
+  finally:
+    lock.release()
+
+
+def read_results(path: Path) -> dict:
+  """A finished run's results.json; a damaged one is an InputFileError saying what to do."""
+  try:
+    results = json.loads(path.read_text())
+    if not isinstance(results, dict) or 'val_auc' not in results:
+      raise ValueError('not the results of a medft run')
+  except (ValueError, UnicodeDecodeError) as e:
+    raise InputFileError(
+        f'{path} is damaged ({e}); delete it and repeat the command: the run is evaluated again '
+        'from its checkpoints (or trained again where they were not kept).') from None
+  return results
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
   _prepare_workdir(config, workdir, create=False)
   results_file = workdir / 'results.json'
   if results_file.exists():
     logging.info('%s is finished; returning its results.', workdir)
-    return json.loads(results_file.read_text())
+    return read_results(results_file)
+  read_metrics(workdir / 'metrics.jsonl')  # a damaged row is named before any work starts
   is_main = jax.process_index() == 0
   wall_start = time.time()
 
@@ -332,6 +443,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
 
   # ---- checkpoints (resume) ------------------------------------------------------------
   _prepare_workdir(config, workdir)
+  lock.acquire()
   ckpt = _Checkpoints(workdir)
   restored = ckpt.restore_latest({'state': state, 'early': early})
   best_params = None
@@ -361,70 +473,67 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
       val_inputs, p_val_predict = val_features, make_predict(model, meta, cache_start)
 
   def evaluate_val(p):
-    probs = parallel.predict_in_batches(p_val_predict, p, val_inputs, 4 * batch)
+    probs = predict_with_progress(p_val_predict, p, val_inputs, 4 * batch,
+                                  'validation evaluation')
     if not np.all(np.isfinite(probs)):
       logging.warning('Validation predictions are not finite; counted as no improvement.')
       return float('nan')
     return task.patch_auc(probs, val_labels)
 
-  preempted = []
-  previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True)) \
-      if _in_main_thread() else None
   timer = _Timer(batch)
   pending = []  # per-step device metrics, fetched only at log/eval steps (no per-step sync)
   step = start
-  try:
-    for step_batch in parallel.prefetch_to_device(batches, size=2):
-      pstate, m = p_train_step(pstate, step_batch, rng)
-      step += 1
-      pending.append(m)
-      timer.after_step(m)
-      log_now = step % config.train.log_every == 0 or step == steps
-      eval_now = step % config.train.eval_every == 0 or step == steps
-      if log_now or eval_now:
-        row = _fetch_row(pending, step, config, ckpt)
-        pending = []
-        row.update(lr=_lr(config, step, steps_per_epoch), img_per_s=timer.rate())
-        logging.info('step %d/%d  loss %.4f  acc %.3f  %.1f img/s  ETA %s', step, steps,
-                     row['loss'], row['accuracy'], row['img_per_s'],
-                     _hms((steps - step) * batch / max(row['img_per_s'], 1e-9)))
-        if eval_now:
-          row['val_auc'] = evaluate_val(pstate.params)
-          if row['val_auc'] > float(early['best_val']):
-            early = _early_state(row['val_auc'], step, 0)
-            best_params = parallel.unreplicate(pstate.params)
-            ckpt.save_best(step, best_params)
-          else:
-            early = _early_state(early['best_val'], early['best_step'],
-                                 int(early['bad_evals']) + 1)
-          logging.info('step %d  val_auc %.4f  (best %.4f at step %d)', step, row['val_auc'],
-                       float(early['best_val']), int(early['best_step']))
-        if is_main:
-          with metrics_file.open('a') as f:
-            f.write(json.dumps(row) + '\n')
-        timer.reset()
-      stop = int(early['bad_evals']) >= config.train.patience
-      if step % config.train.checkpoint_every == 0 or eval_now or stop or preempted:
-        ckpt.save_latest(step, {'state': parallel.unreplicate(pstate), 'early': early})
-      if preempted:
-        raise Preempted(f'SIGTERM received: checkpoint saved at step {step} in '
-                        f'{ckpt.latest_dir}; repeat the same command to resume.')
-      if stop:
-        logging.info('Early stop at step %d: no validation gain in %d evaluations.', step,
-                     config.train.patience)
-        break
-  finally:
-    if previous_handler is not None:
-      signal.signal(signal.SIGTERM, previous_handler)
-    if cache is not None:
-      cache.save()
-      stats = cache.stats()
-      logging.info('Feature cache: %s', stats)
-      if stats['hits'] + stats['misses'] > 4 * batch and stats['hit_rate'] < 0.1:
-        logging.warning('The feature cache served %.0f%% of the patches: this task draws fresh '
-                        'patches every step. Set task.fixed_pool=True (CIMT, frames) to train '
-                        'on a fixed set, or turn train.feature_cache off.',
-                        100 * stats['hit_rate'])
+  with sigterm_flag() as preempted:
+    try:
+      for step_batch in parallel.prefetch_to_device(batches, size=2):
+        pstate, m = p_train_step(pstate, step_batch, rng)
+        step += 1
+        pending.append(m)
+        timer.after_step(m)
+        log_now = step % config.train.log_every == 0 or step == steps
+        eval_now = step % config.train.eval_every == 0 or step == steps
+        if log_now or eval_now:
+          row = _fetch_row(pending, step, config, ckpt)
+          pending = []
+          row.update(lr=_lr(config, step, steps_per_epoch), img_per_s=timer.rate())
+          logging.info('step %d/%d  loss %.4f  acc %.3f  %.1f img/s  ETA %s', step, steps,
+                       row['loss'], row['accuracy'], row['img_per_s'],
+                       _hms((steps - step) * batch / max(row['img_per_s'], 1e-9)))
+          if eval_now:
+            row['val_auc'] = evaluate_val(pstate.params)
+            if row['val_auc'] > float(early['best_val']):
+              early = _early_state(row['val_auc'], step, 0)
+              best_params = parallel.unreplicate(pstate.params)
+              ckpt.save_best(step, best_params)
+            else:
+              early = _early_state(early['best_val'], early['best_step'],
+                                   int(early['bad_evals']) + 1)
+            logging.info('step %d  val_auc %.4f  (best %.4f at step %d)', step, row['val_auc'],
+                         float(early['best_val']), int(early['best_step']))
+          if is_main:
+            files.append_line(metrics_file, json.dumps(row))
+          timer.reset()
+        stop = int(early['bad_evals']) >= config.train.patience
+        if step % config.train.checkpoint_every == 0 or eval_now or stop or preempted:
+          ckpt.save_latest(step, {'state': parallel.unreplicate(pstate), 'early': early})
+          lock.refresh()
+        if preempted:
+          raise Preempted(f'SIGTERM received: checkpoint saved at step {step} in '
+                          f'{ckpt.latest_dir}; repeat the same command to resume.')
+        if stop:
+          logging.info('Early stop at step %d: no validation gain in %d evaluations.', step,
+                       config.train.patience)
+          break
+    finally:
+      if cache is not None:
+        cache.save()
+        stats = cache.stats()
+        logging.info('Feature cache: %s', stats)
+        if stats['hits'] + stats['misses'] > 4 * batch and stats['hit_rate'] < 0.1:
+          logging.warning('The feature cache served %.0f%% of the patches: this task draws fresh '
+                          'patches every step. Set task.fixed_pool=True (CIMT, frames) to train '
+                          'on a fixed set, or turn train.feature_cache off.',
+                          100 * stats['hit_rate'])
 
   # ---- final evaluation ----------------------------------------------------------------
   if best_params is None:
@@ -434,7 +543,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   def predict_numpy(patches):
     return parallel.predict_in_batches(p_predict, eval_params, patches, 4 * batch)
 
-  test = task.evaluate(predict_numpy, 'test') if len(ds.splits.get('test', ())) else None
+  test = None
+  if len(ds.splits.get('test', ())):
+    total = task.eval_size('test') if hasattr(task, 'eval_size') else None
+    counter = progress.Progress('test evaluation', 'patches', total=total)
+    test = task.evaluate(progress.wrap_predict(predict_numpy, counter), 'test')
+    counter.done()
   results = {
       'app': ds.app, 'arm': config.depth, 'depth': config.depth, 'arch': config.arch,
       'fraction': config.data.fraction, 'seed': config.seed, 'dataset': config.data.name,
@@ -558,7 +672,14 @@ def enable_compile_cache(setting: str) -> collections.Counter:
     if not jax.config.jax_compilation_cache_dir:
       folder = Path(setting or os.environ.get('MEDFT_CACHE_DIR', '') or
                     Path.home() / '.cache' / 'medft') / ('jax' if not setting else '')
-      folder.mkdir(parents=True, exist_ok=True)
+      try:
+        files.make_dirs(folder, 'the JAX compilation cache')
+        if not os.access(folder, os.W_OK | os.X_OK):
+          raise ResourceError(f'{folder} is read-only, so the JAX compilation cache cannot be '
+                              'written there.')
+      except ResourceError as e:
+        raise ResourceError(f'compile_cache: {e} Set --config.compile_cache=<a writable '
+                            'folder>, or --config.compile_cache=off.') from None
       jax.config.update('jax_compilation_cache_dir', str(folder))
       jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
       jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
@@ -566,26 +687,75 @@ def enable_compile_cache(setting: str) -> collections.Counter:
   return collections.Counter(_CACHE_EVENTS)
 
 
+def read_metrics(path: Path) -> list[tuple[str, dict]]:
+  """The rows of a metrics.jsonl as (line, row). A torn last line (a crash in the middle of
+  its write) is dropped with a warning; a damaged line before it is an InputFileError."""
+  if not path.exists():
+    return []
+  lines = path.read_bytes().decode('utf-8', 'replace').splitlines()
+  rows = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      int(row['step'])
+    except (ValueError, KeyError, TypeError) as e:
+      if number == len(lines):
+        logging.warning('%s: its last line is torn (%r...); dropped it (a crash while it was '
+                        'written).', path, line[:40])
+        break
+      raise InputFileError(
+          f'{path}, line {number}, is damaged ({type(e).__name__}: {e}); only a torn last line '
+          'is dropped on resume. Delete that line (or the file: the run then keeps its '
+          'checkpoint but loses its curve) and repeat the command.') from None
+    rows.append((line, row))
+  return rows
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
-  """On resume, drops rows logged after the checkpoint we resume from."""
+  """On resume, drops rows logged after the checkpoint we resume from (and a torn line)."""
   if not path.exists():
     return
-  rows = [line for line in path.read_text().splitlines()
-          if line.strip() and json.loads(line)['step'] <= step]
-  files.write_text_atomic(path, ''.join(r + '\n' for r in rows))
+  kept = ''.join(line + '\n' for line, row in read_metrics(path) if int(row['step']) <= step)
+  if kept.encode() != path.read_bytes():
+    files.write_text_atomic(path, kept)
 
 
 def _lr(config, step: int, steps_per_epoch: int) -> float:
   return config.optim.base_lr * config.optim.lr_decay_per_epoch ** (step // steps_per_epoch)
 
 
-def _hms(seconds: float) -> str:
-  if not np.isfinite(seconds):
-    return '?'
-  s = int(seconds)
-  return f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}'
+_hms = progress.hms
 
 
-def _in_main_thread() -> bool:
+@contextlib.contextmanager
+def sigterm_flag():
+  """A list that becomes non-empty when SIGTERM arrives (main thread only), so that a loop
+  can checkpoint and raise `Preempted` at the end of its step; the old handler is restored."""
   import threading
-  return threading.current_thread() is threading.main_thread()
+  flag: list = []
+  previous = None
+  if threading.current_thread() is threading.main_thread():
+    previous = signal.signal(signal.SIGTERM, lambda *_: flag.append(True))
+  try:
+    yield flag
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
+
+
+def predict_with_progress(predict_fn, params, inputs: np.ndarray, batch: int, what: str,
+                          chunks_of: int = 8) -> np.ndarray:
+  """`parallel.predict_in_batches` over `inputs`, in chunks of `chunks_of` batches so that a
+  long evaluation logs its progress (medft/progress.py)."""
+  step = batch * chunks_of
+  if len(inputs) <= step:
+    return parallel.predict_in_batches(predict_fn, params, inputs, batch)
+  counter = progress.Progress(what, 'patches', total=len(inputs))
+  outs = []
+  for i in range(0, len(inputs), step):
+    outs.append(parallel.predict_in_batches(predict_fn, params, inputs[i:i + step], batch))
+    counter.update(len(outs[-1]))
+  counter.done()
+  return np.concatenate(outs)

@@ -6,14 +6,27 @@ deterministically from `split_seed` (see `medft.data.splits`), and the training 
 applied to the training units only, so the prepared data never depends on the seed or the
 fraction. `synthetic_<app>` / `synthetic_<builder>` names write a synthetic twin into
 `<data_dir>/synthetic/<builder>-n<n>-seed<seed>/raw` once and read it through the real builder.
+
+Prepared data follows its source: beside each prepared copy, `medft_source.json` holds a
+fingerprint of the download folder it came from (every file's relative name, size and
+modification time). When the download folder no longer matches, the dataset is prepared
+again into a fresh temporary folder, which then replaces the old copy by renames, so a
+reader never sees half a copy; the log says so. A copy prepared before fingerprints existed
+gets one recorded on first use. A damaged copy (unreadable dataset_info.json or array_record
+files) is an `InputFileError` naming the file and saying to delete the copy.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +34,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medft import errors
+from medft import errors, files, progress
 from medft.data import splits as splits_lib
 from medft.data import synthetic
 from medft.data.base import FULL_SPLIT, ManualBuilder, check_manual_dir
@@ -33,6 +46,8 @@ from medft.data.fumpe import Fumpe
 from medft.data.kvasir_seg import KvasirSeg
 from medft.data.readers import decode_image_bytes
 from medft.errors import ConfigError, InputFileError
+
+FINGERPRINT_FILE = 'medft_source.json'
 
 BUILDERS: dict[str, type[ManualBuilder]] = {
     cls.name: cls for cls in (Cubs, CvcClinicdb, KvasirSeg, CadPe, Fumpe, FramesFolder)
@@ -77,6 +92,7 @@ class _Source:
     self._builder_args = (type(builder), builder.data_dir_root, builder.builder_config)
     self._encoded = dict(builder.info.metadata.get('encoded_images', {}))
     self._data = None
+    self.prepared_dir = str(builder.data_dir)
 
   def __getstate__(self):
     return {**self.__dict__, '_data': None}
@@ -85,8 +101,11 @@ class _Source:
     if self._data is None:
       cls, data_dir, config = self._builder_args
       builder = cls(data_dir=data_dir, config=config, file_format='array_record')
-      self._data = builder.as_data_source(split=FULL_SPLIT)
-    return self._to_python(self._data[int(index)])
+      with _damaged_copy(self.prepared_dir):
+        self._data = builder.as_data_source(split=FULL_SPLIT)
+    with _damaged_copy(self.prepared_dir):
+      return self._to_python(self._data[int(index)])
+
 
   def _to_python(self, example: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
@@ -207,6 +226,8 @@ def _resolve(cfg: dict[str, Any]) -> tuple[str, Path | None, Path, dict[str, Any
   if builder_name == 'frames_folder':
     cfg['classes'] = cfg['classes'] or dict(synthetic.FRAMES_CLASSES)
     cfg['unit_regex'] = cfg['unit_regex'] or synthetic.FRAMES_UNIT_REGEX
+  if not (root / 'raw').is_dir():
+    _check_writable(data_dir, None)
   raw = synthetic.write_cached(app, root / 'raw', n=n, seed=seed, layout=builder_name)
   return builder_name, raw, root / 'tfds', {'app': app, 'layout': builder_name, 'n': n,
                                             'seed': seed, 'raw_dir': str(raw)}
@@ -219,25 +240,155 @@ def prepare(cfg: Any) -> ManualBuilder:
   return _prepared_builder(builder_name, cfg, manual_dir, data_dir)
 
 
-def _prepared_builder(builder_name, cfg, manual_dir, data_dir) -> ManualBuilder:
-  builder = _make_builder(builder_name, cfg, data_dir)
-  # Same test as `builder.is_prepared()`, without its warning about a folder not yet made.
-  if not (Path(builder.data_dir) / 'dataset_info.json').is_file():
-    check_manual_dir(builder.name, manual_dir, builder.REQUIRED,
-                     builder.MANUAL_DOWNLOAD_INSTRUCTIONS, prepared_dir=builder.data_dir)
-    # TFDS writes into an `incomplete.*` folder and renames it only after success, so a
-    # failed preparation leaves nothing that a later run would read.
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-    )
+def fingerprint(folder: Path) -> dict[str, Any]:
+  """Every file under `folder`: relative name, size, modification time (and their digest)."""
+  entries = []
+  for path in sorted(folder.rglob('*')):
+    if path.is_file():
+      st = path.stat()
+      entries.append([str(path.relative_to(folder)), st.st_size, st.st_mtime_ns])
+  digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+  return {'source_dir': str(folder.resolve()), 'files': len(entries),
+          'bytes': sum(e[1] for e in entries), 'sha256': digest, 'entries': entries}
+
+
+def _fingerprint_changes(held: dict, now: dict) -> str:
+  """'2 files changed (e.g. IMAGES/a.tiff), 1 added' between two fingerprints."""
+  old = {e[0]: tuple(e[1:]) for e in held.get('entries', [])}
+  new = {e[0]: tuple(e[1:]) for e in now['entries']}
+  parts = []
+  for what, names in (('changed', [n for n in new if n in old and old[n] != new[n]]),
+                      ('added', [n for n in new if n not in old]),
+                      ('removed', [n for n in old if n not in new])):
+    if names:
+      parts.append(f'{len(names)} {what} (e.g. {names[0]})')
+  return ', '.join(parts) or 'the folder moved'
+
+
+@contextlib.contextmanager
+def _damaged_copy(where):
+  """Turns a read failure of prepared data into an InputFileError naming it and the fix."""
+  try:
+    yield
+  except (InputFileError, IndexError, KeyboardInterrupt):
+    raise
+  except Exception as e:  # TFDS/array_record raise many types for a damaged file
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    raise InputFileError(
+        f'the prepared data in {where} cannot be read ({type(e).__name__}: {reason}); the copy '
+        'is damaged (a torn or edited file). Delete that folder and repeat the command: medft '
+        'prepares it again from its download folder.') from e
+
+
+def _open_builder(builder_name, cfg, data_dir) -> ManualBuilder:
+  """The builder of a dataset; a damaged dataset_info.json of its prepared copy is named."""
+  try:
     builder = _make_builder(builder_name, cfg, data_dir)
-  elif manual_dir is not None:
-    prepared_from = builder.info.metadata.get('source_dir')
-    if prepared_from and Path(prepared_from) != manual_dir.resolve():
-      logging.warning('%s in %s was prepared from %s, not from manual_dir=%s; delete %s to '
-                      'prepare it again.', builder.name, builder.data_dir, prepared_from,
-                      manual_dir, builder.data_dir)
+    if (Path(builder.data_dir) / 'dataset_info.json').is_file():
+      _ = builder.info.splits[FULL_SPLIT].num_examples, builder.info.metadata['ids']
+    return builder
+  except InputFileError:
+    raise
+  except Exception as e:  # TFDS raises protobuf, JSON and OS errors for a damaged info file
+    found = sorted(Path(data_dir).glob(f'{builder_name}/**/dataset_info.json'))
+    if not found:
+      raise
+    info = found[0]
+    raise InputFileError(
+        f'{info} cannot be read ({type(e).__name__}: {str(e).strip()[:200]}); the prepared '
+        f'copy is damaged. Delete {info.parent} and repeat the command: medft prepares it '
+        'again from its download folder.') from e
+
+
+def _check_writable(data_dir: Path, manual_dir: Path | None) -> None:
+  """A read-only or full data_dir is reported before TFDS starts writing into it."""
+  files.make_dirs(data_dir, 'the prepared dataset')
+  needs = fingerprint(manual_dir)['bytes'] if manual_dir and manual_dir.is_dir() else 0
+  if not os.access(data_dir, os.W_OK | os.X_OK):
+    raise files.resource_error(OSError(13, 'read-only'), data_dir, 'the prepared dataset', needs)
+  if needs:  # the prepared copy holds the encoded images: about the download's size
+    files.check_space(data_dir, needs, f'the prepared dataset (from {manual_dir})')
+
+
+def _prepare(builder_name, cfg, manual_dir, data_dir) -> ManualBuilder:
+  builder = _make_builder(builder_name, cfg, data_dir)
+  check_manual_dir(builder.name, manual_dir, builder.REQUIRED,
+                   builder.MANUAL_DOWNLOAD_INSTRUCTIONS, prepared_dir=builder.data_dir)
+  _check_writable(data_dir, manual_dir)
+  logging.info('Preparing %s from %s into %s (once; later runs read the prepared copy).',
+               builder.name, manual_dir, builder.data_dir)
+  counter = progress.Progress(f'preparing {builder.name}', 'examples')
+  lister, loader = type(builder)._list_records, type(builder)._load_example
+
+  def listed(self, root):  # progress of TFDS' example loop, without touching TFDS
+    records = lister(self, root)
+    counter.total = len(records)
+    return records
+
+  def counted(self, record):
+    example = loader(self, record)
+    counter.update(1)
+    return example
+  builder._list_records = listed.__get__(builder)
+  builder._load_example = counted.__get__(builder)
+  # TFDS writes into an `incomplete.*` folder and renames it only after success, so a
+  # failed preparation leaves nothing that a later run would read.
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+  counter.done()
+  builder = _make_builder(builder_name, cfg, data_dir)
+  _write_fingerprint(Path(builder.data_dir), manual_dir)
   return builder
+
+
+def _write_fingerprint(prepared: Path, manual_dir: Path | None) -> None:
+  if manual_dir is None:
+    return
+  try:
+    files.write_json_atomic(prepared / FINGERPRINT_FILE, fingerprint(manual_dir))
+  except OSError as e:  # a read-only shared copy: it stays usable, only unchecked
+    logging.warning('Could not record the source fingerprint of %s (%s).', prepared, e)
+
+
+def _prepared_builder(builder_name, cfg, manual_dir, data_dir) -> ManualBuilder:
+  builder = _open_builder(builder_name, cfg, data_dir)
+  # Same test as `builder.is_prepared()`, without its warning about a folder not yet made.
+  prepared = Path(builder.data_dir)
+  if not (prepared / 'dataset_info.json').is_file():
+    return _prepare(builder_name, cfg, manual_dir, data_dir)
+  if manual_dir is None or not manual_dir.is_dir():
+    return builder  # the prepared copy alone (the download was moved away): nothing to check
+  record = prepared / FINGERPRINT_FILE
+  now = fingerprint(manual_dir)
+  try:
+    held = json.loads(record.read_text()) if record.is_file() else None
+  except (ValueError, UnicodeDecodeError):
+    held = {}  # damaged: prepare again, as after a change
+  if held is None:
+    logging.info('%s has no source fingerprint (prepared by an older medft); recording the '
+                 'current state of %s.', prepared, manual_dir)
+    _write_fingerprint(prepared, manual_dir)
+    return builder
+  if held.get('sha256') == now['sha256']:  # same files; the folder itself may have moved
+    return builder
+  logging.warning('The download folder %s changed since %s was prepared (%s); preparing it '
+                  'again.', manual_dir, prepared, _fingerprint_changes(held, now))
+  return _reprepare(builder_name, cfg, manual_dir, data_dir, prepared)
+
+
+def _reprepare(builder_name, cfg, manual_dir, data_dir, prepared: Path) -> ManualBuilder:
+  """Prepares into a fresh folder beside the old copy, then swaps the two by renames."""
+  _check_writable(data_dir, manual_dir)
+  fresh_root = Path(tempfile.mkdtemp(prefix='.medft-prepare-', dir=data_dir))
+  try:
+    fresh = Path(_prepare(builder_name, cfg, manual_dir, fresh_root).data_dir)
+    stale = prepared.with_name(f'.{prepared.name}.stale-{os.getpid()}')
+    os.rename(prepared, stale)
+    os.rename(fresh, prepared)
+    shutil.rmtree(stale, ignore_errors=True)
+  finally:
+    shutil.rmtree(fresh_root, ignore_errors=True)
+  return _make_builder(builder_name, cfg, data_dir)
 
 
 def load(cfg: Any) -> Dataset:
@@ -254,6 +405,8 @@ def load(cfg: Any) -> Dataset:
   seed, fraction = int(cfg['split_seed']), float(cfg['fraction'])
   by_split, kept_ids, counts = _assign(cfg, ids, units)
   source = _Source(builder)
+  if n_full:
+    source[n_full - 1]  # a torn array_record file fails here, named, rather than mid-training
   views = {}
   for split, kept in by_split.items():
     kept_set = set(kept)
