@@ -163,7 +163,7 @@ def _curve_plot(plots_dir: Path, spec: apps.Spec, f: float, units: dict, rows: S
   ax.set_title(f'{kind} per arm, training fraction {f:g}\n(shaded: 95% bootstrap band over '
                f'test {spec.unit_name}s)')
   ax.grid(alpha=0.3, which='both')
-  ax.legend(fontsize=8, loc='lower right' if kind == 'ROC' else 'upper left')
+  ax.legend(fontsize=8, loc='lower right' if kind == 'ROC' else 'best')
   name = f'{kind.lower()}_f{_ftag(f)}.png'
   _save(fig, plots_dir, name, f'{kind} curves per arm on the paper\'s axis ({axis.scale} '
         f'{axis.low:g}..{axis.high:g}; fraction {f:g})', out)
