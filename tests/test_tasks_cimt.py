@@ -50,7 +50,7 @@ def test_box_is_centred_on_the_wall_with_its_height_in_mm():
   assert rows[0] == np.floor(97 - half) and rows[-1] == np.ceil(97 + half)
   assert np.array_equal(rows, np.arange(rows[0], rows[-1] + 1))
   with pytest.raises(errors.ConfigError, match='roi_height_mm=0'):
-    scan.roi_rows(0.0)
+    _task([_example()], roi_height_mm=0.0)  # refused before any patch is cut
 
 
 def test_box_never_follows_the_test_boundaries_column_by_column():
