@@ -124,10 +124,13 @@ def test_patch_auc_merges_both_interfaces_against_background():
 def test_roi_file_gives_the_rows_and_names_what_is_missing(tmp_path):
   path = tmp_path / 'roi.csv'
   path.write_text('id,top,bottom\nimg0,60,130\n')
-  task = _task([_example(), _example('img1')], roi_file=str(path))
+  task = _task([_example()], roi_file=str(path))
   assert np.array_equal(task.roi_rows(task.scans['test'][0]), np.arange(60, 131))
   with pytest.raises(errors.InputFileError, match="no line for image 'img1'"):
-    task.roi_rows(task.scans['test'][1])
+    _task([_example(), _example('img1')], roi_file=str(path))
+  path.write_text(f'id,top,bottom\nimg0,60,{HEIGHT}\n')
+  with pytest.raises(errors.InputFileError, match=f'has {HEIGHT} rows'):
+    _task([_example()], roi_file=str(path))
   path.write_text('id,top\nimg0,60\n')
   with pytest.raises(errors.InputFileError, match='id,top,bottom'):
     _task([_example()], roi_file=str(path))

@@ -165,6 +165,8 @@ class CimtTask:
     if self._roi_file is None and not task_config.roi_height_mm > 0:
       raise errors.ConfigError(f'task.roi_height_mm={task_config.roi_height_mm} must be above 0 '
                                '(height of the ROI box in mm, e.g. 6), or set task.roi_file.')
+    for scan in (s for scans in self.scans.values() for s in scans):
+      self.roi_rows(scan)  # a missing or bad ROI line fails here, before any training
     self._pool = None  # task.fixed_pool: (scan, row, col, label) of every training patch
     if task_config.get('fixed_pool', False) and 'train' in self.scans:
       self._pool = sample_positions(self.scans['train'], self.epoch_examples,
