@@ -50,7 +50,7 @@ def test_box_is_centred_on_the_wall_with_its_height_in_mm():
   assert rows[0] == np.floor(97 - half) and rows[-1] == np.ceil(97 + half)
   assert np.array_equal(rows, np.arange(rows[0], rows[-1] + 1))
   with pytest.raises(errors.ConfigError, match='roi_height_mm=0'):
-    scan.roi_rows(0.0)
+    _task([_example()], roi_height_mm=0.0)  # refused before any patch is cut
 
 
 def test_box_never_follows_the_test_boundaries_column_by_column():
@@ -124,10 +124,13 @@ def test_patch_auc_merges_both_interfaces_against_background():
 def test_roi_file_gives_the_rows_and_names_what_is_missing(tmp_path):
   path = tmp_path / 'roi.csv'
   path.write_text('id,top,bottom\nimg0,60,130\n')
-  task = _task([_example(), _example('img1')], roi_file=str(path))
+  task = _task([_example()], roi_file=str(path))
   assert np.array_equal(task.roi_rows(task.scans['test'][0]), np.arange(60, 131))
   with pytest.raises(errors.InputFileError, match="no line for image 'img1'"):
-    task.roi_rows(task.scans['test'][1])
+    _task([_example(), _example('img1')], roi_file=str(path))
+  path.write_text(f'id,top,bottom\nimg0,60,{HEIGHT}\n')
+  with pytest.raises(errors.InputFileError, match=f'has {HEIGHT} rows'):
+    _task([_example()], roi_file=str(path))
   path.write_text('id,top\nimg0,60\n')
   with pytest.raises(errors.InputFileError, match='id,top,bottom'):
     _task([_example()], roi_file=str(path))

@@ -89,9 +89,6 @@ class Scan:
     One centre row for the whole image: the median over traced columns of the LI-MA midpoint,
     what a sonographer's ROI box on the far wall gives; no per-column row enters.
     """
-    if not height_mm > 0:
-      raise errors.ConfigError(f'task.roi_height_mm={height_mm} must be above 0 (height of the '
-                               'test ROI box in mm; e.g. 6).')
     centre = float(np.median((self.li[self.columns] + self.ma[self.columns]) / 2))
     half = height_mm / self.cf / 2
     top, bottom = int(np.floor(centre - half)), int(np.ceil(centre + half))
@@ -165,6 +162,11 @@ class CimtTask:
     self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     roi_file = task_config.get('roi_file', '')
     self._roi_file = read_roi_file(roi_file) if roi_file else None
+    if self._roi_file is None and not task_config.roi_height_mm > 0:
+      raise errors.ConfigError(f'task.roi_height_mm={task_config.roi_height_mm} must be above 0 '
+                               '(height of the ROI box in mm, e.g. 6), or set task.roi_file.')
+    for scan in (s for scans in self.scans.values() for s in scans):
+      self.roi_rows(scan)  # a missing or bad ROI line fails here, before any training
     self._pool = None  # task.fixed_pool: (scan, row, col, label) of every training patch
     if task_config.get('fixed_pool', False) and 'train' in self.scans:
       self._pool = sample_positions(self.scans['train'], self.epoch_examples,
