@@ -40,8 +40,13 @@ from absl import logging
 from PIL import Image
 
 from medft import files, parallel, trainer, tuning
-from medft.errors import (ConfigError, InputFileError, MissingInputError,
-                          MissingPackageError, NotOursError)
+from medft.errors import (
+  ConfigError,
+  InputFileError,
+  MissingInputError,
+  MissingPackageError,
+  NotOursError,
+)
 from medft.weights import store
 
 SOURCE_FORMAT = 'medft-pretext'

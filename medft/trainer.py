@@ -26,10 +26,13 @@ from absl import logging
 from flax import struct
 
 from medft import feature_cache, files, locks, models, parallel, preprocess, progress, tuning
-
-# NonFiniteError is re-exported as medft.trainer.NonFiniteError.
-from medft.errors import (ConfigError, InputFileError, NonFiniteError,  # noqa: F401
-                          NotOursError, ResourceError)
+from medft.errors import (  # NonFiniteError is re-exported as medft.trainer.NonFiniteError
+  ConfigError,
+  InputFileError,
+  NonFiniteError,
+  NotOursError,
+  ResourceError,
+)
 from medft.weights import store
 
 
