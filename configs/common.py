@@ -238,7 +238,7 @@ def pretrain_defaults(source: str = 'pretext', steps: int = 400,
 
 def add_study(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict,
               fractions: str = '0.25,0.5,1.0', train_units: str = '') -> None:
-  """Adds the `sweep`, `auto` and `pretrain` blocks (`medft.sweep`, `medft.auto_tune`).
+  """Adds the `sweep`, `report`, `auto` and `pretrain` blocks (`medft.sweep`, `medft.auto_tune`).
 
   `fractions` and `train_units` are the application's training-size design (the paper's).
   Reads the optional arguments `arms`, `fractions`, `train_units`, `seeds` (values separated
@@ -264,6 +264,11 @@ def add_study(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict,
   # Checkpoints a finished run keeps: all (resume + best), best (the selected parameters
   # only; a finished run never resumes), none. Also drops the source model's training state.
   c.sweep.keep_checkpoints = 'all'
+
+  c.report = ml_collections.ConfigDict()
+  # Multiplicity correction within each all-pairs table of the report: holm (family-wise
+  # error rate) or bh (Benjamini-Hochberg false discovery rate).
+  c.report.correction = 'holm'
 
   c.auto = ml_collections.ConfigDict()
   # Deepen only while validation AUC rises by more than this over the best shallower depth.

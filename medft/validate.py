@@ -169,6 +169,16 @@ def _shard(v: Any) -> bool:
   return bool(match) and int(match.group(1)) < int(match.group(2))
 
 
+def _fraction_unit(v: Any) -> bool:
+  from medft.data.splits import FRACTION_UNITS  # noqa: PLC0415  (the one list)
+  return v == '' or v in FRACTION_UNITS
+
+
+def _generators(v: Any) -> bool:
+  from medft.tasks.polyp import GENERATORS  # noqa: PLC0415  (the registry itself)
+  return isinstance(v, str) and all(name in GENERATORS for name in v.split('+'))
+
+
 # ---- the table ---------------------------------------------------------------------------
 
 _EVERY = 'a positive number of steps, e.g. {key}=100'
@@ -196,7 +206,11 @@ RULES: dict[str, Rule] = {
     'data.fraction': number(0, 1, lo_open=True, fix='pass e.g. fraction=0.5'),
     'data.split_seed': integer(0, fix='e.g. data.split_seed=0'),
     'data.val_share': number(0, 1, lo_open=True, hi_open=True, fix='the paper holds out 0.2'),
-    'data.test_share': number(0, 1, hi_open=True, fix='e.g. data.test_share=0.2'),
+    'data.test_share': number(0, 1, hi_open=True, fix='e.g. data.test_share=0.5 (the paper '
+                              'held out about half)'),
+    'data.fraction_unit': Rule('"" or a unit name (subjects, patients, videos, sequences, '
+                               'volumes, frames, images)', _fraction_unit,
+                               'the unit a training fraction counts, e.g. subjects'),
     'data.synthetic_n': integer(0, fix='0 = the generator\'s default size'),
     'data.synthetic_seed': integer(0, fix='e.g. data.synthetic_seed=0'),
     'data.annotator': one_of('A1', "A1'", 'A2', 'A3', fix='CUBS ships these annotators'),
@@ -261,7 +275,14 @@ RULES: dict[str, Rule] = {
     'task.fp_rates': numbers(0, lo_open=True, fix='false positives per unit, e.g. (1, 2, 3)'),
     'task.froc_max_fp': number(0, lo_open=True, fix='must cover task.fp_rates'),
     'task.frame_max_side': integer(16, fix='pixels, e.g. 512'),
-    'task.generator': one_of('dog', 'grid', fix='dog (blobs) or grid (tiled boxes)'),
+    'task.generator': Rule('registered candidate generators joined by +', _generators,
+                           'dog (blobs), grid (tiled boxes) or dog+grid (both)'),
+    'task.min_brightness': number(0, 1, fix='0 keeps every centre; the default 0.1 drops the '
+                                  'black frame border'),
+    'task.dedup_frac': number(0, fix='0 keeps every candidate; e.g. 0.25'),
+    'task.roi_height_mm': number(0, lo_open=True, fix='the test ROI box height, e.g. 6.0'),
+    'task.roi_file': path('"" = the box from task.roi_height_mm; else a CSV of ROI rows per '
+                          'image'),
     'task.work_size': integer(16, fix='pixels, e.g. 128'),
     'task.blob_sigmas': numbers(0, 1, lo_open=True, fix='fractions of the shorter side'),
     'task.min_distance': number(0, 1, fix='a fraction of the shorter side, e.g. 0.04'),
@@ -281,7 +302,12 @@ RULES: dict[str, Rule] = {
         int, lambda s: s >= 0, 'integers >= 0 separated by , or +, no duplicates',
         'e.g. sweep.seeds=0,1,2'),
     'sweep.shard': Rule('"" (every run) or i/n with 0 <= i < n', _shard, 'e.g. 0/4'),
+    'sweep.train_units': _list_of(
+        int, lambda k: k >= 1, 'whole numbers >= 1 separated by , or +, no duplicates',
+        'e.g. sweep.train_units=1 (one training subject); "" = none'),
     'sweep.report': boolean(),
+    'report.correction': one_of('holm', 'bh', fix='holm (family-wise) or bh (false discovery '
+                                'rate)'),
     'sweep.keep_checkpoints': one_of('all', 'best', 'none', fix='all keeps resume + best'),
     'auto.tolerance': number(0, fix='validation AUC gain, e.g. 0.002'),
     'auto.patience': integer(1, fix='depths in a row without gain, e.g. 1'),

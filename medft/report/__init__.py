@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medft import apps, files, metrics, tuning
-from medft.errors import InputFileError, MissingInputError, NotOursError
+from medft.errors import ConfigError, InputFileError, MissingInputError, NotOursError
 from medft.report import context, stats, text
 from medft.report.runs import PLOTS, RunRecord, discover, read_json, read_plan
 
@@ -120,8 +120,8 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
   `correction`: 'holm' (default) or 'bh', applied within each all-pairs table.
   """
   if correction not in metrics.CORRECTIONS:
-    raise ValueError(f'report.correction={correction!r}: expected one of '
-                     f'{", ".join(metrics.CORRECTIONS)}.')
+    raise ConfigError(f'report.correction={correction!r}: expected one of '
+                      f'{", ".join(metrics.CORRECTIONS)}.')
   sweep_dir = Path(sweep_dir)
   plan, runs = _check_folder(sweep_dir)
   finished = [r for r in runs if r.status == 'finished']

@@ -29,7 +29,7 @@ from skimage import feature, transform
 
 from medft import metrics
 from medft.data.masks import label_components
-from medft.errors import ConfigError
+from medft.errors import ConfigError, InputFileError
 from medft.tasks import augment, detection
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
@@ -171,8 +171,8 @@ class Frame:
     if image.ndim == 2:
       image = np.repeat(image[..., None], 3, axis=-1)
     if image.shape[:2] != mask.shape:
-      raise ValueError(f'polyp frame {ex.get("id")}: image {image.shape} and mask {mask.shape} '
-                       'differ in size.')
+      raise InputFileError(f'polyp frame {ex.get("id")}: image {image.shape} and mask '
+                           f'{mask.shape} differ in size; fix or remove that frame\'s mask.')
     factor = min(1.0, cfg.frame_max_side / max(mask.shape))
     image = _resize(image, factor)
     centres, sides = generate(image, cfg)
@@ -236,9 +236,9 @@ class PolypTask:
     for split in ('train', 'validation'):
       pool = self.train_pool if split == 'train' else self._pool(self.frames.get(split, []), False)
       if split in self.frames and not (pool[3] == 1).any():
-        raise ValueError(f'No {split} candidate hits a polyp (generator '
-                         f'{task_config.generator!r}); try task.generator=grid, more '
-                         'task.max_candidates, or task.train_on_boxes=True.')
+        raise ConfigError(f'No {split} candidate hits a polyp (task.generator='
+                          f'{task_config.generator!r}); try task.generator=dog+grid, more '
+                          'task.max_candidates, or task.train_on_boxes=True.')
     self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
   @staticmethod
