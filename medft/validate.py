@@ -379,13 +379,6 @@ def check_config(config: Any, mode: str = 'train') -> None:
   _cross_checks(config, leaves, mode)
 
 
-def check_workdir(workdir: Any, name: str = 'workdir') -> None:
-  """A workdir argument must be a str or os.PathLike (TypeError naming it otherwise)."""
-  if not isinstance(workdir, (str, os.PathLike)):
-    raise TypeError(f'{name} must be a folder name (str or os.PathLike), not '
-                    f'{type(workdir).__name__} {workdir!r}.')
-
-
 def _cross_checks(config: ml_collections.ConfigDict, leaves: dict[str, Any], mode: str) -> None:
   arch = config.get('arch')
   train = config.get('train')
@@ -397,7 +390,7 @@ def _cross_checks(config: ml_collections.ConfigDict, leaves: dict[str, Any], mod
   val, test = leaves.get('data.val_share'), leaves.get('data.test_share')
   if val is not None and test is not None and val + test >= 1:
     raise ConfigError(f'config fields data.val_share={val} and data.test_share={test} leave no '
-                      'training subjects (their sum must be below 1). Fix: e.g. 0.2 and 0.2.')
+                      'training subjects (their sum must be below 1). Fix: e.g. 0.2 and 0.5.')
   fp, top = leaves.get('task.fp_rates'), leaves.get('task.froc_max_fp')
   if fp and top is not None and max(fp) > top:
     raise _fail('task.froc_max_fp', top, f'at least max(task.fp_rates) = {max(fp):g}',

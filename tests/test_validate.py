@@ -58,7 +58,7 @@ BAD = [
     ('data.split_seed', -3, ['data.split_seed=-3']),
     ('data.val_share', 0.0, ['data.val_share=0.0', 'in (0, 1)']),
     ('data.test_share', 1.0, ['data.test_share=1.0', 'in [0, 1)']),
-    ('data.val_share', 0.8, ['data.val_share=0.8', 'data.test_share=0.2', 'below 1']),
+    ('data.val_share', 0.8, ['data.val_share=0.8', 'data.test_share=0.5', 'below 1']),
     ('data.fraction', 0.0, ['data.fraction=0.0', 'in (0, 1]']),
     ('optim.base_lr', float('inf'), ['optim.base_lr=inf', 'a finite number > 0']),
     ('optim.base_lr', 0.0, ['optim.base_lr=0.0']),
@@ -153,7 +153,7 @@ def test_library_calls_of_the_wrong_type_name_the_argument(tmp_path):
   for call in (medft.train, medft.sweep, medft.auto_tune, medft.pretrain.pretrain):
     with pytest.raises(TypeError, match='config must be an ml_collections.ConfigDict'):
       call(config.to_dict(), tmp_path / 'w')
-    with pytest.raises(TypeError, match='workdir must be a folder name'):
+    with pytest.raises(TypeError, match='workdir must be a folder path'):
       call(config, 5)
   assert not list(tmp_path.iterdir())
 
