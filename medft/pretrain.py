@@ -266,13 +266,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
   from medft import validate  # here, so that `python -m medft.validate` runs it fresh
   validate.check_config(config, 'pretrain')  # every field in range before anything is written
   workdir = trainer.check_workdir_arg(workdir)
-  lock = trainer.workdir_lock(workdir)
-  if (workdir / trainer.LOCK_FILE).is_file():
-    lock.acquire()
-  try:
+  with trainer.held_workdir(workdir) as lock:
     return _pretrain(config, workdir, lock)
-  finally:
-    lock.release()
 
 
 def _read_record(record_file: Path) -> dict:

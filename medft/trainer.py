@@ -15,7 +15,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -104,6 +104,20 @@ def workdir_lock(workdir: Path) -> 'locks.Lock | _NoLock':
   if jax.process_index() != 0:
     return _NoLock()
   return locks.Lock(workdir / LOCK_FILE, f'--workdir={workdir}')
+
+
+@contextlib.contextmanager
+def held_workdir(workdir: Path) -> Iterator['locks.Lock | _NoLock']:
+  """The workdir's lock for the body, released after it. Taken at once when a run was here
+  before (a second process then stops before reading any data); otherwise the body takes it
+  (`lock.acquire()`) once it has created the folder."""
+  lock = workdir_lock(workdir)
+  if (workdir / LOCK_FILE).is_file():  # a run was here: is it still running?
+    lock.acquire()
+  try:
+    yield lock
+  finally:
+    lock.release()
 
 
 class _NoLock:
@@ -384,13 +398,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   from medft import validate  # here, so that `python -m medft.validate` runs it fresh
   validate.check_config(config, 'train')  # every field in range before anything is touched
   workdir = check_workdir_arg(workdir)
-  lock = workdir_lock(workdir)
-  if (workdir / LOCK_FILE).is_file():  # a run was here: is it still running?
-    lock.acquire()
-  try:
+  with held_workdir(workdir) as lock:
     return _train(config, workdir, lock)
-  finally:
-    lock.release()
 
 
 def read_results(path: Path) -> dict:

@@ -56,7 +56,7 @@ def _config(init: Path, data_dir: Path, seed: int):
   return c
 
 
-@pytest.mark.slow
+@pytest.mark.study  # ~80 s on 2 idle cores: run with `python -m pytest -q -m study tests`
 @pytest.mark.skipif(not KVASIR.is_dir(), reason=f'real Kvasir-SEG copy not found at {KVASIR} '
                     '(../shared is absent)')
 @pytest.mark.skipif(not SQUEEZENET.is_file(), reason=f'real ImageNet SqueezeNet weights not '
