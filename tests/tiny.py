@@ -16,7 +16,6 @@ def config(data_dir, steps: int = 30, depth: str = 'scratch',
   c.task.patch_size = 32
   c.task.eval_patches_per_class = 10
   c.task.eval_col_stride = 8
-  c.task.roi_height_mm = 2.0  # holds every synthetic wall (as the demo's); fewer test patches
   c.optim.base_lr = 0.003
   c.train.eval_every = 10
   c.train.log_every = 5
