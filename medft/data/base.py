@@ -27,6 +27,14 @@ class ManualDirError(MissingInputError):
   """The user's download is missing or incomplete."""
 
 
+class _LocalInfo(tfds.core.DatasetInfo):
+  """A medft dataset's info: never on the TFDS bucket, so no look-up there (TFDS's own
+  `initialize_from_bucket` leaves an empty temporary folder behind on every new builder)."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 @dataclasses.dataclass(frozen=True)
 class Record:
   """One raw example before loading: its id, its unit (subject/sequence/patient) and files."""
@@ -90,7 +98,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     raise NotImplementedError
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return _LocalInfo(
         builder=self,
         description=self.DESCRIPTION,
         features=self._features(),
