@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medft import apps, files, metrics, tuning
+from medft import apps, files, metrics, progress, tuning
 from medft.errors import ConfigError, InputFileError, MissingInputError, NotOursError
 from medft.report import context, stats, text
 from medft.report.runs import PLOTS, RunRecord, discover, read_json, read_plan
@@ -139,6 +139,8 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
   points = spec.points(first_test) if spec and first_test else ()
 
   rows, pairs = [], []
+  counter = progress.Progress('report: intervals', 'arm x fraction groups',
+                              total=len(fractions) * len(arms))
   for f in fractions:
     for a in arms:
       planned = [r for r in runs if r.fraction == f and r.arm == a]
@@ -147,6 +149,7 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
                      'runs_planned': len(planned),
                      **(_row(spec, points, groups[(f, a)], n_boot) if groups[(f, a)]
                         else {'n_seeds': 0, 'seeds': [], 'metrics': {}})})
+      counter.update(1)
     present = {a: _seed_tests(groups[(f, a)]) for a in arms if _seed_tests(groups[(f, a)])}
     for p in points:
       if not p.compared or len(present) < 2:
@@ -156,6 +159,7 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
       pairs.append({'fraction': f, 'point': p.key, 'label': p.label, 'unit': p.unit,
                     'higher_is_better': p.higher_is_better, 'correction': correction,
                     'rows': stats.pairs_table(spec, p, present, n_boot, correction)})
+  counter.done()
   primary = spec.primary(first_test) if spec and first_test else None
   primary_point = next((p for p in points if p.key == primary), None)
   _mark_best(rows, primary_point)
