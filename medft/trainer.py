@@ -595,12 +595,7 @@ def _feature_cache(config, model, units, meta: store.Meta, params
   mode = config.train.get('feature_cache', '')
   if not mode:
     return None, None
-  if not mode.strip():
-    raise ConfigError(f'train.feature_cache={mode!r} is blank; give "memory", a folder, or "" '
-                      'to turn the cache off.')
-  if not config.train.feature_cache_mb > 0:
-    raise ConfigError(f'train.feature_cache_mb={config.train.feature_cache_mb} must be above 0 '
-                      '(MiB of features the cache may hold).')
+  # A blank mode and feature_cache_mb <= 0 were refused by medft.validate before the workdir.
   if config.depth == 'scratch' or config.depth == units[0]:
     logging.info('train.feature_cache: arm %s trains every unit; nothing to cache.',
                  config.depth)
