@@ -30,7 +30,7 @@ from skimage import feature, transform
 from medft import metrics
 from medft.data.masks import label_components
 from medft.errors import ConfigError, InputFileError
-from medft.tasks import augment, detection
+from medft.tasks import augment, detection, example_cache
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
 # name -> fn(image uint8 (H, W, 3), task_config) -> (centres (K, 2) yx float, sides (K,) px).
@@ -167,6 +167,11 @@ class Frame:
 
   @classmethod
   def from_example(cls, ex: dict, cfg: Any) -> 'Frame':
+    """The frame of example `ex` under `cfg` (computed once per process: example_cache)."""
+    return example_cache.get('polyp.Frame', ex, cfg, lambda: cls._make(ex, cfg))
+
+  @classmethod
+  def _make(cls, ex: dict, cfg: Any) -> 'Frame':
     image, mask = np.asarray(ex['image']), np.asarray(ex['mask']) > 0
     if image.ndim == 2:
       image = np.repeat(image[..., None], 3, axis=-1)
@@ -203,7 +208,7 @@ def candidate_recall(examples: Iterable[dict], cfg: Any) -> dict:
   counts, seconds = [], 0.0
   for ex in examples:
     start = time.perf_counter()
-    frame = Frame.from_example(ex, cfg)
+    frame = Frame._make(ex, cfg)  # the real work, timed (not the memo)
     seconds += time.perf_counter() - start
     counts.append(len(frame.sides))
     u = units.setdefault(frame.unit, {'unit': frame.unit, 'lesions': 0, 'lesions_hit': 0})

@@ -345,10 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--arch', required=True, choices=sorted(ARCHS))
   parser.add_argument('--out', required=True, help='folder to create for the artifact')
   parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
+  parser.add_argument('--input_size', type=int, default=0, metavar='SIDE',
+                      help="network input side in pixels (default: the source's own)")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
   try:
-    out = convert(args.src, args.format, args.arch, args.out, overwrite=args.overwrite)
+    out = convert(args.src, args.format, args.arch, args.out, overwrite=args.overwrite,
+                  input_size=(args.input_size,) * 2 if args.input_size > 0 else None)
   except (ValueError, OSError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
