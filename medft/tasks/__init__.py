@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from medft.errors import ConfigError
+from medft.tasks.base import Task
 
 
-def get_task(app: str, splits: dict, task_config: Any, seed: int):
+def get_task(app: str, splits: dict, task_config: Any, seed: int) -> Task:
   """The task object for a dataset's application (`cimt`, `polyp`, `pe`, `frames`)."""
   if app == 'cimt':
     from medft.tasks.cimt import CimtTask

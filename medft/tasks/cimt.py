@@ -37,11 +37,10 @@ import numpy as np
 from scipy import ndimage
 
 from medft import errors, metrics
+from medft.tasks.base import PredictFn
 
 BACKGROUND, LI, MA = 0, 1, 2
 CLASS_NAMES = ('background', 'lumen-intima', 'media-adventitia')
-
-PredictFn = Callable[[np.ndarray], np.ndarray]
 
 
 def rows_per_column(polyline: np.ndarray, width: int) -> np.ndarray:
