@@ -35,8 +35,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medft import errors, files, progress
+from medft.data import schema, synthetic
 from medft.data import splits as splits_lib
-from medft.data import synthetic
 from medft.data.base import FULL_SPLIT, ManualBuilder, check_manual_dir
 from medft.data.cad_pe import CadPe
 from medft.data.cubs import Cubs, config_name
@@ -54,26 +54,6 @@ BUILDERS: dict[str, type[ManualBuilder]] = {
 }
 # The builder whose layout `synthetic_<app>` writes.
 TWIN_BUILDERS = {'cimt': 'cubs', 'polyp': 'cvc_clinicdb', 'pe': 'cad_pe', 'frames': 'frames_folder'}
-DEFAULTS: dict[str, Any] = {
-    'name': None,
-    'manual_dir': None,
-    'data_dir': None,
-    'fraction': 1.0,
-    # What a fraction counts: the split unit's name (subjects, videos, ...) or frames/images
-    # (examples); '' = the split unit. See `medft.data.splits`.
-    'fraction_unit': '',
-    'split_seed': 0,
-    'val_share': 0.2,
-    'test_share': 0.2,
-    # cubs: annotator whose profiles are read (A1, A1', A2, A3).
-    'annotator': 'A1',
-    # frames_folder: class folder -> integer label, and regex picking the unit from a stem.
-    'classes': None,
-    'unit_regex': None,
-    # synthetic twins: number of examples (None: per-app default) and generator seed.
-    'synthetic_n': None,
-    'synthetic_seed': 0,
-}
 
 
 def default_data_dir() -> Path:
@@ -162,11 +142,8 @@ class Dataset:
 
 
 def _read_config(cfg: Any) -> dict[str, Any]:
-  raw = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
-  unknown = sorted(set(raw) - set(DEFAULTS))
-  if unknown:
-    raise ConfigError(f'Unknown data config fields {unknown}; known: {sorted(DEFAULTS)}.')
-  merged = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+  """The data config with its defaults (`medft.data.schema`), its values checked."""
+  merged = schema.read(cfg)
   if not merged['name']:
     raise ConfigError(f'The data config needs a name: one of {dataset_names()}.')
   # Checked before anything is read or prepared, so a typo costs no preparation time.
