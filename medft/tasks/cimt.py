@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from medft import errors, metrics
+from medft.tasks import TASKS
 from medft.tasks.base import PredictFn
 
 BACKGROUND, LI, MA = 0, 1, 2
@@ -148,6 +149,7 @@ def sample_positions(scans: Sequence[Scan], n: int, rng: np.random.Generator,
   return scan_idx, rows, cols, labels
 
 
+@TASKS.register('cimt')
 class CimtTask:
   """Patch sampling and evaluation for the CIMT application."""
   app = 'cimt'

@@ -15,7 +15,7 @@ import numpy as np
 
 from medft import metrics
 from medft.errors import ConfigError, InputFileError
-from medft.tasks import augment
+from medft.tasks import TASKS, augment
 from medft.tasks.base import PredictFn, positive_class_auc
 
 
@@ -45,6 +45,7 @@ class Frame:
     return np.stack([self.image[y:y + size, x:x + size] for y, x in corners])
 
 
+@TASKS.register('frames')
 class FramesTask:
   """Random-crop sampling, crop averaging and ROC evaluation for frame classification."""
   app = 'frames'

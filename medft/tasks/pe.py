@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from medft.errors import InputFileError
-from medft.tasks import detection
+from medft.tasks import TASKS, detection
 
 _FULL = ndimage.generate_binary_structure(3, 3)
 
@@ -292,6 +292,7 @@ class Volume:
 # ---- task --------------------------------------------------------------------------------
 
 
+@TASKS.register('pe')
 class PeTask(detection.CandidateTask):
   """Clot candidates of CT volumes: vessel-aligned views, FROC in false positives per volume."""
   app = 'pe'

@@ -29,18 +29,14 @@ from skimage import feature, transform
 
 from medft.data.masks import label_components
 from medft.errors import ConfigError, InputFileError
-from medft.tasks import augment, detection
+from medft.registry import Registry
+from medft.tasks import TASKS, augment, detection
 
-# name -> fn(image uint8 (H, W, 3), task_config) -> (centres (K, 2) yx float, sides (K,) px).
-GENERATORS: dict[str, Callable[[np.ndarray, Any], tuple[np.ndarray, np.ndarray]]] = {}
-
-
-def register_generator(name: str):
-  """Decorator adding a candidate generator to `GENERATORS` under `name`."""
-  def add(fn):
-    GENERATORS[name] = fn
-    return fn
-  return add
+# name -> fn(image uint8 (H, W, 3), task_config) -> (centres (K, 2) yx float, sides (K,) px);
+# `@register_generator(name)` adds one (`medft.registry`).
+GENERATORS: Registry[Callable[[np.ndarray, Any], tuple[np.ndarray, np.ndarray]]] = Registry(
+    'candidate generator', 'task.generator')
+register_generator = GENERATORS.register
 
 
 def _resize(image: np.ndarray, factor: float) -> np.ndarray:
@@ -107,7 +103,7 @@ def generator_names(spec: str) -> list[str]:
   unknown = [n for n in names if n not in GENERATORS]
   if unknown:
     raise ConfigError(f'task.generator={spec!r}: unknown generator {", ".join(map(repr, unknown))}'
-                      f'; available: {", ".join(sorted(GENERATORS))} (join several with "+", '
+                      f'; available: {", ".join(GENERATORS)} (join several with "+", '
                       'e.g. dog+grid).')
   return names
 
@@ -217,6 +213,7 @@ def candidate_recall(examples: Iterable[dict], cfg: Any) -> dict:
           'per_unit': list(units.values())}
 
 
+@TASKS.register('polyp')
 class PolypTask(detection.CandidateTask):
   """Polyp candidates of colonoscopy frames: box views, FROC in false positives per frame."""
   app = 'polyp'
