@@ -6,6 +6,7 @@ from typing import Any
 
 import ml_collections
 
+from medft.data import schema as data_schema
 from medft.errors import ConfigError
 
 
@@ -126,28 +127,11 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # Grouped convolution form: auto (split on CPU, XLA's grouped kernel elsewhere), split, xla.
   c.model.group_impl = 'auto'
 
-  c.data = ml_collections.ConfigDict()
-  # TFDS builder name (or a synthetic twin such as synthetic_cimt).
-  c.data.name = ''
-  # Folder holding the user's download of the public dataset.
-  c.data.manual_dir = ''
-  # Where prepared datasets are cached ('' = $MEDFT_DATA_DIR or ~/.cache/medft).
-  c.data.data_dir = ''
-  # Share of training units kept (nested across fractions), in (0, 1].
-  c.data.fraction = arg.fraction
-  # What a fraction counts: the split unit (subjects, patients, videos, ...) or frames/images
-  # (examples of the training units); set by each application, '' = the split unit.
-  c.data.fraction_unit = ''
-  # Seed of the subject-level train/validation/test split.
-  c.data.split_seed = 0
-  # Share of training subjects held out for validation (the paper's 20%).
-  c.data.val_share = 0.2
-  # Share of units held out for testing: about half, as the paper held out (public sets are
+  # Data: every field of medft.data.schema (its defaults and meanings), with the fraction of
+  # the arm, and half the units held out for testing, as the paper held out (public sets are
   # big enough: CUBS ~1000 subjects, Kvasir-SEG 1000 frames, CVC-ClinicDB 29 videos, CAD-PE
   # 91 patients); the CIMT demo keeps it and trims its test-time cost instead.
-  c.data.test_share = 0.5
-  # Size of a synthetic twin (number of images/volumes); 0 = the generator's default.
-  c.data.synthetic_n = 0
+  c.data = data_schema.config(fraction=arg.fraction, test_share=0.5)
 
   c.optim = ml_collections.ConfigDict()
   # lr of every tuned layer (paper: 0.001).

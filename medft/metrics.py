@@ -434,6 +434,16 @@ def bootstrap_ci(
   }
 
 
+def bootstrap_ci_or_error(metric_fn: Callable[[list], float], units: Sequence,
+                          n_boot: int = 1000, seed: int = 0) -> dict:
+  """`bootstrap_ci`, or {'value': None, 'error': why} where the metric is undefined on these
+  units (e.g. no lesion or one class only in a test split), so a report states why."""
+  try:
+    return bootstrap_ci(metric_fn, units, n_boot=n_boot, seed=seed)
+  except ValueError as err:
+    return {'value': None, 'error': str(err)}
+
+
 def paired_bootstrap(
   metric_fn: Callable[[list], float],
   units_a: Sequence,

@@ -33,6 +33,7 @@ from medft.errors import (  # NonFiniteError is re-exported as medft.trainer.Non
   NotOursError,
   ResourceError,
 )
+from medft.tasks.base import Task
 from medft.weights import store
 
 
@@ -430,7 +431,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
   ds = data.load(config.data)
   # After the data: input that cannot be read leaves no compile-cache folder behind.
   compile_counter = enable_compile_cache(config.compile_cache)
-  task = tasks.get_task(ds.app, ds.splits, config.task, config.seed)
+  task: Task = tasks.get_task(ds.app, ds.splits, config.task, config.seed)
   if task.num_classes != config.num_classes:
     raise ConfigError(f'num_classes={config.num_classes} but the {ds.app} task has '
                       f'{task.num_classes} classes.')
@@ -645,7 +646,7 @@ def _early_state(best_val: float, best_step: int, bad_evals: int) -> dict:
           'bad_evals': np.asarray(bad_evals, np.int32)}
 
 
-def _input_pipeline(task, start: int, steps: int, batch: int, host_slice: slice, train_cfg):
+def _input_pipeline(task: Task, start: int, steps: int, batch: int, host_slice: slice, train_cfg):
   """Batches `start..steps-1`, cut by grain worker threads ahead of the step that uses them.
 
   Batch `s` is a pure function of (seed, s), so the iterator position is the step number and

@@ -199,7 +199,7 @@ RULES: dict[str, Rule] = {
     'model.init_scheme': one_of('', 'gaussian', 'xavier', 'he',
                                 fix='"" keeps the architecture\'s default'),
     'model.group_impl': one_of('auto', 'split', 'xla', fix='auto picks per backend'),
-    # Data (medft.data.dataset.DEFAULTS).
+    # Data (the fields of medft.data.schema.FIELDS).
     'data.name': text('the application config sets it'),
     'data.manual_dir': path('the folder holding your download of the dataset'),
     'data.data_dir': path('a writable folder, or "" for $MEDFT_DATA_DIR or ~/.cache/medft'),

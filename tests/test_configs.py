@@ -8,7 +8,8 @@ import pytest
 import tiny
 
 from configs import cimt, frames, pe, polyp
-from medft import errors, sweep
+from medft import errors, sweep, validate
+from medft.data import schema
 from medft.sweep import run_dir
 
 
@@ -23,6 +24,16 @@ def test_each_app_states_the_papers_design(module, unit, fractions, train_units)
   assert (c.data.fraction_unit, c.sweep.fractions, c.sweep.train_units) == (
       unit, fractions, train_units)
   assert c.data.test_share == 0.5 and c.data.val_share == 0.2
+
+
+@pytest.mark.parametrize('module', [cimt, polyp, pe, frames])
+def test_the_data_block_is_the_loaders_schema(module):
+  c = module.get_config('synthetic')
+  assert set(c.data) == set(schema.FIELDS)  # so every field can be set on the command line
+  assert all(f'data.{key}' in validate.RULES for key in schema.FIELDS)
+  read = schema.read(c.data)
+  assert read['annotator'] == 'A1' and read['synthetic_seed'] == 0
+  validate.check_config(c)
 
 
 def test_design_variants():

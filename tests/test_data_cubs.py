@@ -2,6 +2,7 @@
 
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +88,21 @@ def test_fractions_are_nested_and_applied_to_train_only(data_dir):
   assert len(kept[1.0]) == 8 and len(kept[0.5]) == 4 and len(kept[0.25]) == 2
   with pytest.raises(ValueError, match=r'fraction=0.01.*train split.*only 8 units'):
     data.load({'name': 'synthetic_cimt', 'data_dir': str(data_dir), 'fraction': 0.01})
+
+
+def test_annotator_set_on_the_command_line_reaches_the_loader(data_dir):
+  """`--config.data.annotator=A2` is a field of every config (medft.data.schema)."""
+  from absl import flags
+  from ml_collections import config_flags
+  config = Path(__file__).resolve().parents[1] / 'configs' / 'cimt.py'
+  argv = ['run.py', f'--config={config}:synthetic', '--config.data.annotator=A2',
+          f'--config.data.data_dir={data_dir}', '--config.data.synthetic_n=0']
+  flag_values = flags.FlagValues()  # as run.py defines its --config flag
+  config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  flag_values(argv)
+  ds = data.load(flag_values.config.data)
+  assert ds.splits['test'][0]['annotator'] == 'A2'
 
 
 def test_other_annotator(data_dir):

@@ -412,3 +412,14 @@ def test_candidate_recall_hand_worked():
     assert metrics.candidate_recall(units) == pytest.approx(1 / 3)  # one of three lesions hit
     with pytest.raises(ValueError, match="no lesion"):
         metrics.candidate_recall([{"lesion_ids": [-1], "num_lesions": 0}])
+
+
+def test_bootstrap_ci_or_error_records_why_a_metric_is_undefined():
+  def auc(units):  # every label positive: the ROC is undefined on any resample
+    return metrics.roc_auc(np.ones(len(units), bool), np.asarray(units, float))
+
+  undefined = metrics.bootstrap_ci_or_error(auc, [1, 2, 3], n_boot=5)
+  assert undefined == {'value': None,
+                       'error': 'metric_fn raised ValueError on all 5 bootstrap resamples.'}
+  assert metrics.bootstrap_ci_or_error(np.mean, [1, 2, 3], n_boot=20, seed=4) == \
+      metrics.bootstrap_ci(np.mean, [1, 2, 3], n_boot=20, seed=4)

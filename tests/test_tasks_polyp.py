@@ -248,6 +248,26 @@ def test_test_score_is_the_mean_over_all_views():
   assert np.ptp(per_view, axis=1).max() > 1e-3  # the views differ, so averaging matters
 
 
+def test_test_views_are_predicted_across_frames_in_chunks_of_eval_chunk():
+  calls = []
+
+  def predict(x):
+    calls.append(len(x))
+    p = x.astype(np.float64).mean(axis=(1, 2, 3)) / 255.0
+    return np.stack([1 - p, p], axis=1)
+
+  one = _task(eval_chunk=24)  # 24 views: one candidate per call
+  per_candidate = one.evaluate(predict, 'test', n_boot=10)
+  n_candidates = sum(len(f.sides) for f in one.frames['test'])
+  assert calls == [24] * n_candidates
+  calls.clear()
+  chunked = _task(eval_chunk=24 * 20).evaluate(predict, 'test', n_boot=10)
+  full, rest = divmod(n_candidates, 20)
+  assert calls == [480] * full + [24 * rest] * (rest > 0)
+  assert len(calls) < len(one.frames['test'])  # fewer calls than frames: chunks span frames
+  assert chunked['per_unit'] == per_candidate['per_unit']
+
+
 @pytest.mark.skipif(not KVASIR.is_dir(), reason=f'real Kvasir-SEG copy not found at {KVASIR}')
 def test_dog_generator_finds_most_real_kvasir_polyps():
   from PIL import Image

@@ -1,7 +1,8 @@
 """What each application reports: one declaration per app, read by `medft.report`.
 
 An application (`cimt`, `polyp`, `pe`, `frames`: the name a run records as `app` in its
-results.json) declares in `medft/apps/<app>.py` a `SPEC`:
+results.json) declares in `medft/apps/<app>.py` a `SPEC`, registered under its name in `APPS`
+(`medft.registry`: looking an app up imports its module):
   * its results.json schema: the keys its task writes under `test` and in each per-unit
     record, checked before a report uses a file (a wrong shape is an InputFileError);
   * its unit of independence (subject, video, volume) and how the per-unit records are read;
@@ -17,12 +18,12 @@ imports the report, the tasks or JAX (metrics only), so any layer may read a spe
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-APPS = ('cimt', 'polyp', 'pe', 'frames')
+from medft.registry import Registry
+
 # Keys every results.json holds (written by medft.trainer.train) that the report reads.
 RESULTS_KEYS = ('app', 'arm', 'fraction', 'seed', 'steps', 'val_auc', 'test')
 
@@ -83,12 +84,13 @@ class Spec:
   items: Callable[[Sequence[Record], str], np.ndarray] | None = None  # box plot values
 
 
+APPS: Registry[Spec] = Registry('application', 'app', 'medft.apps')
+
+
 def get(name: Any) -> Spec:
-  """The declaration of application `name` (ValueError naming the known ones)."""
-  if name not in APPS:
-    raise ValueError(f'application {name!r} has no report declaration; known: '
-                     f'{", ".join(APPS)}.')
-  return importlib.import_module(f'medft.apps.{name}').SPEC
+  """The declaration of application `name` (a ConfigError, a ValueError, naming the known
+  ones)."""
+  return APPS[name]
 
 
 def missing_keys(spec: Spec, test: Any) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from medft.apps import Point, Spec, by_unit
+from medft.apps import APPS, Point, Spec, by_unit
 
 ERRORS = (('li_error_um', 'LI error'), ('ma_error_um', 'MA error'),
           ('cimt_error_um', 'CIMT error'))
@@ -51,10 +51,10 @@ def image_values(units: Sequence[Sequence[list]], key: str) -> np.ndarray:
   return np.asarray(out)
 
 
-SPEC = Spec(
+SPEC = APPS.register('cimt', Spec(
     name='cimt', unit_name='subject', test_keys=('auc', 'per_image'), record_key='per_image',
     record_keys=('id', 'unit', 'li_error_um', 'ma_error_um', 'cimt_error_um'),
     units=lambda test: by_unit(test['per_image']), points=points,
     primary=lambda test: 'li_error_um',
     per_unit_rule='the subject\'s mean error over its test images (seed-averaged)',
-    plots=('boxplot',), box_keys=('li_error_um', 'ma_error_um'), items=image_values)
+    plots=('boxplot',), box_keys=('li_error_um', 'ma_error_um'), items=image_values))

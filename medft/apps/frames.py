@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from medft import metrics
-from medft.apps import Axis, Point, Spec, auc_point
+from medft.apps import APPS, Axis, Point, Spec, auc_point
 
 
 def _pooled(records: Sequence[Mapping]) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +50,7 @@ def points(test: Mapping) -> tuple[Point, ...]:
       auc_point('frame AUC', lambda r: (r['labels'], r['scores'])),)
 
 
-SPEC = Spec(
+SPEC = APPS.register('frames', Spec(
     name='frames', unit_name='video', test_keys=('auc', 'fprs', 'per_unit'),
     record_key='per_unit', record_keys=('unit', 'labels', 'scores'),
     units=lambda test: {str(u['unit']): u for u in test['per_unit']}, points=points,
@@ -62,4 +62,4 @@ SPEC = Spec(
     plots=('roc',), curve_axis=Axis('linear', 0.0, 0.5, '1 - specificity (false positive '
                                                            'rate)'),
     curve=_roc_on_grid, curve_marks=lambda test: [float(f) for f in test['fprs']],
-    curve_ylabel='sensitivity (true positive rate)')
+    curve_ylabel='sensitivity (true positive rate)'))

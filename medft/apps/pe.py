@@ -5,7 +5,7 @@ independence: the patient (a per_unit record holds all of one patient's CT volum
 medft.tasks.pe writes it). The FROC is drawn as in Fig. 4, 0..10 FP/volume.
 """
 
-from medft.apps import Axis, detection
+from medft.apps import APPS, Axis, detection
 
-SPEC = detection.make('pe', 'patient', 'volume',
-                      Axis('linear', 0.0, 10.0, 'false positives per volume'))
+SPEC = APPS.register('pe', detection.make(
+    'pe', 'patient', 'volume', Axis('linear', 0.0, 10.0, 'false positives per volume')))

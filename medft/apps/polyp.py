@@ -4,7 +4,7 @@ Operating points: every configured `task.fp_rates` (paper: 0.01 and 0.001 FP/fra
 independence: the video (sequence). The FROC is drawn on the paper's log axis, 1e-4..10.
 """
 
-from medft.apps import Axis, detection
+from medft.apps import APPS, Axis, detection
 
-SPEC = detection.make('polyp', 'video', 'frame',
-                      Axis('log', 1e-4, 10.0, 'false positives per frame'))
+SPEC = APPS.register('polyp', detection.make(
+    'polyp', 'video', 'frame', Axis('log', 1e-4, 10.0, 'false positives per frame')))

@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import utils as tfds_utils
 
 from medft.errors import InputFileError, MissingInputError
+from medft.registry import Registry
 
 # The only split a medft builder writes: train/validation/test are chosen at read time.
 FULL_SPLIT = 'full'
@@ -25,6 +26,16 @@ FULL_SPLIT = 'full'
 
 class ManualDirError(MissingInputError):
   """The user's download is missing or incomplete."""
+
+
+# name -> builder class; a builder module adds its class with `@register_builder`.
+BUILDERS: Registry[type['ManualBuilder']] = Registry('dataset', 'data.name', 'medft.data')
+
+
+def register_builder(cls: type['ManualBuilder']) -> type['ManualBuilder']:
+  """Class decorator: the builder under its TFDS name (`cls.name`, also its module's name)."""
+  BUILDERS.register(cls.name, cls)
+  return cls
 
 
 class _LocalInfo(tfds.core.DatasetInfo):
@@ -86,6 +97,12 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def code_path(cls) -> None:
     """None: medft builders keep no checksums or metadata files next to their code, and TFDS
     4.9's lookup of that folder needs `importlib_resources`, which it does not install."""
+    return None
+
+  @classmethod
+  def config_from(cls, data_config: dict[str, Any]) -> tfds.core.BuilderConfig | str | None:
+    """The builder config a data config (`medft.data.schema.read`) selects; None: the one."""
+    del data_config
     return None
 
   def _features(self) -> tfds.features.FeaturesDict:

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medft.data import volumes
-from medft.data.base import ManualBuilder, ManualDirError, Record
+from medft.data.base import ManualBuilder, ManualDirError, Record, register_builder
 from medft.errors import InputFileError
 
 _IMAGE = re.compile(r'^(\d+)\.nrrd$')
@@ -49,6 +49,7 @@ def read_nrrd(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
   return data, header
 
 
+@register_builder
 class CadPe(ManualBuilder, skip_registration=True):
   """CAD-PE volumes, spacing and per-clot labels; unit = patient."""
 

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medft.data import readers
-from medft.data.base import ManualBuilder, ManualDirError, Record
+from medft.data.base import ManualBuilder, ManualDirError, Record, register_builder
 from medft.errors import ConfigError
 
 IMAGE_SUFFIXES = ('.tiff', '.tif', '.png')
@@ -59,6 +59,7 @@ def config_name(annotator: str) -> str:
   return annotator.lower().replace("'", 's')
 
 
+@register_builder
 class Cubs(ManualBuilder, skip_registration=True):
   """CUBS images, calibration factors and one annotator's LI/MA profiles."""
 
@@ -80,6 +81,10 @@ class Cubs(ManualBuilder, skip_registration=True):
     SEGMENTATIONS/<annotator>/<id>-MA.txt    media-adventitia profile
   with annotators A1 (reference), A1' (A1 again), A2, A3.
   """
+
+  @classmethod
+  def config_from(cls, data_config: dict[str, Any]) -> str:
+    return config_name(data_config['annotator'])
 
   def _features(self) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict({

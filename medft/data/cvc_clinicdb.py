@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medft.data import readers
-from medft.data.base import ManualBuilder, ManualDirError, Record
+from medft.data.base import ManualBuilder, ManualDirError, Record, register_builder
 from medft.data.masks import boxes_from_mask
 from medft.errors import InputFileError
 
@@ -46,6 +46,7 @@ def _find(folder: Path, stem: str) -> Path | None:
   return None
 
 
+@register_builder
 class CvcClinicdb(ManualBuilder, skip_registration=True):
   """CVC-ClinicDB frames, binary masks and component boxes; unit = video sequence."""
 

@@ -35,45 +35,16 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medft import errors, files, progress
+from medft.data import schema, synthetic
 from medft.data import splits as splits_lib
-from medft.data import synthetic
-from medft.data.base import FULL_SPLIT, ManualBuilder, check_manual_dir
-from medft.data.cad_pe import CadPe
-from medft.data.cubs import Cubs, config_name
-from medft.data.cvc_clinicdb import CvcClinicdb
-from medft.data.frames_folder import FramesFolder, FramesFolderConfig
-from medft.data.fumpe import Fumpe
-from medft.data.kvasir_seg import KvasirSeg
+from medft.data.base import BUILDERS, FULL_SPLIT, ManualBuilder, check_manual_dir
 from medft.data.readers import decode_image_bytes
 from medft.errors import ConfigError, InputFileError
 
 FINGERPRINT_FILE = 'medft_source.json'
 
-BUILDERS: dict[str, type[ManualBuilder]] = {
-    cls.name: cls for cls in (Cubs, CvcClinicdb, KvasirSeg, CadPe, Fumpe, FramesFolder)
-}
 # The builder whose layout `synthetic_<app>` writes.
 TWIN_BUILDERS = {'cimt': 'cubs', 'polyp': 'cvc_clinicdb', 'pe': 'cad_pe', 'frames': 'frames_folder'}
-DEFAULTS: dict[str, Any] = {
-    'name': None,
-    'manual_dir': None,
-    'data_dir': None,
-    'fraction': 1.0,
-    # What a fraction counts: the split unit's name (subjects, videos, ...) or frames/images
-    # (examples); '' = the split unit. See `medft.data.splits`.
-    'fraction_unit': '',
-    'split_seed': 0,
-    'val_share': 0.2,
-    'test_share': 0.2,
-    # cubs: annotator whose profiles are read (A1, A1', A2, A3).
-    'annotator': 'A1',
-    # frames_folder: class folder -> integer label, and regex picking the unit from a stem.
-    'classes': None,
-    'unit_regex': None,
-    # synthetic twins: number of examples (None: per-app default) and generator seed.
-    'synthetic_n': None,
-    'synthetic_seed': 0,
-}
 
 
 def default_data_dir() -> Path:
@@ -162,11 +133,8 @@ class Dataset:
 
 
 def _read_config(cfg: Any) -> dict[str, Any]:
-  raw = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
-  unknown = sorted(set(raw) - set(DEFAULTS))
-  if unknown:
-    raise ConfigError(f'Unknown data config fields {unknown}; known: {sorted(DEFAULTS)}.')
-  merged = {**DEFAULTS, **{k: v for k, v in raw.items() if v is not None}}
+  """The data config with its defaults (`medft.data.schema`), its values checked."""
+  merged = schema.read(cfg)
   if not merged['name']:
     raise ConfigError(f'The data config needs a name: one of {dataset_names()}.')
   # Checked before anything is read or prepared, so a typo costs no preparation time.
@@ -184,7 +152,7 @@ def _read_config(cfg: Any) -> dict[str, Any]:
 def dataset_names() -> list[str]:
   """Every name `load` accepts."""
   twins = [f'synthetic_{n}' for n in [*TWIN_BUILDERS, *synthetic_layouts()]]
-  return sorted(BUILDERS) + twins
+  return BUILDERS.names() + twins
 
 
 def synthetic_layouts() -> list[str]:
@@ -193,17 +161,7 @@ def synthetic_layouts() -> list[str]:
 
 def _make_builder(builder_name: str, cfg: dict[str, Any], data_dir: Path) -> ManualBuilder:
   cls = BUILDERS[builder_name]
-  config = None
-  if cls is Cubs:
-    config = config_name(cfg['annotator'])
-  elif cls is FramesFolder:
-    if not cfg['classes']:
-      raise ConfigError(
-          'frames_folder needs config field `classes`, a class folder -> label map such as '
-          "{'informative': 1, 'non_informative': 0}."
-      )
-    config = FramesFolderConfig(classes=dict(cfg['classes']), unit_regex=cfg['unit_regex'])
-  return cls(data_dir=str(data_dir), config=config, file_format='array_record')
+  return cls(data_dir=str(data_dir), config=cls.config_from(cfg), file_format='array_record')
 
 
 def _resolve(cfg: dict[str, Any]) -> tuple[str, Path | None, Path, dict[str, Any] | None]:

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medft.data import readers
-from medft.data.base import ManualBuilder, ManualDirError, Record
+from medft.data.base import ManualBuilder, ManualDirError, Record, register_builder
 from medft.errors import ConfigError
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff')
@@ -73,6 +73,7 @@ def _check_units(records: list[Record], unit_regex: str | None, root: Path) -> N
         '--config.data.unit_regex="" for one unit per file.')
 
 
+@register_builder
 class FramesFolder(ManualBuilder, skip_registration=True):
   """Frames (file bytes), integer labels from the class map, unit ids."""
 
@@ -88,6 +89,16 @@ class FramesFolder(ManualBuilder, skip_registration=True):
   {'informative': 1, 'non_informative': 0}; optionally `unit_regex`, a regex whose first group
   picks the video/patient id out of a file stem.
   """
+
+  @classmethod
+  def config_from(cls, data_config: dict[str, Any]) -> FramesFolderConfig:
+    if not data_config['classes']:
+      raise ConfigError(
+          'frames_folder needs config field `classes`, a class folder -> label map such as '
+          "{'informative': 1, 'non_informative': 0}."
+      )
+    return FramesFolderConfig(classes=dict(data_config['classes']),
+                              unit_regex=data_config['unit_regex'])
 
   def _features(self) -> tfds.features.FeaturesDict:
     return tfds.features.FeaturesDict({

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medft.data import volumes
-from medft.data.base import ManualBuilder, ManualDirError, Record
+from medft.data.base import ManualBuilder, ManualDirError, Record, register_builder
 from medft.errors import InputFileError
 
 _PATIENT = re.compile(r'^PAT\d+$', re.IGNORECASE)
@@ -156,6 +156,7 @@ def physical_order(volume_file_order: np.ndarray, mask_yxz: np.ndarray, z: np.nd
   return volume_file_order[order], mask[order], step
 
 
+@register_builder
 class Fumpe(ManualBuilder, skip_registration=True):
   """FUMPE volumes (physical slice order), spacing and per-clot labels; unit = patient."""
 

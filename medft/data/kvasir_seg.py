@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medft.data import readers
-from medft.data.base import ManualBuilder, ManualDirError, Record
+from medft.data.base import ManualBuilder, ManualDirError, Record, register_builder
 from medft.data.masks import boxes_from_mask
 from medft.errors import InputFileError
 
@@ -39,6 +39,7 @@ def scale_boxes(entry: dict[str, Any], height: int, width: int, source: Path) ->
   return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
+@register_builder
 class KvasirSeg(ManualBuilder, skip_registration=True):
   """Kvasir-SEG frames (JPEG bytes), binary masks and scaled boxes."""
 

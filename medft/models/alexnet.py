@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from medft.errors import ConfigError
+from medft.models import register
 from medft.models.layers import Conv, adaptive_avg_pool, caffe_lrn, max_pool, stage_range
 
 UNITS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
@@ -60,6 +61,7 @@ def _classifier(module: nn.Module, x: jax.Array, train: bool, dropout_first: boo
   return x
 
 
+@register('alexnet', UNITS)
 class AlexNet(nn.Module):
   """BVLC (Caffe) AlexNet. `width` < 1 shrinks every layer, for tests only."""
   num_classes: int
@@ -97,6 +99,7 @@ class AlexNet(nn.Module):
     return _classifier(self, x, train, dropout_first=False, runs=runs)
 
 
+@register('alexnet_torchvision', UNITS)
 class AlexNetTorchvision(nn.Module):
   """torchvision's AlexNet (`torchvision.models.alexnet`), same parameter names."""
   num_classes: int

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from medft.models import register
 from medft.models.alexnet import kernel_init
 from medft.models.layers import Conv, max_pool, stage_range
 
@@ -36,6 +37,7 @@ class Fire(nn.Module):
     return jnp.concatenate([e1, e3], axis=-1)
 
 
+@register('squeezenet1_1', UNITS)
 class SqueezeNet(nn.Module):
   num_classes: int
   width: float = 1.0

@@ -69,10 +69,10 @@ def unit_values(point: apps.Point, units: Sequence[Sequence[Any]]) -> np.ndarray
 def interval(point: apps.Point, units: Sequence[Sequence[Any]], n_boot: int,
              seed: int = 0) -> dict:
   """{'value', 'low', 'high', 'n_boot', 'n_units'} or {'value': None, 'error'}."""
-  try:
-    ci = metrics.bootstrap_ci(lambda us: value(point, us), units, n_boot=n_boot, seed=seed)
-  except ValueError as e:  # e.g. no lesion in this split, or one class only
-    return {'value': None, 'error': str(e)}
+  ci = metrics.bootstrap_ci_or_error(lambda us: value(point, us), units, n_boot=n_boot,
+                                    seed=seed)
+  if 'error' in ci:  # e.g. no lesion in this split, or one class only
+    return ci
   return {'value': ci['value'], 'low': ci['low'], 'high': ci['high'], 'n_boot': ci['n_boot'],
           'n_units': len(units)}
 

@@ -1,24 +1,20 @@
-"""Applications: patch sampling for training and the paper's evaluation per application."""
+"""Applications: patch sampling for training and the paper's evaluation per application.
+
+Each application's task is a class in `medft/tasks/<app>.py`, registered under the app's name
+(`@TASKS.register('cimt')`, see `medft.registry`) and satisfying `medft.tasks.base.Task`; it is
+imported only when a run of that application asks for it.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from medft.errors import ConfigError
+from medft.registry import Registry
+from medft.tasks.base import Task
+
+TASKS: Registry[type] = Registry('task', 'app', 'medft.tasks')
 
 
-def get_task(app: str, splits: dict, task_config: Any, seed: int):
+def get_task(app: str, splits: dict, task_config: Any, seed: int) -> Task:
   """The task object for a dataset's application (`cimt`, `polyp`, `pe`, `frames`)."""
-  if app == 'cimt':
-    from medft.tasks.cimt import CimtTask
-    return CimtTask(splits, task_config, seed)
-  if app == 'polyp':
-    from medft.tasks.polyp import PolypTask
-    return PolypTask(splits, task_config, seed)
-  if app == 'pe':
-    from medft.tasks.pe import PeTask
-    return PeTask(splits, task_config, seed)
-  if app == 'frames':
-    from medft.tasks.frames import FramesTask
-    return FramesTask(splits, task_config, seed)
-  raise ConfigError(f'application {app!r} has no task; available: cimt, polyp, pe, frames.')
+  return TASKS[app](splits, task_config, seed)

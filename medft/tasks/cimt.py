@@ -37,11 +37,11 @@ import numpy as np
 from scipy import ndimage
 
 from medft import errors, metrics
+from medft.tasks import TASKS
+from medft.tasks.base import PredictFn
 
 BACKGROUND, LI, MA = 0, 1, 2
 CLASS_NAMES = ('background', 'lumen-intima', 'media-adventitia')
-
-PredictFn = Callable[[np.ndarray], np.ndarray]
 
 
 def rows_per_column(polyline: np.ndarray, width: int) -> np.ndarray:
@@ -149,6 +149,7 @@ def sample_positions(scans: Sequence[Scan], n: int, rng: np.random.Generator,
   return scan_idx, rows, cols, labels
 
 
+@TASKS.register('cimt')
 class CimtTask:
   """Patch sampling and evaluation for the CIMT application."""
   app = 'cimt'

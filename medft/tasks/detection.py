@@ -1,12 +1,24 @@
-"""Detection metrics shared by the polyp and PE tasks: FROC and candidate AUC with unit CIs."""
+"""What polyp and PE detection share: the candidate task and its FROC / candidate-AUC report.
+
+`CandidateTask` holds everything but the modality: the class-balanced sampler over the
+training candidates (class pools built once), the fixed, subsampled validation patches, the
+test score of a candidate (its mean probability over all views) and the accumulation of
+candidates into units for `report`. A detection application (`tasks/polyp.py`, `tasks/pe.py`)
+keeps only how candidates are found in an image or volume (its *item*), how a view of one
+becomes a patch, and how its lesions are numbered: an item has `id`, `unit`, `num_lesions`
+and `lesions`, the lesion number 1..num_lesions under each of its candidates or -1.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+import abc
+from typing import Any, Sequence
 
 import numpy as np
 
 from medft import metrics
+from medft.errors import ConfigError
+from medft.tasks.base import PredictFn, positive_class_auc
 
 # `froc_log`: the FROC at FP/image 0, then FROC_POINTS log-spaced points from FROC_LOW to
 # max(FROC_HIGH, task.froc_max_fp) (`froc` stays the linear grid up to task.froc_max_fp).
@@ -32,10 +44,7 @@ def report(units: list[dict], fp_rates: Sequence[float], froc_max_fp: float,
     return metrics.roc_auc(labels, np.concatenate([u['scores'] for u in us]))
 
   def ci(fn):
-    try:
-      return metrics.bootstrap_ci(fn, units, n_boot=n_boot, seed=seed)
-    except ValueError as err:  # e.g. no lesion or no positive candidate in this split
-      return {'value': None, 'error': str(err)}
+    return metrics.bootstrap_ci_or_error(fn, units, n_boot=n_boot, seed=seed)
 
   labels = np.concatenate([np.asarray(u['lesion_ids'], int) >= 0 for u in units])
   auc_ci = ci(auc)
@@ -68,3 +77,153 @@ def report(units: list[dict], fp_rates: Sequence[float], froc_max_fp: float,
     result['froc_mean'] = ci(lambda us: metrics.froc_partial_area(froc(us), summary_rates))
     result['froc_mean']['fp_rates'] = [float(r) for r in summary_rates]
   return result
+
+
+Pool = tuple  # (item index (N,), *where the candidate is (N, ...) each, 0/1 label (N,))
+
+
+class CandidateTask(abc.ABC):
+  """Candidate sampling, test-time view averaging and FROC evaluation (polyp and PE).
+
+  A subclass sets `app`, `per` (what the FROC counts false positives per, and the per-unit
+  record's list of item ids `<per>s`) and implements `make_views`, `make_item`, `pool`,
+  `cut`, `candidate_patches`, `eval_view` and `no_hit_message`. A pool lists candidates as
+  flat arrays `(item index, *where, label)`; `cut(item, *where, view)` makes one patch.
+  """
+  app: str
+  per: str
+  num_classes = 2
+
+  def __init__(self, splits: dict[str, Sequence[dict]], task_config: Any, seed: int):
+    self.cfg = task_config
+    self.seed = seed
+    self.views = self.make_views(task_config)
+    self.items = {name: [self.make_item(src[i]) for i in range(len(src))]
+                  for name, src in splits.items()}
+    self.train_pool = self.pool('train', train=True)
+    labels = self.train_pool[-1]
+    self._class_pools = (np.flatnonzero(labels == 0), np.flatnonzero(labels == 1))
+    for split in ('train', 'validation'):
+      pool = self.train_pool if split == 'train' else self.pool(split)
+      if split in self.items and not (pool[-1] == 1).any():
+        raise ConfigError(self.no_hit_message(split))
+    self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+  # ---- what an application defines ---------------------------------------------------------
+
+  @abc.abstractmethod
+  def make_views(self, cfg: Any) -> list:
+    """Every augmentation of a candidate (training draws one, a test score averages all)."""
+
+  @abc.abstractmethod
+  def make_item(self, example: dict) -> Any:
+    """An example's item: its candidates, where they are, and their lesion numbers."""
+
+  @abc.abstractmethod
+  def pool(self, split: str, train: bool = False) -> Pool:
+    """Every candidate of `split` as flat arrays; `train`: the training pool (which may add
+    positives that are no candidate, e.g. the polyp's own box)."""
+
+  @abc.abstractmethod
+  def cut(self, item: Any, *where_and_view) -> np.ndarray:
+    """The patch of one view of a candidate: `cut(item, *where, view)` (`where` as in `pool`)."""
+
+  @abc.abstractmethod
+  def candidate_patches(self, item: Any, index: int) -> np.ndarray:
+    """All test views of candidate `index` of `item` (the patches its score averages)."""
+
+  @property
+  @abc.abstractmethod
+  def eval_view(self) -> Any:
+    """The view of the validation patches."""
+
+  @abc.abstractmethod
+  def no_hit_message(self, split: str) -> str:
+    """Why no candidate of `split` hits a lesion, and what to change."""
+
+  def summary_rates(self) -> Sequence[float]:
+    """FP rates whose mean sensitivity the report adds as `froc_mean` (none by default)."""
+    return ()
+
+  # ---- shared ------------------------------------------------------------------------------
+
+  def _patch(self, items: Sequence[Any], pool: Pool, i: int, view: Any) -> np.ndarray:
+    return self.cut(items[pool[0][i]], *(where[i] for where in pool[1:-1]), view)
+
+  @property
+  def epoch_examples(self) -> int:
+    """The paper's balanced augmented set: every view of every positive, as many negatives."""
+    return 2 * int(self.train_pool[-1].sum()) * len(self.views)
+
+  def train_batch(self, step: int, batch: int, host_slice: slice = slice(None)) -> dict:
+    """Global batch `step` (a pure function of seed and step); this host's slice of it."""
+    rng = np.random.default_rng([self.seed, 1, step])
+    labels = np.arange(batch) % 2
+    rng.shuffle(labels)
+    pools = self._class_pools
+    if not len(pools[0]):
+      pools = (pools[1], pools[1])  # no negative at all: nothing to balance against
+      labels[:] = 1
+    picks = np.array([pools[y][rng.integers(len(pools[y]))] for y in labels])
+    view_idx = rng.integers(len(self.views), size=batch)
+    picks, view_idx, labels = picks[host_slice], view_idx[host_slice], labels[host_slice]
+    items = self.items['train']
+    images = np.stack([self._patch(items, self.train_pool, p, self.views[v])
+                       for p, v in zip(picks, view_idx)])
+    return {'image': images, 'label': labels.astype(np.int32)}
+
+  def eval_patches(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`eval_view` of (up to `val_max_patches`) candidates: (patches, labels, unit index)."""
+    if split not in self._eval_cache:
+      items = self.items[split]
+      pool = self.pool(split)
+      labels = pool[-1]
+      keep = np.arange(len(labels))
+      if len(keep) > self.cfg.val_max_patches:
+        rng = np.random.default_rng([self.seed, 2, len(split)])
+        keep = np.sort(rng.choice(len(keep), self.cfg.val_max_patches, replace=False))
+      units = sorted({item.unit for item in items})
+      unit_of = np.array([units.index(item.unit) for item in items])
+      view = self.eval_view
+      patches = np.stack([self._patch(items, pool, i, view) for i in keep])
+      self._eval_cache[split] = (patches, labels[keep].astype(np.int32), unit_of[pool[0][keep]])
+    return self._eval_cache[split]
+
+  def patch_auc(self, probs: np.ndarray, labels: np.ndarray) -> float:
+    return positive_class_auc(probs, labels)
+
+  def candidate_scores(self, items: Sequence[Any], predict: PredictFn) -> list[np.ndarray]:
+    """Mean lesion probability over the views of each candidate, one array per item.
+
+    Predicted across items in calls of `eval_chunk` patches: an item has a few dozen
+    candidates, so one call per item left most of every padded device batch empty.
+    """
+    per_chunk = max(1, self.cfg.eval_chunk // len(self.views))
+    jobs = [(k, i) for k, item in enumerate(items) for i in range(len(item.lesions))]
+    scores = np.zeros(len(jobs))
+    for start in range(0, len(jobs), per_chunk):
+      chunk = jobs[start:start + per_chunk]
+      patches = np.concatenate([self.candidate_patches(items[k], i) for k, i in chunk])
+      probs = np.asarray(predict(patches))[:, 1].reshape(len(chunk), len(self.views))
+      scores[start:start + len(chunk)] = probs.mean(axis=1)
+    bounds = np.cumsum([0] + [len(item.lesions) for item in items])
+    return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+  def evaluate(self, predict: PredictFn, split: str = 'test', n_boot: int = 1000) -> dict:
+    """FROC and candidate ROC AUC with 95% bootstrap intervals over units (`report`)."""
+    units: dict[str, dict] = {}
+    listed = f'{self.per}s'
+    items = self.items[split]
+    for item, scores in zip(items, self.candidate_scores(items, predict)):
+      u = units.setdefault(item.unit, {'unit': item.unit, listed: [], 'num_images': 0,
+                                       'num_lesions': 0, 'scores': [], 'lesion_ids': []})
+      # Lesion ids local to the unit: the item's lesions numbered after the unit's earlier ones.
+      lesions = np.asarray(item.lesions, np.int64)
+      ids = np.where(lesions >= 0, lesions - 1 + u['num_lesions'], -1)
+      u[listed].append(item.id)
+      u['num_images'] += 1
+      u['num_lesions'] += item.num_lesions
+      u['scores'] += scores.tolist()
+      u['lesion_ids'] += ids.astype(int).tolist()
+    return report(list(units.values()), self.cfg.fp_rates, self.cfg.froc_max_fp, n_boot,
+                  self.seed, per=self.per, summary_rates=self.summary_rates())

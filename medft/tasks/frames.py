@@ -9,15 +9,14 @@ positive rate over frames, with 95% bootstrap intervals over units (videos).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from medft import metrics
 from medft.errors import ConfigError, InputFileError
-from medft.tasks import augment
-
-PredictFn = Callable[[np.ndarray], np.ndarray]
+from medft.tasks import TASKS, augment
+from medft.tasks.base import PredictFn, positive_class_auc
 
 
 @dataclasses.dataclass
@@ -46,6 +45,7 @@ class Frame:
     return np.stack([self.image[y:y + size, x:x + size] for y, x in corners])
 
 
+@TASKS.register('frames')
 class FramesTask:
   """Random-crop sampling, crop averaging and ROC evaluation for frame classification."""
   app = 'frames'
@@ -106,7 +106,7 @@ class FramesTask:
     return self._eval_cache[split]
 
   def patch_auc(self, probs: np.ndarray, labels: np.ndarray) -> float:
-    return metrics.roc_auc(labels == 1, probs[:, 1])
+    return positive_class_auc(probs, labels)
 
   def frame_score(self, split: str, index: int, predict: PredictFn) -> float:
     """Mean informative probability over the frame's `test_crops` fixed crops."""
@@ -128,11 +128,8 @@ class FramesTask:
       return (np.concatenate([u['labels'] for u in us]),
               np.concatenate([u['scores'] for u in us]))
 
-    def ci(fn):
-      try:
-        return metrics.bootstrap_ci(fn, per_unit, n_boot=n_boot, seed=self.seed)
-      except ValueError as err:  # e.g. a test split with one class only
-        return {'value': None, 'error': str(err)}
+    def ci(fn):  # undefined e.g. on a test split with one class only: the error is recorded
+      return metrics.bootstrap_ci_or_error(fn, per_unit, n_boot=n_boot, seed=self.seed)
 
     auc = ci(lambda us: metrics.roc_auc(*pooled(us)))
     labels = np.concatenate([u['labels'] for u in per_unit])

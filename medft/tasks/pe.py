@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from medft import metrics
-from medft.errors import ConfigError, InputFileError
-from medft.tasks import detection
+from medft.errors import InputFileError
+from medft.tasks import TASKS, detection
 
-PredictFn = Callable[[np.ndarray], np.ndarray]
 _FULL = ndimage.generate_binary_structure(3, 3)
 
 
@@ -253,11 +251,14 @@ class Candidate:
 
 @dataclasses.dataclass
 class Volume:
+  """One CT volume's candidates; `lesions` numbers the clot each hits 1..num_lesions (the
+  clots in increasing order of their reference label), or -1."""
   id: str
   unit: str
   spacing: np.ndarray
   candidates: list[Candidate]
   num_lesions: int
+  lesions: np.ndarray
 
   @classmethod
   def from_example(cls, ex: dict, cfg: Any) -> 'Volume':
@@ -282,111 +283,55 @@ class Volume:
       axis = vessel_axis(local, spacing, q - alo, cfg.axis_derivative_mm, cfg.axis_window_mm)
       candidates.append(Candidate(cube=np.array(cube, np.int16), centre=(p - lo).astype(float),
                                   axis=axis, lesion=int(lesion)))
+    clots = np.unique(labels[labels > 0])
     return cls(id=str(ex.get('id', '')), unit=str(ex.get('unit', ex.get('id', ''))),
-               spacing=spacing, candidates=candidates,
-               num_lesions=int(np.unique(labels[labels > 0]).size))
+               spacing=spacing, candidates=candidates, num_lesions=int(clots.size),
+               lesions=np.where(lesions >= 0, np.searchsorted(clots, lesions) + 1, -1))
 
 
 # ---- task --------------------------------------------------------------------------------
 
 
-class PeTask:
-  """Candidate sampling, test-time averaging and FROC evaluation for PE detection."""
+@TASKS.register('pe')
+class PeTask(detection.CandidateTask):
+  """Clot candidates of CT volumes: vessel-aligned views, FROC in false positives per volume."""
   app = 'pe'
-  num_classes = 2
-
-  def __init__(self, splits: dict[str, Sequence[dict]], task_config: Any, seed: int):
-    self.cfg = task_config
-    self.seed = seed
-    self.views = pe_views(task_config.widths_mm, task_config.shifts_mm, task_config.rotations)
-    self.volumes = {name: [Volume.from_example(src[i], task_config) for i in range(len(src))]
-                    for name, src in splits.items()}
-    self.train_pool = self._pool('train')
-    for split in ('train', 'validation'):
-      if split in self.volumes and not any(c.lesion >= 0 for _, c in self._pool(split)):
-        raise ConfigError(f'No {split} candidate hits a clot; check task.vessel_hu, '
-                          'task.defect_hu and task.closing_mm against the volumes.')
-    self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-  def _pool(self, split: str) -> list[tuple[int, Candidate]]:
-    return [(k, c) for k, v in enumerate(self.volumes.get(split, [])) for c in v.candidates]
+  per = 'volume'
 
   @property
-  def epoch_examples(self) -> int:
-    """The paper's balanced augmented set: every view of every positive, as many negatives."""
-    return 2 * sum(c.lesion >= 0 for _, c in self.train_pool) * len(self.views)
+  def volumes(self) -> dict[str, list[Volume]]:
+    return self.items
 
-  def cut(self, volume: Volume, candidate: Candidate, view: View) -> np.ndarray:
-    return vessel_cut(candidate.cube, volume.spacing, candidate.centre, candidate.axis,
-                      view.width_mm, self.cfg.patch_size, view.shift_mm, view.angle,
-                      self.cfg.hu_window)
+  def make_views(self, cfg: Any) -> list[View]:
+    return pe_views(cfg.widths_mm, cfg.shifts_mm, cfg.rotations)
 
-  def train_batch(self, step: int, batch: int, host_slice: slice = slice(None)) -> dict:
-    """Global batch `step` (a pure function of seed and step); this host's slice of it."""
-    rng = np.random.default_rng([self.seed, 1, step])
-    labels = np.arange(batch) % 2
-    rng.shuffle(labels)
-    is_pos = np.array([c.lesion >= 0 for _, c in self.train_pool])
-    pools = [np.flatnonzero(~is_pos), np.flatnonzero(is_pos)]
-    if not len(pools[0]):
-      pools[0] = pools[1]
-      labels[:] = 1
-    picks = np.array([pools[y][rng.integers(len(pools[y]))] for y in labels])
-    view_idx = rng.integers(len(self.views), size=batch)
-    picks, view_idx, labels = picks[host_slice], view_idx[host_slice], labels[host_slice]
-    vols = self.volumes['train']
-    images = np.stack([self.cut(vols[self.train_pool[p][0]], self.train_pool[p][1],
-                                self.views[v]) for p, v in zip(picks, view_idx)])
-    return {'image': images, 'label': labels.astype(np.int32)}
+  def make_item(self, example: dict) -> Volume:
+    return Volume.from_example(example, self.cfg)
 
-  def eval_patches(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Middle-width, unshifted view of (up to `val_max_patches`) candidates."""
-    if split not in self._eval_cache:
-      pool = self._pool(split)
-      keep = np.arange(len(pool))
-      if len(keep) > self.cfg.val_max_patches:
-        rng = np.random.default_rng([self.seed, 2, len(split)])
-        keep = np.sort(rng.choice(len(keep), self.cfg.val_max_patches, replace=False))
-      vols = self.volumes[split]
-      units = sorted({v.unit for v in vols})
-      widths = sorted(self.cfg.widths_mm)
-      view = View(widths[len(widths) // 2], 0.0, 0.0)
-      patches = np.stack([self.cut(vols[pool[i][0]], pool[i][1], view) for i in keep])
-      labels = np.array([pool[i][1].lesion >= 0 for i in keep], np.int32)
-      unit_index = np.array([units.index(vols[pool[i][0]].unit) for i in keep])
-      self._eval_cache[split] = (patches, labels, unit_index)
-    return self._eval_cache[split]
+  def pool(self, split: str, train: bool = False):
+    """(volume index, candidate index, 0/1 label) of every candidate of `split`."""
+    volumes, none = self.items.get(split, []), [np.zeros(0, int)]
+    item = np.concatenate([np.full(len(v.lesions), k) for k, v in enumerate(volumes)] + none)
+    index = np.concatenate([np.arange(len(v.lesions)) for v in volumes] + none)
+    lesions = np.concatenate([v.lesions for v in volumes] + none)
+    return item, index, (lesions >= 0).astype(int)
 
-  def patch_auc(self, probs: np.ndarray, labels: np.ndarray) -> float:
-    return metrics.roc_auc(labels == 1, probs[:, 1])
+  def no_hit_message(self, split: str) -> str:
+    return (f'No {split} candidate hits a clot; check task.vessel_hu, task.defect_hu and '
+            'task.closing_mm against the volumes.')
+
+  def cut(self, volume: Volume, index: int, view: View) -> np.ndarray:
+    c = volume.candidates[index]
+    return vessel_cut(c.cube, volume.spacing, c.centre, c.axis, view.width_mm,
+                      self.cfg.patch_size, view.shift_mm, view.angle, self.cfg.hu_window)
+
+  @property
+  def eval_view(self) -> View:
+    widths = sorted(self.cfg.widths_mm)
+    return View(widths[len(widths) // 2], 0.0, 0.0)  # the middle width, unshifted
 
   def candidate_patches(self, volume: Volume, index: int) -> np.ndarray:
-    """All test views of candidate `index` of `volume` (the patches its score averages)."""
-    return np.stack([self.cut(volume, volume.candidates[index], v) for v in self.views])
+    return np.stack([self.cut(volume, index, v) for v in self.views])
 
-  def candidate_scores(self, volume: Volume, predict: PredictFn) -> np.ndarray:
-    """Mean PE probability over the views of each candidate of `volume`."""
-    per_chunk = max(1, self.cfg.eval_chunk // len(self.views))
-    n, scores = len(volume.candidates), []
-    for start in range(0, n, per_chunk):
-      idx = range(start, min(start + per_chunk, n))
-      patches = np.concatenate([self.candidate_patches(volume, i) for i in idx])
-      probs = np.asarray(predict(patches))[:, 1].reshape(len(idx), len(self.views))
-      scores.append(probs.mean(axis=1))
-    return np.concatenate(scores) if scores else np.zeros(0)
-
-  def evaluate(self, predict: PredictFn, split: str = 'test', n_boot: int = 1000) -> dict:
-    """FROC (FP/volume) and candidate ROC AUC with 95% bootstrap intervals over patients."""
-    units: dict[str, dict] = {}
-    for v in self.volumes[split]:
-      u = units.setdefault(v.unit, {'unit': v.unit, 'volumes': [], 'num_images': 0,
-                                    'num_lesions': 0, 'scores': [], 'lesion_ids': []})
-      # Clot ids made unique within the unit when a patient has several volumes.
-      offset = len(u['volumes']) * (1 << 20)
-      u['volumes'].append(v.id)
-      u['num_images'] += 1
-      u['num_lesions'] += v.num_lesions
-      u['scores'] += self.candidate_scores(v, predict).tolist()
-      u['lesion_ids'] += [c.lesion + offset if c.lesion >= 0 else -1 for c in v.candidates]
-    return detection.report(list(units.values()), self.cfg.fp_rates, self.cfg.froc_max_fp,
-                            n_boot, self.seed, per='volume', summary_rates=self.cfg.fp_rates)
+  def summary_rates(self) -> Sequence[float]:
+    return self.cfg.fp_rates  # the paper's comparison: mean sensitivity at 1..5 FP/volume

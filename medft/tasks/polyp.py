@@ -27,22 +27,16 @@ import numpy as np
 from scipy import ndimage
 from skimage import feature, transform
 
-from medft import metrics
 from medft.data.masks import label_components
 from medft.errors import ConfigError, InputFileError
-from medft.tasks import augment, detection, example_cache
+from medft.registry import Registry
+from medft.tasks import TASKS, augment, detection, example_cache
 
-PredictFn = Callable[[np.ndarray], np.ndarray]
-# name -> fn(image uint8 (H, W, 3), task_config) -> (centres (K, 2) yx float, sides (K,) px).
-GENERATORS: dict[str, Callable[[np.ndarray, Any], tuple[np.ndarray, np.ndarray]]] = {}
-
-
-def register_generator(name: str):
-  """Decorator adding a candidate generator to `GENERATORS` under `name`."""
-  def add(fn):
-    GENERATORS[name] = fn
-    return fn
-  return add
+# name -> fn(image uint8 (H, W, 3), task_config) -> (centres (K, 2) yx float, sides (K,) px);
+# `@register_generator(name)` adds one (`medft.registry`).
+GENERATORS: Registry[Callable[[np.ndarray, Any], tuple[np.ndarray, np.ndarray]]] = Registry(
+    'candidate generator', 'task.generator')
+register_generator = GENERATORS.register
 
 
 def _resize(image: np.ndarray, factor: float) -> np.ndarray:
@@ -109,7 +103,7 @@ def generator_names(spec: str) -> list[str]:
   unknown = [n for n in names if n not in GENERATORS]
   if unknown:
     raise ConfigError(f'task.generator={spec!r}: unknown generator {", ".join(map(repr, unknown))}'
-                      f'; available: {", ".join(sorted(GENERATORS))} (join several with "+", '
+                      f'; available: {", ".join(GENERATORS)} (join several with "+", '
                       'e.g. dog+grid).')
   return names
 
@@ -224,33 +218,32 @@ def candidate_recall(examples: Iterable[dict], cfg: Any) -> dict:
           'per_unit': list(units.values())}
 
 
-class PolypTask:
-  """Candidate sampling, test-time averaging and FROC evaluation for polyp detection."""
+@TASKS.register('polyp')
+class PolypTask(detection.CandidateTask):
+  """Polyp candidates of colonoscopy frames: box views, FROC in false positives per frame."""
   app = 'polyp'
-  num_classes = 2
+  per = 'frame'
 
   def __init__(self, splits: dict[str, Sequence[dict]], task_config: Any, seed: int):
     generator_names(task_config.generator)  # an unknown name is refused before any work
-    self.cfg = task_config
-    self.seed = seed
-    self.views = augment.box_views(task_config.scales, task_config.shift_frac,
-                                   task_config.shift_steps, task_config.orientations)
-    self.frames = {name: [Frame.from_example(src[i], task_config) for i in range(len(src))]
-                   for name, src in splits.items()}
-    self.train_pool = self._pool(self.frames['train'], task_config.train_on_boxes)
-    for split in ('train', 'validation'):
-      pool = self.train_pool if split == 'train' else self._pool(self.frames.get(split, []), False)
-      if split in self.frames and not (pool[3] == 1).any():
-        raise ConfigError(f'No {split} candidate hits a polyp (task.generator='
-                          f'{task_config.generator!r}); try task.generator=dog+grid, more '
-                          'task.max_candidates, or task.train_on_boxes=True.')
-    self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    super().__init__(splits, task_config, seed)
 
-  @staticmethod
-  def _pool(frames: Sequence[Frame], with_boxes: bool):
-    """All candidates of `frames` as flat arrays (frame index, centre, side, 0/1 label)."""
+  @property
+  def frames(self) -> dict[str, list[Frame]]:
+    return self.items
+
+  def make_views(self, cfg: Any) -> list[augment.View]:
+    return augment.box_views(cfg.scales, cfg.shift_frac, cfg.shift_steps, cfg.orientations)
+
+  def make_item(self, example: dict) -> Frame:
+    return Frame.from_example(example, self.cfg)
+
+  def pool(self, split: str, train: bool = False):
+    """(frame index, centre, side, 0/1 label) of every candidate of `split`; the training
+    pool adds each polyp's own box as a positive with `task.train_on_boxes`."""
+    with_boxes = train and self.cfg.train_on_boxes
     parts = []
-    for k, f in enumerate(frames):
+    for k, f in enumerate(self.items.get(split, [])):
       parts.append((np.full(len(f.sides), k), f.centres, f.sides, (f.lesions >= 0).astype(int)))
       if with_boxes:
         c, s = f.extra_positives
@@ -259,82 +252,17 @@ class PolypTask:
       return np.zeros(0, int), np.zeros((0, 2)), np.zeros(0), np.zeros(0, int)
     return tuple(np.concatenate(p) for p in zip(*parts))
 
-  @property
-  def epoch_examples(self) -> int:
-    """The paper's balanced augmented set: every view of every positive, as many negatives."""
-    return 2 * int(self.train_pool[3].sum()) * len(self.views)
+  def no_hit_message(self, split: str) -> str:
+    return (f'No {split} candidate hits a polyp (task.generator={self.cfg.generator!r}); try '
+            'task.generator=dog+grid, more task.max_candidates, or task.train_on_boxes=True.')
 
   def cut(self, frame: Frame, centre, side: float, view: augment.View) -> np.ndarray:
     return augment.cut_view(frame.image, centre, side, view, self.cfg.patch_size)
 
-  def train_batch(self, step: int, batch: int, host_slice: slice = slice(None)) -> dict:
-    """Global batch `step` (a pure function of seed and step); this host's slice of it."""
-    rng = np.random.default_rng([self.seed, 1, step])
-    labels = np.arange(batch) % 2
-    rng.shuffle(labels)
-    frame_idx, centres, sides, pool_labels = self.train_pool
-    pools = [np.flatnonzero(pool_labels == k) for k in (0, 1)]
-    if not len(pools[0]):
-      pools[0] = pools[1]  # no negative at all: nothing to balance against
-      labels[:] = 1
-    picks = np.array([pools[y][rng.integers(len(pools[y]))] for y in labels])
-    view_idx = rng.integers(len(self.views), size=batch)
-    picks, view_idx, labels = picks[host_slice], view_idx[host_slice], labels[host_slice]
-    frames = self.frames['train']
-    images = np.stack([self.cut(frames[frame_idx[p]], centres[p], sides[p], self.views[v])
-                       for p, v in zip(picks, view_idx)])
-    return {'image': images, 'label': labels.astype(np.int32)}
-
-  def eval_patches(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centre view of (up to `val_max_patches`) candidates: (patches, labels, unit index)."""
-    if split not in self._eval_cache:
-      frames = self.frames[split]
-      frame_idx, centres, sides, labels = self._pool(frames, False)
-      keep = np.arange(len(labels))
-      if len(keep) > self.cfg.val_max_patches:
-        rng = np.random.default_rng([self.seed, 2, len(split)])
-        keep = np.sort(rng.choice(len(keep), self.cfg.val_max_patches, replace=False))
-      units = sorted({f.unit for f in frames})
-      unit_of = np.array([units.index(f.unit) for f in frames])
-      centre_view = augment.View(1.0, (0.0, 0.0), 0)
-      patches = np.stack([self.cut(frames[frame_idx[i]], centres[i], sides[i], centre_view)
-                          for i in keep])
-      self._eval_cache[split] = (patches, labels[keep].astype(np.int32),
-                                 unit_of[frame_idx[keep]])
-    return self._eval_cache[split]
-
-  def patch_auc(self, probs: np.ndarray, labels: np.ndarray) -> float:
-    return metrics.roc_auc(labels == 1, probs[:, 1])
+  @property
+  def eval_view(self) -> augment.View:
+    return augment.View(1.0, (0.0, 0.0), 0)  # the box itself, unshifted, upright
 
   def candidate_patches(self, frame: Frame, index: int) -> np.ndarray:
-    """All test views of candidate `index` of `frame` (the patches its score averages)."""
     return augment.cut_views(frame.image, frame.centres[index], frame.sides[index], self.views,
                              self.cfg.patch_size)
-
-  def candidate_scores(self, frame: Frame, predict: PredictFn) -> np.ndarray:
-    """Mean polyp probability over the views of each candidate of `frame`."""
-    per_chunk = max(1, self.cfg.eval_chunk // len(self.views))
-    scores = []
-    for start in range(0, len(frame.sides), per_chunk):
-      idx = range(start, min(start + per_chunk, len(frame.sides)))
-      patches = np.concatenate([self.candidate_patches(frame, i) for i in idx])
-      probs = np.asarray(predict(patches))[:, 1].reshape(len(idx), len(self.views))
-      scores.append(probs.mean(axis=1))
-    return np.concatenate(scores) if scores else np.zeros(0)
-
-  def evaluate(self, predict: PredictFn, split: str = 'test', n_boot: int = 1000) -> dict:
-    """FROC and candidate ROC AUC with 95% bootstrap intervals over units."""
-    frames = self.frames[split]
-    units: dict[str, dict] = {}
-    for f in frames:
-      u = units.setdefault(f.unit, {'unit': f.unit, 'frames': [], 'num_images': 0,
-                                    'num_lesions': 0, 'scores': [], 'lesion_ids': []})
-      # Lesion ids local to the unit: frame components numbered after the unit's earlier ones.
-      ids = np.where(f.lesions >= 0, f.lesions - 1 + u['num_lesions'], -1)
-      u['frames'].append(f.id)
-      u['num_images'] += 1
-      u['num_lesions'] += f.num_lesions
-      u['scores'] += self.candidate_scores(f, predict).tolist()
-      u['lesion_ids'] += ids.astype(int).tolist()
-    return detection.report(list(units.values()), self.cfg.fp_rates, self.cfg.froc_max_fp,
-                            n_boot, self.seed, per='frame')
