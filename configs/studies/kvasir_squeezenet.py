@@ -21,10 +21,10 @@ from configs import polyp
 
 _SHARED = Path(__file__).resolve().parents[2].parent / 'shared'
 
-# Arms: the paper's Gaussian scratch (SqueezeNet's default scheme, so `scratch`) plus Xavier
-# and He scratch (scratch gets a fair chance), and six depths from the new head only (conv10)
-# to every layer (conv1).
-ARMS = 'scratch+scratch_xavier+scratch_he+conv10+fire9+fire7+fire5+fire3+conv1'
+# Arms: scratch under the paper's Gaussian init (std 0.01), under Xavier (SqueezeNet's own
+# default, so plain `scratch` would repeat this arm) and under He, so scratch gets a fair
+# chance, and six depths from the new head only (conv10) to every layer (conv1).
+ARMS = 'scratch_gaussian+scratch_xavier+scratch_he+conv10+fire9+fire7+fire5+fire3+conv1'
 # The paper's training sizes (a fraction counts Kvasir frames: each frame is its own unit).
 FRACTIONS = '0.25+0.5+1.0'
 SEEDS = '0+1'
