@@ -52,7 +52,7 @@ budget (the paper's 227x227 AlexNet costs ~0.8 s per train step of 32 on this CP
 
 import ml_collections
 
-from configs import common
+from medft.configs import common
 
 
 def get_config(arg=None):

@@ -13,7 +13,7 @@ regex that finds the video id in a file name):
       --config.data.manual_dir=/path/to/frames --workdir=runs/frames_fc7
 """
 
-from configs import common
+from medft.configs import common
 
 
 def get_config(arg=None):

@@ -26,7 +26,7 @@ the BVLC reference trained 450k steps at batch 256. On CPU this is impractical: 
 accelerator (the trainer pmaps over every local device).
 """
 
-from configs import common
+from medft.configs import common
 
 
 def get_config(arg=None):

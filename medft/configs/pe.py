@@ -14,7 +14,7 @@ On CAD-PE (download it first; the error message says how), fine-tuning from conv
       --config.data.manual_dir=/path/to/CAD-PE --workdir=runs/pe_fc7
 """
 
-from configs import common
+from medft.configs import common
 
 
 def get_config(arg=None):

@@ -14,7 +14,7 @@ weights:
       --config.data.manual_dir=/path/to/kvasir-seg --workdir=runs/polyp_fc7
 """
 
-from configs import common
+from medft.configs import common
 
 
 def get_config(arg=None):
