@@ -184,7 +184,7 @@ def bench_dense(s: Settings, log: Callable, arch: str = 'alexnet') -> list[dict]
 def run(s: Settings, use_torch: bool | None = None, levers: bool = False, parts=None,
         log: Callable[[dict], None] | None = None, only_levers: Sequence[str] = (),
         lever_archs: Sequence[str] = ('alexnet',)) -> list[dict]:
-  """All benchmark rows (see the module docstring)."""
+  """All benchmark rows (what each part measures: `medft.bench.cli`)."""
   use_torch = torch_available() if use_torch is None else use_torch
   printed = log or (lambda r: print(format_row(r), flush=True))
   info = device_info()
