@@ -3,7 +3,7 @@
 Reads the 998-frame Kvasir-SEG copy in ../shared (the repository's sibling folder
 `shared/data/kvasir-seg-256`, or --kvasir PATH); without it, it says so and exits with status 2
 (nothing is measured). The frames are prepared through medft's own Kvasir-SEG builder into a
-temporary folder and split as a study splits them (`configs/polyp.py`: `data.split_seed`,
+temporary folder and split as a study splits them (`medft/configs/polyp.py`: `data.split_seed`,
 `data.val_share`, `data.test_share`; a Kvasir frame is its own unit). Every setting below is
 measured on the held-out test frames with `medft.tasks.polyp.candidate_recall`, the task's own
 candidate and hit path (a candidate hits the mask component under its centre); the recall's 95%
@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from configs import polyp as polyp_config  # noqa: E402
 from medft import data, metrics  # noqa: E402
+from medft.configs import polyp as polyp_config  # noqa: E402
 from medft.tasks import polyp  # noqa: E402
 
 KVASIR = ROOT.parent / 'shared' / 'data' / 'kvasir-seg-256'
@@ -40,8 +40,8 @@ def _union(dog: int, fracs: tuple[float, ...], **kw) -> dict:
           'min_brightness': 0.1, 'dedup_frac': 0.25, **kw}
 
 
-# (label, task overrides of configs/polyp.py). The first is the default before issue 13; the
-# row equal to configs/polyp.py's task config is marked [default].
+# (label, task overrides of medft/configs/polyp.py). The first is the default before issue 13; the
+# row equal to medft/configs/polyp.py's task config is marked [default].
 SETTINGS = [
     ('before: dog, 30 maxima', OLD_DEFAULT),
     ('dog, 50 maxima, min_distance 0.02', {**OLD_DEFAULT, 'max_candidates': 50,
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
   parser.add_argument('--kvasir', type=Path, default=KVASIR, help='Kvasir-SEG folder')
   parser.add_argument('--split', choices=('test', 'tuning'), default='test')
   parser.add_argument('--test-share', type=float, default=None,
-                      help="override configs/polyp.py's data.test_share")
+                      help="override medft/configs/polyp.py's data.test_share")
   parser.add_argument('--n-boot', type=int, default=1000)
   args = parser.parse_args(argv)
   if not (args.kvasir / 'images').is_dir() or not (args.kvasir / 'masks').is_dir():

@@ -1,6 +1,6 @@
 """medft: full training or fine-tuning? Tajbakhsh et al. (IEEE TMI 2016) in JAX/Flax.
 
-Library entry points (each takes an ml_collections config, as `configs/<app>.py` returns):
+Library entry points (each takes an ml_collections config, as `medft/configs/<app>.py` returns):
   medft.train(config, workdir) -> results dict      one arm of the study
   medft.sweep(config, workdir) -> report dict       every arm x fraction x seed, then the report
   medft.auto_tune(config, workdir) -> auto dict     deepen from fc8 while validation AUC improves

@@ -91,7 +91,7 @@ def study_setting(config: ml_collections.ConfigDict, block: str, key: str) -> An
 # ---- plan --------------------------------------------------------------------------------
 
 
-def _items(value: Any) -> list[str]:
+def list_items(value: Any) -> list[str]:
   """'a,b' or 'a+b' (the form config arguments allow, e.g. `arms=scratch+fc8`) or a sequence."""
   if isinstance(value, str):
     return [v.strip() for v in value.replace('+', ',').split(',') if v.strip()]
@@ -121,7 +121,7 @@ def plan(config: ml_collections.ConfigDict, fractions: Sequence[float] = ()) -> 
   returns).
   """
   known = all_arms(config)
-  arms = _items(study_setting(config, 'sweep', 'arms')) or list(default_arms(config))
+  arms = list_items(study_setting(config, 'sweep', 'arms')) or list(default_arms(config))
   unknown = [a for a in arms if a not in known]
   if unknown:
     raise ConfigError(f'sweep.arms: {", ".join(unknown)} not arms of {config.arch}; choose from '
@@ -130,8 +130,8 @@ def plan(config: ml_collections.ConfigDict, fractions: Sequence[float] = ()) -> 
   raw_fractions = study_setting(config, 'sweep', 'fractions')
   raw_seeds = study_setting(config, 'sweep', 'seeds')
   try:
-    fractions = sorted({float(f) for f in (fractions or _items(raw_fractions))})
-    seeds = sorted({int(s) for s in _items(raw_seeds)})
+    fractions = sorted({float(f) for f in (fractions or list_items(raw_fractions))})
+    seeds = sorted({int(s) for s in list_items(raw_seeds)})
   except ValueError:
     raise ConfigError(f'sweep.fractions={raw_fractions!r} / sweep.seeds='
                       f'{raw_seeds!r}: expected comma-separated numbers such as '
@@ -148,7 +148,7 @@ def checked_fractions(config: ml_collections.ConfigDict) -> list[float]:
   from medft import data  # TFDS only when a study reads data
   fractions = [r.fraction for r in plan(config)]
   return data.study_fractions(config.data, fractions,
-                              _items(study_setting(config, 'sweep', 'train_units')))
+                              list_items(study_setting(config, 'sweep', 'train_units')))
 
 
 def shard_of(runs: Sequence[Run], shard: str) -> list[Run]:

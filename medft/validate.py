@@ -158,8 +158,8 @@ def _list_of(kind: Callable[[str], Any], ok: Callable[[Any], bool], words: str,
 
 
 def _items(value: Any) -> list[str]:
-  from medft.sweep import _items as items  # noqa: PLC0415  (one parser of list values)
-  return items(value)
+  from medft.sweep import list_items  # noqa: PLC0415  (one parser of list values)
+  return list_items(value)
 
 
 def _shard(v: Any) -> bool:
@@ -362,9 +362,9 @@ def check_config(config: Any, mode: str = 'train') -> None:
   `mode` (train, sweep, auto, pretrain) selects the cross-field rules that apply.
   """
   if not isinstance(config, ml_collections.ConfigDict):
-    raise TypeError(f'config must be an ml_collections.ConfigDict (as configs/<app>.py '
+    raise TypeError(f'config must be an ml_collections.ConfigDict (as medft/configs/<app>.py '
                     f'get_config() returns), not {type(config).__name__}; e.g. '
-                    'configs.cimt.get_config("synthetic").')
+                    'medft.configs.cimt.get_config("synthetic").')
   if mode not in MODES:
     raise ValueError(f'mode={mode!r}: expected one of {MODES}.')
   leaves = fields(config.to_dict())

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import reference_numpy as ref
 
-from third_party.caffe import schema
+from medft.third_party.caffe import schema
 
 
 def small_squeezenet() -> dict:

@@ -79,7 +79,7 @@ def test_profile_shows_train_steps_back_to_back(tmp_path):
   machine; a gap of half a step would mean the host, not XLA, sets the pace. The control fetches
   the loss and sleeps after every step, so each gap holds at least that sleep (>= 2 steps).
   """
-  from medft import step_trace
+  from medft.bench import step_trace
   config = tiny.config(tmp_path)
   steps = 20
   free = step_trace.measure(config, steps, tmp_path / 'free')

@@ -11,26 +11,27 @@ from pathlib import Path
 import jax
 import pytest
 
-from medft import bench, models, tuning
+from medft import models, tuning
+from medft.bench import cases, core, flops, measure, torch_twin
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_peak_table_knows_accelerators_and_not_cpus():
-  assert bench.peak_flops('NVIDIA H100 80GB HBM3') == 495e12
-  assert bench.peak_flops('NVIDIA H100 PCIe', 'bfloat16') == 756e12
-  assert bench.peak_flops('TPU v5 lite') == 197e12
-  assert bench.peak_flops('cpu') is None
+  assert flops.peak_flops('NVIDIA H100 80GB HBM3') == 495e12
+  assert flops.peak_flops('NVIDIA H100 PCIe', 'bfloat16') == 756e12
+  assert flops.peak_flops('TPU v5 lite') == 197e12
+  assert flops.peak_flops('cpu') is None
 
 
 def test_torch_twins_have_the_units_of_the_medft_models():
   pytest.importorskip('torch')
-  s = bench.QUICK
-  for arch in bench.Settings().archs:
-    _, units = models.get_model(arch, bench.NUM_CLASSES)
-    _, torch_units = bench.torch_net(arch, s)
+  s = core.QUICK
+  for arch in core.Settings().archs:
+    _, units = models.get_model(arch, core.NUM_CLASSES)
+    _, torch_units = torch_twin.torch_net(arch, s)
     assert tuple(torch_units) == units
-    step = bench.torch_train_step(arch, units[-1], s, batch=2)
+    step = torch_twin.torch_train_step(arch, units[-1], s, batch=2)
     step()  # a frozen trunk still runs forward; only the head has gradients
 
 
@@ -45,9 +46,9 @@ def _conv_dot_operand_types(stablehlo: str) -> list[set[str]]:
 
 
 def test_bfloat16_bench_computes_in_bfloat16_and_rows_say_so():
-  s = dataclasses.replace(bench.QUICK, dtype='bfloat16', input_size=67, archs=('alexnet',),
+  s = dataclasses.replace(core.QUICK, dtype='bfloat16', input_size=67, archs=('alexnet',),
                           reps=1, warmup=0)
-  case = bench.jax_train_case('alexnet', 'scratch', s)
+  case = cases.jax_train_case('alexnet', 'scratch', s)
   # Forward, input and weight gradients: every conv and matmul of the step takes bf16 operands
   # (XLA:CPU may then compute them in f32; GPUs and TPUs run them in bf16).
   types = _conv_dot_operand_types(case.lowered.as_text())
@@ -55,22 +56,22 @@ def test_bfloat16_bench_computes_in_bfloat16_and_rows_say_so():
   state = case.lowered.in_avals[0][0]  # parameters and optimizer state stay float32
   floats = {a.dtype.name for a in jax.tree.leaves((state.params, state.opt_state))} - {'int32'}
   assert floats == {'float32'}
-  f32 = bench.jax_train_case('alexnet', 'scratch', dataclasses.replace(s, dtype='float32'))
+  f32 = cases.jax_train_case('alexnet', 'scratch', dataclasses.replace(s, dtype='float32'))
   assert all(t == {'f32'} for t in _conv_dot_operand_types(f32.lowered.as_text()))
-  rows = bench.run(s, use_torch=bench.torch_available(), parts=('train',), log=lambda r: None)
+  rows = measure.run(s, use_torch=core.torch_available(), parts=('train',), log=lambda r: None)
   assert {r['name'] for r in rows} == {'train/alexnet/scratch', 'train/alexnet/fc8',
                                        'train/alexnet/fc8/cached', 'infer/alexnet'}
   assert all(r['dtype'] == 'bfloat16' for r in rows)
-  if bench.torch_available():  # on the CPU the torch twin stays float32
+  if core.torch_available():  # on the CPU the torch twin stays float32
     assert all(r['torch_dtype'] == 'float32' for r in rows if 'vs_torch' in r)
 
 
 def test_peak_fraction_uses_the_peak_of_the_compute_dtype(monkeypatch):
-  monkeypatch.setattr(bench, '_device_info',
+  monkeypatch.setattr(core, 'device_info',
                       lambda: {'device': 'NVIDIA H100 80GB HBM3', 'devices': 1})
-  case = bench.JaxCase(run=lambda: None, compile_s=0.0, flops=(1e12, 'test'), hlo='')
-  assert bench._flop_fields(case, 1.0, 'bfloat16')['peak_fraction'] == pytest.approx(1 / 989)
-  assert bench._flop_fields(case, 1.0)['peak_fraction'] == pytest.approx(1 / 495)
+  case = cases.JaxCase(run=lambda: None, compile_s=0.0, flops=(1e12, 'test'), hlo='')
+  assert flops.flop_fields(case, 1.0, 'bfloat16')['peak_fraction'] == pytest.approx(1 / 989)
+  assert flops.flop_fields(case, 1.0)['peak_fraction'] == pytest.approx(1 / 495)
 
 
 @pytest.mark.slow
@@ -82,13 +83,13 @@ def test_quick_bench_writes_every_row(tmp_path):
   rows = json.loads(out.read_text())
   by_name = {r['name']: r for r in rows}
   expected = ['pipeline/cimt/train_batch', 'dense/cimt/one_patch_per_call', 'dense/cimt/batch16']
-  for arch in bench.QUICK.archs:
-    _, units = models.get_model(arch, bench.NUM_CLASSES)
+  for arch in core.QUICK.archs:
+    _, units = models.get_model(arch, core.NUM_CLASSES)
     expected += [f'train/{arch}/{d}' for d in ('scratch', units[-1])] + [f'infer/{arch}']
     expected.append(f'train/{arch}/{units[-1]}/cached')
     assert set(tuning.arms(units)) >= {'scratch', units[-1]}
   assert sorted(by_name) == sorted(expected)
-  with_torch = bench.torch_available()
+  with_torch = core.torch_available()
   assert 'dtype=float32' in proc.stdout.splitlines()[0]
   for row in rows:
     for key in ('name', 'arch', 'depth', 'batch', 'step_ms', 'img_per_s'):
@@ -102,8 +103,8 @@ def test_quick_bench_writes_every_row(tmp_path):
         assert row['vs_torch'] == pytest.approx(row['img_per_s'] / row['torch_img_per_s'])
   # Frozen units get no backward pass: the head-only arm compiles to the forward's
   # convolutions and matmuls plus the head's weight gradient.
-  for arch in bench.QUICK.archs:
-    _, units = models.get_model(arch, bench.NUM_CLASSES)
+  for arch in core.QUICK.archs:
+    _, units = models.get_model(arch, core.NUM_CLASSES)
     head = by_name[f'train/{arch}/{units[-1]}']
     assert head['hlo_conv_dot'] == head['fwd_conv_dot'] + 1
     assert by_name[f'train/{arch}/scratch']['hlo_conv_dot'] > head['hlo_conv_dot'] + 1

@@ -29,8 +29,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # for the subprocess; pytest's pythonpath has it already
 
+from medft.third_party.caffe import schema  # noqa: E402
 from medft.weights import caffe, keras, safetensors  # noqa: E402
-from third_party.caffe import schema  # noqa: E402
 
 READERS = {'caffe': caffe, 'safetensors': safetensors, 'keras': keras}
 # Peak RSS may grow this much while reading one file (the valid files are a few kB).

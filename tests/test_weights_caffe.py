@@ -1,5 +1,5 @@
 """The Caffe importer against the NumPy reference: .caffemodel files written here with the
-project's own schema (third_party/caffe) in both NetParameter forms, with random weights."""
+project's own schema (medft/third_party/caffe) in both NetParameter forms, with random weights."""
 
 import logging
 
@@ -8,8 +8,8 @@ import pytest
 import reference_numpy as ref
 import weights_helpers as helpers
 
+from medft.third_party.caffe import schema
 from medft.weights import caffe, convert, merge_params
-from third_party.caffe import schema
 
 ALEXNET_NAMES = {n: n for n in ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7',
                                 'fc8')}

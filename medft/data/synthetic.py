@@ -98,6 +98,23 @@ def cimt_example(rng: np.random.Generator, height: int = 200, width: int = 256):
   return _to_uint8(image), li, ma
 
 
+def cimt_examples(n: int, seed: int = 0, height: int = 200, width: int = 256) -> list[dict]:
+  """`n` CIMT examples in memory, as the CUBS reader yields them (id, unit, cf, image, li, ma).
+
+  For code that needs a CIMT task without preparing a dataset (the benchmark, the step
+  trace): `cimt_example` images with LI/MA traced over every column, one subject each, at
+  0.06 mm per pixel. Not the pixels `write_cimt` writes (that twin also draws spans and
+  spacings), but the same kind of image.
+  """
+  out = []
+  for i in range(n):
+    image, li, ma = cimt_example(_rng(seed, 1, i), height, width)
+    cols = np.arange(width, dtype=np.float64)
+    out.append({'id': f'synthetic{i}', 'unit': f'subject{i}', 'cf': 0.06, 'image': image,
+                'li': np.stack([cols, li], 1), 'ma': np.stack([cols, ma], 1)})
+  return out
+
+
 def _profile_text(points: np.ndarray, style: int) -> str:
   """Writes (x, y) points in one of the layouts found in CUBS copies."""
   if style == 0:  # two rows: x row, y row

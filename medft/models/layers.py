@@ -20,7 +20,8 @@ from medft.errors import ConfigError
 Initializer = Callable[..., jax.Array]
 
 
-def _conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int) -> jax.Array:
+def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int) -> jax.Array:
+  """The NHWC/HWIO convolution every layer runs (the benchmark's layout lever swaps it)."""
   return jax.lax.conv_general_dilated(
       x, kernel, window_strides=(stride, stride),
       padding=((padding, padding), (padding, padding)),
@@ -38,16 +39,16 @@ def grouped_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, gro
   picks `split` on CPU and `xla` elsewhere. Both give the same numbers.
   """
   if groups == 1:
-    return _conv(x, kernel, stride, padding, 1)
+    return conv(x, kernel, stride, padding, 1)
   if impl == 'auto':
     impl = 'split' if jax.default_backend() == 'cpu' else 'xla'
   if impl == 'xla':
-    return _conv(x, kernel, stride, padding, groups)
+    return conv(x, kernel, stride, padding, groups)
   if impl != 'split':
     raise ConfigError(f'grouped conv impl={impl!r}: expected auto, split or xla.')
   xs = jnp.split(x, groups, axis=-1)
   ks = jnp.split(kernel, groups, axis=-1)
-  return jnp.concatenate([_conv(a, k, stride, padding, 1) for a, k in zip(xs, ks)], axis=-1)
+  return jnp.concatenate([conv(a, k, stride, padding, 1) for a, k in zip(xs, ks)], axis=-1)
 
 
 class Conv(nn.Module):
@@ -97,7 +98,8 @@ def _window_sum(v: jax.Array, size: int) -> jax.Array:
   return sum(padded[..., i:i + channels] for i in range(size))
 
 
-def _lrn_forward(x, size, alpha, beta, k):
+def lrn_forward(x, size, alpha, beta, k):
+  """The LRN as plain jnp: (output, residuals of the closed-form gradient)."""
   base = k + (alpha / size) * _window_sum(jnp.square(x), size)
   scale = base ** beta
   return x / scale, (x, base, scale)
@@ -105,7 +107,7 @@ def _lrn_forward(x, size, alpha, beta, k):
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _lrn(x, size, alpha, beta, k):
-  return _lrn_forward(x, size, alpha, beta, k)[0]
+  return lrn_forward(x, size, alpha, beta, k)[0]
 
 
 def _lrn_bwd(size, alpha, beta, k, residuals, g):
@@ -115,7 +117,7 @@ def _lrn_bwd(size, alpha, beta, k, residuals, g):
   return (g / scale - (2.0 * alpha * beta / size) * x * _window_sum(t, size),)
 
 
-_lrn.defvjp(lambda x, size, alpha, beta, k: _lrn_forward(x, size, alpha, beta, k), _lrn_bwd)
+_lrn.defvjp(lambda x, size, alpha, beta, k: lrn_forward(x, size, alpha, beta, k), _lrn_bwd)
 
 
 def pool_padding(hw: tuple[int, int], window: int, stride: int, ceil_mode: bool

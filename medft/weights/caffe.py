@@ -6,7 +6,7 @@ BVLC's `bvlc_alexnet.caffemodel` is of this kind), including V0 layers nested in
 A blob's shape comes from `BlobShape` or the legacy num/channels/height/width fields, its
 values from packed float `data` or packed double `double_data`. Blobs keep Caffe's layout:
 convolution (out, in / groups, kh, kw), inner product (out, in); blob 0 is the `weight` and
-blob 1 the `bias`. The schema is medft's own subset of Caffe's (`third_party/caffe`), so
+blob 1 the `bias`. The schema is medft's own subset of Caffe's (`medft/third_party/caffe`), so
 neither Caffe nor protoc is needed.
 
 Input convention of the BVLC models (`INPUT`): BGR channel order, 0..255 pixels, minus the
@@ -73,7 +73,7 @@ def read_net(path: Path):
   """Parses `path` as a Caffe NetParameter, with readable errors for anything else."""
   from google.protobuf.message import DecodeError
 
-  from third_party.caffe import schema
+  from medft.third_party.caffe import schema
 
   size = path.stat().st_size
   if size == 0:
@@ -93,7 +93,7 @@ def read_net(path: Path):
 
 def read_layers(path: Path) -> dict[str, dict[str, np.ndarray]]:
   """`{layer name: {'weight': ..., 'bias': ...}}` for every layer with blobs, Caffe layout."""
-  from third_party.caffe import schema
+  from medft.third_party.caffe import schema
 
   net = read_net(path)
   entries = []  # (name, type, blobs) in file order, V1 first (a file holds one form)

@@ -1,7 +1,7 @@
 """Are train steps back to back? A profiler check of the training loop's feeding path.
 
-  python -m medft.step_trace [--config=demo,depth=scratch] [--steps=20] [--logdir=DIR]
-                             [--sync-sleep-ms=N]
+  python -m medft.bench.step_trace [--config=demo,depth=scratch] [--steps=20] [--logdir=DIR]
+                                   [--sync-sleep-ms=N]
 
 Runs the loop of `medft.trainer.train` without its evaluation and checkpoints: host batches
 of the CIMT task cut by grain worker threads (`trainer._input_pipeline` over in-memory
@@ -54,9 +54,9 @@ from medft.weights import store
 
 def _task(config: ml_collections.ConfigDict):
   """The CIMT task over in-memory synthetic scans (no TFDS preparation)."""
-  from medft import bench
+  from medft.data import synthetic
   from medft.tasks.cimt import CimtTask
-  return CimtTask({'train': bench.synthetic_cimt_examples(6, seed=config.seed)}, config.task,
+  return CimtTask({'train': synthetic.cimt_examples(6, seed=config.seed)}, config.task,
                   config.seed)
 
 
@@ -227,8 +227,8 @@ def measure(config: ml_collections.ConfigDict, steps: int = 20, logdir: str | Pa
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  from configs import cimt, common
-  p = argparse.ArgumentParser(prog='python -m medft.step_trace',
+  from medft.configs import cimt, common
+  p = argparse.ArgumentParser(prog='python -m medft.bench.step_trace',
                               description=__doc__.split('\n')[0])
   p.add_argument('--config', default='demo,depth=scratch', help='argument of configs/cimt.py')
   p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE',

@@ -4,7 +4,7 @@ The same subset as `caffe_subset.proto` (read that for the schema); the two must
 Messages live in a private descriptor pool, so they never clash with a `caffe_pb2` that
 pycaffe may have registered in the default pool.
 
-    from third_party.caffe import schema
+    from medft.third_party.caffe import schema
     net = schema.NetParameter.FromString(open('bvlc_alexnet.caffemodel', 'rb').read())
 """
 
