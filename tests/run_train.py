@@ -22,7 +22,7 @@ import tiny  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
 import medft  # noqa: E402
-from configs import common  # noqa: E402
+from medft.configs import common  # noqa: E402
 
 
 def main(workdir, data_dir, steps, *overrides):

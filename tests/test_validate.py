@@ -179,7 +179,7 @@ def test_a_non_config_mode_is_a_bug():
 
 
 def test_set_field_names_a_missing_field_or_a_value_of_the_wrong_type():
-  from configs import common
+  from medft.configs import common
   config = cimt.get_config('synthetic')
   with pytest.raises(errors.ConfigError, match=r"train.steps='abc': expected .* \(int, now"):
     common.set_field(config, 'train.steps', 'abc')

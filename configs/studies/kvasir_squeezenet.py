@@ -17,7 +17,7 @@ below is the polyp application's config (configs/polyp.py) except what is set he
 
 from pathlib import Path
 
-from configs import polyp
+from medft.configs import polyp
 
 _SHARED = Path(__file__).resolve().parents[2].parent / 'shared'
 
