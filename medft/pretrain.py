@@ -310,6 +310,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: Path, lock) -> Path:
   # ---- data ----
   source = make_source(config)
   parallel.check_batch(p.batch)
+  trainer.enable_compile_cache(config.compile_cache)  # as a run does: reruns compile nothing
 
   # ---- model, optimizer ----
   model_config = ml_collections.ConfigDict(config.to_dict())
