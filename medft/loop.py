@@ -134,6 +134,18 @@ def sigterm_flag() -> Iterator[list]:
       signal.signal(signal.SIGTERM, previous)
 
 
+def _stop_for_sigterm(sigterm: list, fetch_step: bool) -> bool:
+  """Whether SIGTERM stops the run after this step: at once on one process. With several, at
+  the next fetch step once any of them got it, so that all of them take part in the same
+  (collective) checkpoint and stop together."""
+  if jax.process_count() == 1:
+    return bool(sigterm)
+  if not fetch_step:
+    return False
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.int32(bool(sigterm)))))
+
+
 # ---- metrics rows ------------------------------------------------------------------------
 
 
@@ -309,11 +321,12 @@ class Loop:
     """
     pstate = parallel.replicate(state)
     fetch = lambda s: s % self.log_every == 0 or s % self.eval_every == 0 or s == self.steps  # noqa: E731
-    with sigterm_flag() as preempted:
+    with sigterm_flag() as sigterm:
       for tick in run_steps(train_step, pstate, batches, rng, self.step, fetch):
         pstate = tick.state
         step = self.step = tick.step
         self.timer.after_step(tick.metrics)
+        preempted = _stop_for_sigterm(sigterm, tick.fetched is not None)
         eval_now = step % self.eval_every == 0 or step == self.steps
         if tick.fetched is not None:
           row = self._row(tick.fetched, step)
