@@ -300,6 +300,7 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: Path, lock) -> Path:
     raise NotOursError(f'--workdir={workdir} is a folder of other files (no {files.MARKER} '
                        'marker of medft); medft does not pretrain into it. Use a new or empty '
                        '--workdir.')
+  parallel.sync_hosts('source model folder checked')  # every process, before any writes
   files.make_dirs(workdir, 'the source model')
   lock.acquire()
   if jax.process_index() == 0:
