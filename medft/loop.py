@@ -14,7 +14,8 @@ What every kind of training does the same way lives here, so that the copies can
   checkpoints  `checkpoints/latest` every `checkpoint_every` steps, at the end, and at every
                evaluation that tracks a best value; `Loop.resume` restores it.
   preemption   SIGTERM: the step ends, the state is checkpointed, then `Preempted` (run.py
-               exits 143 and the same command resumes).
+               exits 143 and the same command resumes). With several processes, a SIGTERM
+               to any of them stops all at the next log step.
 
 Callers keep what differs: `medft.trainer` (validation AUC, the feature cache, results.json),
 `medft.pretrain` (held-out accuracy, the artifact), `medft.step_trace` (the bare `run_steps`).
