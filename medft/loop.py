@@ -321,9 +321,8 @@ class Loop:
     `evaluate(replicated params)` returns named values for the row (every process calls it).
     """
     pstate = parallel.replicate(state)
-    fetch = lambda s: s % self.log_every == 0 or s % self.eval_every == 0 or s == self.steps  # noqa: E731
     with sigterm_flag() as sigterm:
-      for tick in run_steps(train_step, pstate, batches, rng, self.step, fetch):
+      for tick in run_steps(train_step, pstate, batches, rng, self.step, self._row_step):
         pstate = tick.state
         step = self.step = tick.step
         self.timer.after_step(tick.metrics)
@@ -348,6 +347,10 @@ class Loop:
                        self.patience)
           break
     return pstate
+
+  def _row_step(self, step: int) -> bool:
+    """Whether `step` logs a row: every `log_every` and `eval_every` steps, and the last."""
+    return step % self.log_every == 0 or step % self.eval_every == 0 or step == self.steps
 
   def _row(self, fetched: list[dict], step: int) -> dict:
     """The metrics row of the steps since the last one; stops on a non-finite step."""

@@ -1,8 +1,8 @@
 """`medft.train(config, workdir)`: one arm of the study, from data to results.json.
 
 Phases: workdir, data, model and weights, optimizer, checkpoints, loop (the pmapped step run
-by `medft.loop` with validation AUC as its early-stopping value), final evaluation. Importable from any JAX program: no absl
-flag parsing and no global state.
+by `medft.loop`, with validation AUC as its early-stopping value), final evaluation.
+Importable from any JAX program: no absl flag parsing and no global state.
 """
 
 from __future__ import annotations
