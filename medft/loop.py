@@ -290,7 +290,7 @@ class Loop:
     self.early = early_state(-1.0, -1, 0) if watch else None
     self.best_params = None  # host params of the best evaluation (with `watch`)
     self.step = 0
-    self.timer = Timer(self.batch)
+    self.timer: Timer | None = None  # set by `run` (compile_s: its first step)
 
   # -- resume --
 
@@ -321,6 +321,7 @@ class Loop:
     `evaluate(replicated params)` returns named values for the row (every process calls it).
     """
     pstate = parallel.replicate(state)
+    self.timer = Timer(self.batch)  # from here: the first step's time is its compilation
     with sigterm_flag() as sigterm:
       for tick in run_steps(train_step, pstate, batches, rng, self.step, self._row_step):
         pstate = tick.state
