@@ -282,7 +282,8 @@ class Loop:
                skip_nonfinite: bool = False, nonfinite_fix: str = ''):
     self.name, self.steps, self.batch = name, int(steps), int(batch)
     self.log_every, self.eval_every = int(log_every), int(eval_every)
-    self.checkpoint_every, self.lr = int(checkpoint_every), lr
+    # Compiled once: a log row costs one small call, not a dispatch per operation.
+    self.checkpoint_every, self.lr = int(checkpoint_every), jax.jit(lr)
     self.watch, self.patience, self.lock = watch, int(patience), lock
     self.skip_nonfinite, self.nonfinite_fix = bool(skip_nonfinite), nonfinite_fix
     self.ckpt = Checkpoints(workdir)
@@ -363,12 +364,13 @@ class Loop:
           f'{self.ckpt.latest.latest_step()}). {self.nonfinite_fix}'.rstrip())
     if bad:
       logging.warning('Skipped %d non-finite steps (first: %d).', len(bad), bad[0])
+    rate = self.timer.rate()
     # The float32 the optimizer applies, written as its shortest decimal (0.00095, not
     # 0.0009500000160187483).
     lr = float(str(np.float32(self.lr(step))))
     row = {'step': step, 'loss': float(fetched[-1]['loss']),
            'accuracy': float(fetched[-1]['accuracy']), 'skipped_nonfinite': len(bad),
-           'lr': lr, 'img_per_s': self.timer.rate()}
+           'lr': lr, 'img_per_s': rate}
     logging.info('%s step %d/%d  loss %.4f  acc %.3f  %.1f img/s  ETA %s', self.name, step,
                  self.steps, row['loss'], row['accuracy'], row['img_per_s'],
                  progress.hms((self.steps - step) * self.batch / max(row['img_per_s'], 1e-9)))
