@@ -22,11 +22,12 @@ from medft.errors import (  # noqa: F401
   ResourceError,
   UserError,
 )
+from medft.loop import Preempted  # noqa: F401
 
 # Imported eagerly: importing the submodule `medft.sweep` would otherwise bind the name to the
 # module. The trainer imports TFDS only when a run reads data.
 from medft.sweep import auto_tune, sweep  # noqa: F401  (also imports medft.trainer)
-from medft.trainer import Preempted, train  # noqa: F401
+from medft.trainer import train  # noqa: F401
 
 __version__ = '0.1.0'
 

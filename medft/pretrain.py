@@ -20,9 +20,10 @@ Sources (`config.pretrain.source`):
                 (no TensorFlow at all).
 
 `pretrain(config, workdir)` trains with the trainer's own pieces (model registry,
-`tuning.make_optimizer` at depth scratch, `trainer.make_steps`, its input pipeline and
-checkpoints), resumes from `workdir/checkpoints/latest`, and writes the artifact to
-`workdir/weights` plus `workdir/pretrain.json` (settings, loss curve, held-out accuracy).
+`tuning.make_optimizer` at depth scratch, `trainer.make_steps`) in the training loop of
+`medft.loop` (each host feeds its slice of the global batch; checkpoints, SIGTERM, metrics
+rows), resumes from `workdir/checkpoints/latest`, and writes the artifact to `workdir/weights`
+plus `workdir/pretrain.json` (settings, loss curve, held-out accuracy) from process 0.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from medft import files, parallel, trainer, tuning
+from medft import files, loop, parallel, trainer, tuning
 from medft.errors import (
   ConfigError,
   InputFileError,
@@ -299,15 +300,18 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: Path, lock) -> Path:
     raise NotOursError(f'--workdir={workdir} is a folder of other files (no {files.MARKER} '
                        'marker of medft); medft does not pretrain into it. Use a new or empty '
                        '--workdir.')
+  parallel.sync_hosts('source model folder checked')  # every process, before any writes
   files.make_dirs(workdir, 'the source model')
   lock.acquire()
-  files.write_marker(workdir, 'source_model')
+  if jax.process_index() == 0:
+    files.write_marker(workdir, 'source_model')
   wall_start = time.time()
   p = config.pretrain
 
   # ---- data ----
   source = make_source(config)
   parallel.check_batch(p.batch)
+  trainer.enable_compile_cache(config.compile_cache)  # as a run does: reruns compile nothing
 
   # ---- model, optimizer ----
   model_config = ml_collections.ConfigDict(config.to_dict())
@@ -324,75 +328,47 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: Path, lock) -> Path:
   tx = tuning.make_optimizer(params, units, 'scratch', optim, steps_per_decay)
   state = trainer.TrainState.create(params, tx)
 
-  # ---- checkpoints ----
-  ckpt = trainer._Checkpoints(workdir)  # noqa: SLF001  (same orbax layout as a run)
-  restored = ckpt.restore_latest({'state': state})
-  if restored is not None:
-    state = restored['state']
-    logging.info('Pretraining resumes at step %d.', int(state.step))
-  start = int(state.step)
-  metrics_file = workdir / 'metrics.jsonl'
-  trainer._truncate_metrics(metrics_file, start)  # noqa: SLF001
+  # ---- checkpoints, loop ----
+  steps_loop = loop.Loop(
+      workdir, name='pretraining', steps=p.steps, batch=p.batch, log_every=p.log_every,
+      eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
+      lr=tuning.lr_schedule(p.base_lr, p.lr_decay, steps_per_decay), lock=lock,
+      nonfinite_fix='Lower pretrain.base_lr.')
+  try:
+    state = steps_loop.resume(state)
+    p_train_step, p_predict = trainer.make_steps(model, tx, meta)
+    batches = loop.input_pipeline(source, steps_loop.step, p.steps, p.batch, p.workers, 4)
+    held = source.held_out(p.eval_examples)
 
-  # ---- loop ----
-  p_train_step, p_predict = trainer.make_steps(model, tx, meta)
-  train_cfg = ml_collections.ConfigDict(dict(workers=p.workers, prefetch=4))
-  batches = trainer._input_pipeline(source, start, p.steps, p.batch, slice(None),  # noqa: SLF001
-                                    train_cfg)
-  pstate, rng = parallel.replicate(state), jax.random.key(p.seed)
-  held = source.held_out(p.eval_examples)
+    def held_out_accuracy(replicated_params) -> float:
+      probs = parallel.predict_in_batches(p_predict, replicated_params, held['image'],
+                                          4 * p.batch)
+      return float(np.mean(np.argmax(probs, -1) == held['label']))
 
-  def held_out_accuracy(replicated_params) -> float:
-    probs = parallel.predict_in_batches(p_predict, replicated_params, held['image'], 4 * p.batch)
-    return float(np.mean(np.argmax(probs, -1) == held['label']))
+    pstate = steps_loop.run(p_train_step, state, batches, jax.random.key(p.seed),
+                            lambda params: {'held_out_accuracy': held_out_accuracy(params)})
+  finally:
+    steps_loop.close()
 
-  step, t_log, pending = start, time.time(), []
-  with trainer.sigterm_flag() as preempted:
-    for batch in parallel.prefetch_to_device(batches, size=2):
-      pstate, m = p_train_step(pstate, batch, rng)
-      step += 1
-      pending.append(m)
-      if step % p.log_every == 0 or step == p.steps:
-        fetched = jax.device_get([{k: v[0] for k, v in x.items()} for x in pending])
-        pending = []
-        if not all(x['finite'] for x in fetched):
-          raise trainer.NonFiniteError(f'pretraining: non-finite loss by step {step}; lower '
-                                       'pretrain.base_lr.')
-        row = {'step': step, 'loss': float(np.mean([x['loss'] for x in fetched])),
-               'accuracy': float(np.mean([x['accuracy'] for x in fetched])),
-               'img_per_s': len(fetched) * p.batch / max(time.time() - t_log, 1e-9)}
-        if step % p.eval_every == 0 or step == p.steps:
-          row['held_out_accuracy'] = held_out_accuracy(pstate.params)
-        logging.info('pretrain step %d/%d  loss %.3f  acc %.3f  %s', step, p.steps, row['loss'],
-                     row['accuracy'], f'held-out acc {row["held_out_accuracy"]:.3f}'
-                     if 'held_out_accuracy' in row else '')
-        files.append_line(metrics_file, json.dumps(row))
-        t_log = time.time()
-      if step % p.checkpoint_every == 0 or step == p.steps or preempted:
-        ckpt.save_latest(step, {'state': parallel.unreplicate(pstate)})
-      if preempted:
-        ckpt.close()
-        raise trainer.Preempted(f'SIGTERM received: pretraining checkpoint saved at step {step} '
-                                f'in {ckpt.latest_dir}; repeat the same command to resume.')
-  ckpt.close()
-
-  # ---- artifact ----
+  # ---- artifact (process 0 writes; the others wait for it) ----
   final = parallel.unreplicate(pstate.params)
   accuracy = held_out_accuracy(pstate.params)
   meta.source_format = SOURCE_FORMAT if p.source == 'pretext' else f'medft-{p.source}'
   meta.source_file = source.description
   meta.source_sha256 = source.sha256
   meta.num_source_classes = source.num_classes
-  try:
-    store.save_artifact(out, final, meta)
-  except FileExistsError:  # another shard of the same sweep finished first: same model
-    logging.info('%s was written by another process; using it.', out)
-  curve = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-  files.write_json_atomic(record_file, {
-      'settings': wanted, 'source': source.description, 'num_classes': source.num_classes,
-      'chance_accuracy': 1.0 / source.num_classes, 'held_out_accuracy': accuracy,
-      'steps': step, 'wall_s': time.time() - wall_start, 'curve': curve,
-      'artifact': str(out)})
+  if jax.process_index() == 0:
+    try:
+      store.save_artifact(out, final, meta)
+    except FileExistsError:  # another shard of the same sweep finished first: same model
+      logging.info('%s was written by another process; using it.', out)
+    curve = [row for _, row in loop.read_metrics(steps_loop.metrics_file)]
+    files.write_json_atomic(record_file, {
+        'settings': wanted, 'source': source.description, 'num_classes': source.num_classes,
+        'chance_accuracy': 1.0 / source.num_classes, 'held_out_accuracy': accuracy,
+        'steps': steps_loop.step, 'wall_s': time.time() - wall_start, 'curve': curve,
+        'artifact': str(out)})
+  parallel.sync_hosts('source model written')
   logging.info('Source model: held-out accuracy %.3f (chance %.3f) -> %s', accuracy,
                1.0 / source.num_classes, out)
   return out

@@ -1,8 +1,8 @@
 """`medft.train(config, workdir)`: one arm of the study, from data to results.json.
 
-Phases: workdir, data, model and weights, optimizer, checkpoints, loop (pmapped step,
-validation AUC, early stopping), final evaluation. Importable from any JAX program: no absl
-flag parsing and no global state.
+Phases: workdir, data, model and weights, optimizer, checkpoints, loop (the pmapped step run
+by `medft.loop`, with validation AUC as its early-stopping value), final evaluation.
+Importable from any JAX program: no absl flag parsing and no global state.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import collections
 import contextlib
 import json
 import os
-import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,11 +23,21 @@ import optax
 from absl import logging
 from flax import struct
 
-from medft import feature_cache, files, locks, models, parallel, preprocess, progress, tuning
+from medft import (
+  feature_cache,
+  files,
+  locks,
+  loop,
+  models,
+  parallel,
+  preprocess,
+  progress,
+  tuning,
+)
 from medft.errors import (  # NonFiniteError is re-exported as medft.trainer.NonFiniteError
   ConfigError,
   InputFileError,
-  NonFiniteError,
+  NonFiniteError,  # noqa: F401
   NotOursError,
   ResourceError,
 )
@@ -47,49 +55,6 @@ class TrainState(struct.PyTreeNode):
     """Step 0 with a fresh optimizer state, as host numpy arrays (what orbax checkpoints)."""
     return cls(step=np.asarray(0, np.int32), params=params,
                opt_state=jax.tree.map(np.asarray, tx.init(params)))
-
-
-class Preempted(RuntimeError):
-  """SIGTERM arrived; the latest state was checkpointed and the run can be resumed."""
-
-
-class _Timer:
-  """Images/s between log rows; the first step (compilation) is timed on its own."""
-
-  def __init__(self, batch: int):
-    self.batch, self.compile_s, self.images = batch, None, 0
-    self.t0 = time.time()
-
-  def after_step(self, metrics) -> None:
-    if self.compile_s is None:
-      jax.block_until_ready(metrics['loss'])
-      self.compile_s = time.time() - self.t0
-      logging.info('First step (compilation included) took %.1f s.', self.compile_s)
-      self.t0 = time.time()
-    else:
-      self.images += self.batch
-
-  def rate(self) -> float:
-    return self.images / max(time.time() - self.t0, 1e-9)
-
-  def reset(self) -> None:
-    self.t0, self.images = time.time(), 0
-
-
-def _fetch_row(pending: list, step: int, config, ckpt) -> dict:
-  """Fetches the metrics of the steps since the last row; stops on a non-finite step."""
-  fetched = jax.device_get([{k: v[0] for k, v in m.items()} for m in pending])
-  bad = [step - len(fetched) + i + 1 for i, m in enumerate(fetched) if not m['finite']]
-  if bad and not config.train.skip_nonfinite:
-    raise NonFiniteError(
-        f'arm {config.depth}: non-finite loss or update at step {bad[0]} (the step was not '
-        f'applied). Last good checkpoint: {ckpt.latest_dir} (step '
-        f'{ckpt.latest.latest_step()}). Lower optim.base_lr, check the inputs, or set '
-        'train.skip_nonfinite=True to skip such steps.')
-  if bad:
-    logging.warning('Skipped %d non-finite steps (first: %d).', len(bad), bad[0])
-  return {'step': step, 'loss': float(fetched[-1]['loss']),
-          'accuracy': float(fetched[-1]['accuracy']), 'skipped_nonfinite': len(bad)}
 
 
 def _config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -324,71 +289,6 @@ def make_predict(model, meta: store.Meta, start: str | None = None):
   return parallel.pmap_predict(predict)
 
 
-class _Checkpoints:
-  """Orbax managers for `checkpoints/latest` (full state) and `checkpoints/best` (params).
-
-  Orbax writes each checkpoint to a temporary folder and renames it when complete, so a kill
-  during a save leaves the previous checkpoint usable. State is saved unreplicated (host
-  numpy), which orbax can write from any process layout.
-  """
-
-  def __init__(self, workdir: Path):
-    import orbax.checkpoint as ocp
-    self._ocp = ocp
-    opts = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    self.latest_dir = workdir / 'checkpoints' / 'latest'
-    self.best_dir = workdir / 'checkpoints' / 'best'
-    self.latest = ocp.CheckpointManager(self.latest_dir.absolute(), options=opts)
-    self.best = ocp.CheckpointManager(self.best_dir.absolute(), options=opts)
-
-  def save_latest(self, step: int, tree: Any) -> None:
-    self._save(self.latest, self.latest_dir, step, tree)
-
-  def save_best(self, step: int, params: Any) -> None:
-    self._save(self.best, self.best_dir, step, params)
-
-  def _save(self, manager, folder: Path, step: int, tree: Any) -> None:
-    """One save; a full disk or read-only folder is refused before orbax starts writing, or
-    its half-written temporary folder removed, and reported as a ResourceError."""
-    needs = sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
-    # Orbax keeps the previous checkpoint until the new one is complete: room for one more.
-    files.check_space(folder, int(needs * 1.05) + 2**20, f'checkpoint {step} into {folder}')
-    try:
-      manager.save(step, args=self._ocp.args.StandardSave(tree), force=True)
-      manager.wait_until_finished()
-    except Exception as e:
-      if not files.is_resource_fault(e):
-        raise
-      for partial in folder.glob('*orbax-checkpoint-tmp*'):
-        shutil.rmtree(partial, ignore_errors=True)
-      raise files.resource_error(e, folder, f'checkpoint {step}', needs) from None
-
-  def restore_latest(self, like: Any) -> Any | None:
-    return self._restore(self.latest, self.latest_dir, like)
-
-  def restore_best(self, like: Any) -> Any | None:
-    return self._restore(self.best, self.best_dir, like)
-
-  def _restore(self, manager, folder: Path, like: Any) -> Any | None:
-    step = manager.latest_step()
-    if step is None:
-      return None
-    try:
-      return manager.restore(step, args=self._ocp.args.StandardRestore(like))
-    except Exception as e:  # orbax/tensorstore raise many types for a damaged checkpoint
-      if files.is_resource_fault(e):
-        raise files.resource_error(e, folder, f'checkpoint {step}') from e
-      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-      raise InputFileError(
-          f'checkpoint {folder / str(step)} cannot be read ({type(e).__name__}: {reason}). It '
-          f'is damaged, or was written by another medft version; delete {folder / str(step)} '
-          'and repeat the command to train this run again from the start.') from e
-
-  def close(self) -> None:
-    self.latest.close()
-    self.best.close()
-
-
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Trains one arm (`config.depth`) and returns the contents of `results.json`.
 
@@ -422,7 +322,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
   if results_file.exists():
     logging.info('%s is finished; returning its results.', workdir)
     return read_results(results_file)
-  read_metrics(workdir / 'metrics.jsonl')  # a damaged row is named before any work starts
+  loop.read_metrics(workdir / loop.METRICS_FILE)  # a damaged row is named before any work
   is_main = jax.process_index() == 0
   wall_start = time.time()
 
@@ -449,7 +349,6 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
   # ---- optimizer -----------------------------------------------------------------------
   tx = tuning.make_optimizer(params, units, config.depth, config.optim, steps_per_epoch)
   state = TrainState.create(params, tx)
-  early = _early_state(-1.0, -1, 0)
   # Frozen units never change, so the initial parameters define the cache (before the
   # workdir is written: a bad cache folder leaves it untouched).
   cache, cache_start = _feature_cache(config, model, units, meta, params)
@@ -457,27 +356,24 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
   # ---- checkpoints (resume) ------------------------------------------------------------
   _prepare_workdir(config, workdir)
   lock.acquire()
-  ckpt = _Checkpoints(workdir)
-  restored = ckpt.restore_latest({'state': state, 'early': early})
-  best_params = None
-  if restored is not None:
-    state, early = restored['state'], restored['early']
-    best_params = ckpt.restore_best(params)
-    logging.info('Resumed from %s at step %d.', ckpt.latest_dir, int(state.step))
-  start = int(state.step)
-  metrics_file = workdir / 'metrics.jsonl'
-  if is_main:
-    _truncate_metrics(metrics_file, start)
+  steps_loop = loop.Loop(
+      workdir, name=f'arm {config.depth}', steps=steps, batch=batch,
+      log_every=config.train.log_every, eval_every=config.train.eval_every,
+      checkpoint_every=config.train.checkpoint_every,
+      lr=tuning.lr_schedule(config.optim.base_lr, config.optim.lr_decay_per_epoch,
+                            steps_per_epoch),
+      watch='val_auc', patience=config.train.patience, lock=lock,
+      skip_nonfinite=config.train.skip_nonfinite,
+      nonfinite_fix='Lower optim.base_lr, check the inputs, or set train.skip_nonfinite=True '
+                    'to skip such steps.')
+  state = steps_loop.resume(state)
 
   # ---- loop ----------------------------------------------------------------------------
   p_train_step, p_predict = make_steps(model, tx, meta, start=cache_start)
-  per_host = batch // jax.process_count()
-  host_slice = slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
-  batches = _input_pipeline(task, start, steps, batch, host_slice, config.train)
+  batches = loop.input_pipeline(task, steps_loop.step, steps, batch, config.train.workers,
+                                config.train.prefetch)
   if cache is not None:
     batches = ({'features': cache.features(b['image']), 'label': b['label']} for b in batches)
-  rng = jax.random.key(config.seed)
-  pstate = parallel.replicate(state)
   val_patches, val_labels, _ = task.eval_patches('validation')
   val_inputs, p_val_predict = val_patches, p_predict
   if cache is not None:  # validation patches are fixed: their trunk features are too
@@ -485,70 +381,24 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
     if val_features is not None:
       val_inputs, p_val_predict = val_features, make_predict(model, meta, cache_start)
 
-  def evaluate_val(p):
+  def evaluate_val(p) -> dict[str, float]:
     probs = predict_with_progress(p_val_predict, p, val_inputs, 4 * batch,
                                   'validation evaluation')
     if not np.all(np.isfinite(probs)):
       logging.warning('Validation predictions are not finite; counted as no improvement.')
-      return float('nan')
-    return task.patch_auc(probs, val_labels)
+      return {'val_auc': float('nan')}
+    return {'val_auc': task.patch_auc(probs, val_labels)}
 
-  timer = _Timer(batch)
-  pending = []  # per-step device metrics, fetched only at log/eval steps (no per-step sync)
-  step = start
-  with sigterm_flag() as preempted:
-    try:
-      for step_batch in parallel.prefetch_to_device(batches, size=2):
-        pstate, m = p_train_step(pstate, step_batch, rng)
-        step += 1
-        pending.append(m)
-        timer.after_step(m)
-        log_now = step % config.train.log_every == 0 or step == steps
-        eval_now = step % config.train.eval_every == 0 or step == steps
-        if log_now or eval_now:
-          row = _fetch_row(pending, step, config, ckpt)
-          pending = []
-          row.update(lr=_lr(config, step, steps_per_epoch), img_per_s=timer.rate())
-          logging.info('step %d/%d  loss %.4f  acc %.3f  %.1f img/s  ETA %s', step, steps,
-                       row['loss'], row['accuracy'], row['img_per_s'],
-                       _hms((steps - step) * batch / max(row['img_per_s'], 1e-9)))
-          if eval_now:
-            row['val_auc'] = evaluate_val(pstate.params)
-            if row['val_auc'] > float(early['best_val']):
-              early = _early_state(row['val_auc'], step, 0)
-              best_params = parallel.unreplicate(pstate.params)
-              ckpt.save_best(step, best_params)
-            else:
-              early = _early_state(early['best_val'], early['best_step'],
-                                   int(early['bad_evals']) + 1)
-            logging.info('step %d  val_auc %.4f  (best %.4f at step %d)', step, row['val_auc'],
-                         float(early['best_val']), int(early['best_step']))
-          if is_main:
-            files.append_line(metrics_file, json.dumps(row))
-          timer.reset()
-        stop = int(early['bad_evals']) >= config.train.patience
-        if step % config.train.checkpoint_every == 0 or eval_now or stop or preempted:
-          ckpt.save_latest(step, {'state': parallel.unreplicate(pstate), 'early': early})
-          lock.refresh()
-        if preempted:
-          raise Preempted(f'SIGTERM received: checkpoint saved at step {step} in '
-                          f'{ckpt.latest_dir}; repeat the same command to resume.')
-        if stop:
-          logging.info('Early stop at step %d: no validation gain in %d evaluations.', step,
-                       config.train.patience)
-          break
-    finally:
-      if cache is not None:
-        cache.save()
-        stats = cache.stats()
-        logging.info('Feature cache: %s', stats)
-        if stats['hits'] + stats['misses'] > 4 * batch and stats['hit_rate'] < 0.1:
-          logging.warning('The feature cache served %.0f%% of the patches: this task draws fresh '
-                          'patches every step. Set task.fixed_pool=True (CIMT, frames) to train '
-                          'on a fixed set, or turn train.feature_cache off.',
-                          100 * stats['hit_rate'])
+  try:
+    pstate = steps_loop.run(p_train_step, state, batches, jax.random.key(config.seed),
+                            evaluate_val)
+  finally:
+    if cache is not None:
+      _close_cache(cache, batch)
+  step, early, ckpt = steps_loop.step, steps_loop.early, steps_loop.ckpt
 
   # ---- final evaluation ----------------------------------------------------------------
+  best_params = steps_loop.best_params
   if best_params is None:
     best_params = parallel.unreplicate(pstate.params)
   eval_params = parallel.replicate(best_params)
@@ -573,10 +423,10 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
       'fraction_unit': ds.info['fraction_unit'], 'train_units': ds.info['fraction_units_kept'],
       'checkpoints': {'best': str(ckpt.best_dir), 'latest': str(ckpt.latest_dir)},
   }
-  ckpt.close()
+  steps_loop.close()
   if is_main:
     files.write_json_atomic(workdir / 'timing.json', {
-        'compile_s': timer.compile_s, 'wall_s': time.time() - wall_start,
+        'compile_s': steps_loop.timer.compile_s, 'wall_s': time.time() - wall_start,
         'devices': jax.device_count(), 'backend': jax.default_backend(),
         'compile_cache': {k: _CACHE_EVENTS[k] - compile_counter[k]
                           for k in ('cache_hits', 'cache_misses')},
@@ -639,24 +489,15 @@ def _cached_features(cache: feature_cache.FeatureCache, patches: np.ndarray,
   return np.concatenate([first, *rest])
 
 
-def _early_state(best_val: float, best_step: int, bad_evals: int) -> dict:
-  """Early-stopping state as 0-d arrays (what orbax checkpoints)."""
-  return {'best_val': np.asarray(best_val, np.float64),
-          'best_step': np.asarray(best_step, np.int32),
-          'bad_evals': np.asarray(bad_evals, np.int32)}
-
-
-def _input_pipeline(task: Task, start: int, steps: int, batch: int, host_slice: slice, train_cfg):
-  """Batches `start..steps-1`, cut by grain worker threads ahead of the step that uses them.
-
-  Batch `s` is a pure function of (seed, s), so the iterator position is the step number and
-  a resumed run sees exactly the batches an uninterrupted one would.
-  """
-  import grain
-  ds = grain.MapDataset.range(start, steps).map(
-      lambda s: task.train_batch(int(s), batch, host_slice))
-  return iter(ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=train_cfg.workers, prefetch_buffer_size=train_cfg.prefetch)))
+def _close_cache(cache: feature_cache.FeatureCache, batch: int) -> None:
+  """Saves the feature cache and logs its use; warns when it served almost nothing."""
+  cache.save()
+  stats = cache.stats()
+  logging.info('Feature cache: %s', stats)
+  if stats['hits'] + stats['misses'] > 4 * batch and stats['hit_rate'] < 0.1:
+    logging.warning('The feature cache served %.0f%% of the patches: this task draws fresh '
+                    'patches every step. Set task.fixed_pool=True (CIMT, frames) to train '
+                    'on a fixed set, or turn train.feature_cache off.', 100 * stats['hit_rate'])
 
 
 _CACHE_EVENTS: collections.Counter = collections.Counter()
@@ -693,64 +534,6 @@ def enable_compile_cache(setting: str) -> collections.Counter:
       jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
       logging.info('JAX compilation cache: %s', folder)
   return collections.Counter(_CACHE_EVENTS)
-
-
-def read_metrics(path: Path) -> list[tuple[str, dict]]:
-  """The rows of a metrics.jsonl as (line, row). A torn last line (a crash in the middle of
-  its write) is dropped with a warning; a damaged line before it is an InputFileError."""
-  if not path.exists():
-    return []
-  lines = path.read_bytes().decode('utf-8', 'replace').splitlines()
-  rows = []
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-      int(row['step'])
-    except (ValueError, KeyError, TypeError) as e:
-      if number == len(lines):
-        logging.warning('%s: its last line is torn (%r...); dropped it (a crash while it was '
-                        'written).', path, line[:40])
-        break
-      raise InputFileError(
-          f'{path}, line {number}, is damaged ({type(e).__name__}: {e}); only a torn last line '
-          'is dropped on resume. Delete that line (or the file: the run then keeps its '
-          'checkpoint but loses its curve) and repeat the command.') from None
-    rows.append((line, row))
-  return rows
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-  """On resume, drops rows logged after the checkpoint we resume from (and a torn line)."""
-  if not path.exists():
-    return
-  kept = ''.join(line + '\n' for line, row in read_metrics(path) if int(row['step']) <= step)
-  if kept.encode() != path.read_bytes():
-    files.write_text_atomic(path, kept)
-
-
-def _lr(config, step: int, steps_per_epoch: int) -> float:
-  return config.optim.base_lr * config.optim.lr_decay_per_epoch ** (step // steps_per_epoch)
-
-
-_hms = progress.hms
-
-
-@contextlib.contextmanager
-def sigterm_flag():
-  """A list that becomes non-empty when SIGTERM arrives (main thread only), so that a loop
-  can checkpoint and raise `Preempted` at the end of its step; the old handler is restored."""
-  import threading
-  flag: list = []
-  previous = None
-  if threading.current_thread() is threading.main_thread():
-    previous = signal.signal(signal.SIGTERM, lambda *_: flag.append(True))
-  try:
-    yield flag
-  finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
 
 
 def predict_with_progress(predict_fn, params, inputs: np.ndarray, batch: int, what: str,

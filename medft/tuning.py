@@ -93,6 +93,14 @@ def learning_rates(optim: Any, depth: str) -> dict[str, float]:
   }
 
 
+def lr_schedule(lr: float, decay: float, steps_per_decay: int) -> optax.Schedule:
+  """`lr` x `decay` once every `steps_per_decay` steps (staircase): what the optimizer applies
+  at a step, and what the training loop logs (`optim.base_lr` with `make_optimizer`'s
+  steps per epoch is the body's rate)."""
+  return optax.exponential_decay(lr, transition_steps=max(1, steps_per_decay),
+                                 decay_rate=decay, staircase=True)
+
+
 def make_optimizer(params: Any, units: Sequence[str], depth: str, optim: Any,
                    steps_per_epoch: int) -> optax.GradientTransformation:
   """SGD + momentum per label group; weight decay on weights only (BVLC decay_mult 0 on biases).
@@ -102,8 +110,7 @@ def make_optimizer(params: Any, units: Sequence[str], depth: str, optim: Any,
   labels = param_labels(params, units, depth)
   transforms = {FROZEN: optax.set_to_zero()}
   for label, lr in learning_rates(optim, depth).items():
-    schedule = optax.exponential_decay(lr, transition_steps=max(1, steps_per_epoch),
-                                       decay_rate=optim.lr_decay_per_epoch, staircase=True)
+    schedule = lr_schedule(lr, optim.lr_decay_per_epoch, steps_per_epoch)
     parts = []
     if label.endswith('weight') and optim.weight_decay:
       parts.append(optax.add_decayed_weights(optim.weight_decay))

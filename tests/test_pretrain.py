@@ -2,9 +2,16 @@
 converted-weights artifact that fine-tuning can load, and is reused rather than retrained."""
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny
+from flax import traverse_util
 from PIL import Image
 
 from configs import imagenet_pretrain
@@ -54,3 +61,45 @@ def test_missing_sources_say_what_to_do(tmp_path):
   c = imagenet_pretrain.get_config('source=nope')
   with pytest.raises(ValueError, match='pretext, folder or imagenet2012'):
     pretrain.make_source(c)
+
+
+def test_two_processes_pretrain_like_one_and_only_process_0_writes(tmp_path):
+  """Each process feeds its half of the global batch; SIGTERM to one process stops both at
+  the same step and the resumed run ends where one process's uninterrupted run does (float
+  tolerance); metrics.jsonl, pretrain.json and the artifact are written by process 0 only."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env['JAX_PLATFORMS'] = 'cpu'
+  driver = Path(__file__).with_name('run_pretrain.py')
+  procs = [subprocess.Popen([sys.executable, str(driver), str(tmp_path / 'two'), str(port),
+                             str(i)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    one = pretrain.pretrain(tiny.pretext_config(), tmp_path / 'one')  # meanwhile, in-process
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
+  single, _ = store.load_artifact(one)
+  double, _ = store.load_artifact(tmp_path / 'two' / 'weights')
+  single, double = (traverse_util.flatten_dict(t, sep='/') for t in (single, double))
+  assert single.keys() == double.keys()
+  for k in single:
+    np.testing.assert_allclose(double[k], single[k], rtol=2e-4, atol=2e-5, err_msg=k)
+  writes = [json.loads((tmp_path / f'writes_{i}.json').read_text()) for i in range(2)]
+  # Both stopped at the first log step after the signal (step 2), and resumed from there.
+  for w in writes:
+    assert len(w['preempted']) == 1 and 'checkpoint saved at step 2 ' in w['preempted'][0]
+  # Each process cut its own half of every global batch of 8 (steps 0..3).
+  for i, w in enumerate(writes):
+    assert sorted(set(map(tuple, w['fed']))) == [(s, 4 * i, 4 * i + 4) for s in range(4)]
+  rows = [json.loads(line) for line in (tmp_path / 'two' / 'metrics.jsonl').open()]
+  assert [r['step'] for r in rows] == [2, 4]  # one row per log step, not one per process
+  assert json.loads((tmp_path / 'two' / 'pretrain.json').read_text())['curve'] == rows
+  assert writes[1]['written'] == [], writes[1]
+  assert {Path(p).name for _, p in writes[0]['written']} >= {'metrics.jsonl', 'pretrain.json',
+                                                            'weights'}

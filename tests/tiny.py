@@ -23,3 +23,13 @@ def config(data_dir, steps: int = 30, depth: str = 'scratch',
   c.train.patience = 100
   c.train.workers = 1
   return c
+
+
+def pretext_config(steps: int = 4) -> ml_collections.ConfigDict:
+  """A tiny source-model pretraining (pretext crops, width-reduced AlexNet, no dropout)."""
+  from configs import imagenet_pretrain
+  c = imagenet_pretrain.get_config(f'source=pretext,steps={steps},batch=8,input_size=67')
+  c.model.width, c.model.init_scheme, c.model.dropout = 0.125, 'he', 0.0
+  c.pretrain.update(eval_examples=8, log_every=2, eval_every=steps, checkpoint_every=2,
+                    workers=1)
+  return c

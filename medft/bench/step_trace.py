@@ -4,7 +4,7 @@
                                    [--sync-sleep-ms=N]
 
 Runs the loop of `medft.trainer.train` without its evaluation and checkpoints: host batches
-of the CIMT task cut by grain worker threads (`trainer._input_pipeline` over in-memory
+of the CIMT task cut by grain worker threads (`loop.input_pipeline` over in-memory
 synthetic scans), `parallel.prefetch_to_device`, the pmapped train step of
 `trainer.make_steps`, and metrics fetched only every `train.log_every` steps. `--config` is
 the argument of `configs/cimt.py` (default `demo,depth=scratch`: full-width AlexNet at
@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from medft import parallel, trainer, tuning
+from medft import loop, parallel, trainer, tuning
 from medft.errors import MissingInputError
 from medft.weights import store
 
@@ -79,25 +79,22 @@ def setup(config: ml_collections.ConfigDict):
 
 def host_batches(task, config: ml_collections.ConfigDict, start: int, steps: int):
   """Batches `start..steps-1` from grain worker threads, as the trainer's input pipeline."""
-  batch = config.train.batch
-  return trainer._input_pipeline(task, start, steps, batch, slice(0, batch), config.train)
+  return loop.input_pipeline(task, start, steps, config.train.batch, config.train.workers,
+                             config.train.prefetch)
 
 
 def train_loop(p_train_step, pstate, batches, rng, log_every: int,
                sync_sleep_s: float | None = None):
-  """The loop of `trainer.train`: no per-step host sync unless `sync_sleep_s` is given."""
-  pending, step = [], 0
-  for step_batch in parallel.prefetch_to_device(batches, size=2):
-    pstate, m = p_train_step(pstate, step_batch, rng)
-    step += 1
-    pending.append(m)
+  """The loop of `trainer.train` (`loop.run_steps`): metrics fetched every `log_every` steps,
+  no per-step host sync unless `sync_sleep_s` is given."""
+  step = 0
+  for tick in loop.run_steps(p_train_step, pstate, batches, rng,
+                             fetch=lambda s: bool(log_every) and s % log_every == 0):
+    pstate, step = tick.state, tick.step
     if sync_sleep_s is not None:  # negative control: a host round trip after every step
-      jax.device_get(m['loss'])
+      jax.device_get(tick.metrics['loss'])
       time.sleep(sync_sleep_s)
-    if log_every and step % log_every == 0:
-      jax.device_get(pending)
-      pending = []
-  jax.block_until_ready((pstate, pending))
+  jax.block_until_ready(pstate)
   return pstate, step
 
 

@@ -74,14 +74,22 @@ def default_meta(arch: str, input_size: tuple[int, int] = (227, 227)) -> Meta:
               std=(0.25, 0.25, 0.25), input_size=tuple(input_size))
 
 
-def _checkpointer():
+def _checkpointer(this_process_only: bool = False):
+  """Orbax's checkpointer: collective over every process (restores), or with
+  `this_process_only` run by the calling process alone (an artifact is written by one)."""
   import orbax.checkpoint as ocp  # imported lazily: orbax start-up is slow.
-  return ocp.StandardCheckpointer()
+  if not this_process_only:
+    return ocp.StandardCheckpointer()
+  import jax
+  me = jax.process_index()
+  return ocp.StandardCheckpointer(multiprocessing_options=ocp.options.MultiprocessingOptions(
+      primary_host=me, active_processes={me}))
 
 
 def save_artifact(out_dir: str | os.PathLike, params: Params, meta: Meta,
                   overwrite: bool = False) -> Path:
-  """Writes `params` and `meta` to `out_dir`; never leaves a half-written folder."""
+  """Writes `params` and `meta` to `out_dir`; never leaves a half-written folder. In a
+  multi-process job one process calls it (its orbax checkpointer waits for no other)."""
   out = Path(out_dir).absolute()
   if out.exists() and not overwrite:
     raise NotOursError(f'{out} already exists; choose another --out or remove it first.')
@@ -93,7 +101,7 @@ def save_artifact(out_dir: str | os.PathLike, params: Params, meta: Meta,
   try:
     numpy_params = {k: np.asarray(v) for k, v in
                     traverse_util.flatten_dict(params, sep='/').items()}
-    ckpt = _checkpointer()
+    ckpt = _checkpointer(this_process_only=True)
     ckpt.save(tmp / 'params', traverse_util.unflatten_dict(numpy_params, sep='/'))
     ckpt.wait_until_finished()
     (tmp / 'meta.json').write_text(json.dumps(meta.to_json(), indent=2) + '\n')
