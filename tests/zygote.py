@@ -1,14 +1,16 @@
 """A fork server for the command-line tests: `python run.py ...` without a fresh interpreter.
 
 Most command-line cases (the bad-input catalogue, the fault tests) spend the bulk of their time
-importing JAX, Flax and medft before they reach the line under test. This module starts one
-server process per test session that imports those once (no JAX backend is created, no thread
-is started) and then forks a child per command. The child is a separate process like the one
-`subprocess` would start: its own pid, environment (replaced wholesale), working directory,
-stdout/stderr files and exit status; it executes the script or module as `__main__` through
-`runpy`, so `run.py`'s own code (flag parsing, the error paragraph, `sys.exit`, signal handlers)
-runs as from the shell, an uncaught exception prints its traceback and exits 1, and a signal
-ends it as it would end `python run.py`. What is shared is only the pre-imported modules.
+importing JAX, Flax, TFDS and medft before they reach the line under test. This module starts
+one server process per test session that imports those once (PRELOAD below; no JAX backend is
+created, no thread is started) and then forks a child per command. The child is a separate
+process like the one `subprocess` would start: its own pid, environment (replaced wholesale),
+working directory, stdout/stderr files and exit status; it executes the script or module as
+`__main__` through `runpy`, so `run.py`'s own code (flag parsing, the error paragraph,
+`sys.exit`, signal handlers) runs as from the shell, an uncaught exception prints its traceback
+and exits 1, and a signal ends it as it would end `python run.py`. What is shared is only the
+pre-imported modules (so a test that a command does not import a module needs a fresh
+`subprocess` instead).
 
     runner = Zygote(ROOT, env)                # one per session (conftest's `zygote` fixture)
     done = runner.run(['run.py', '--workdir=...'], env=env, timeout=240)   # CompletedProcess
@@ -30,9 +32,12 @@ import threading
 import time
 from pathlib import Path
 
-# Imported by the server before it forks: what run.py, the converter and the trainer import.
+# Imported by the server before it forks: what run.py, the converter, the trainer, the data
+# reader and the report import (none of them starts a thread or writes a file on import).
 PRELOAD = ('jax', 'jax.numpy', 'flax', 'optax', 'numpy', 'ml_collections',
-           'ml_collections.config_flags', 'absl.app', 'absl.flags', 'medft', 'medft.parallel')
+           'ml_collections.config_flags', 'absl.app', 'absl.flags', 'medft', 'medft.parallel',
+           'medft.validate', 'tensorflow_datasets', 'grain', 'orbax.checkpoint', 'medft.data',
+           'medft.pretrain', 'medft.report')
 
 
 # ---- the server (runs in its own interpreter: `python tests/zygote.py`) ---------------------
@@ -42,10 +47,16 @@ def _serve() -> dict | None:
   """Reads one JSON request a line on stdin, forks a child for each; answers with the child's
   pid and, later, its exit status. Returns the request in a child; None when stdin closes."""
   import importlib
+  import threading
   for name in PRELOAD:
     importlib.import_module(name)
   out = os.fdopen(os.dup(1), 'w', buffering=1)
-  out.write(json.dumps({'ready': os.getpid()}) + '\n')
+  # A fork copies only the calling thread: with others running, a child could inherit a held
+  # lock. So no thread may be started by the imports.
+  threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+  out.write(json.dumps({'ready': os.getpid()} if not threads else {'threads': threads}) + '\n')
+  if threads:
+    return None
   running: dict[int, int] = {}
   pending = b''
   while True:
@@ -128,7 +139,7 @@ class Zygote:
     self._server = subprocess.Popen([sys.executable, __file__], cwd=cwd, env=env,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     ready = json.loads(self._server.stdout.readline() or '{}')
-    assert 'ready' in ready, 'the zygote server did not start'
+    assert 'ready' in ready, f'the zygote server did not start: {ready}'
     self._lock = threading.Lock()
     self._next = 0
     self._pids: dict[int, int] = {}
