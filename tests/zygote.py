@@ -50,6 +50,8 @@ def _serve() -> dict | None:
   import threading
   for name in PRELOAD:
     importlib.import_module(name)
+  import gc
+  gc.freeze()
   out = os.fdopen(os.dup(1), 'w', buffering=1)
   # A fork copies only the calling thread: with others running, a child could inherit a held
   # lock. So no thread may be started by the imports.
@@ -61,11 +63,12 @@ def _serve() -> dict | None:
   pending = b''
   while True:
     while running:
-      pid, status = os.waitpid(-1, os.WNOHANG)
+      pid, status, usage = os.wait4(-1, os.WNOHANG)
       if not pid:
         break
       out.write(json.dumps({'id': running.pop(pid),
-                            'returncode': os.waitstatus_to_exitcode(status)}) + '\n')
+                            'returncode': os.waitstatus_to_exitcode(status),
+                            'cpu_s': usage.ru_utime + usage.ru_stime}) + '\n')
     if not select.select([0], [], [], 0.02)[0]:
       continue
     chunk = os.read(0, 1 << 16)
@@ -144,6 +147,7 @@ class Zygote:
     self._next = 0
     self._pids: dict[int, int] = {}
     self._codes: dict[int, int] = {}
+    self.cpu_s: dict[int, float] = {}  # CPU seconds of each finished command (by its number)
     self._changed = threading.Condition()
     threading.Thread(target=self._read, daemon=True).start()
 
@@ -155,6 +159,7 @@ class Zygote:
           self._pids[answer['id']] = answer['pid']
         else:
           self._codes[answer['id']] = answer['returncode']
+          self.cpu_s[answer['id']] = answer['cpu_s']
         self._changed.notify_all()
 
   def popen(self, command: list[str], env: dict[str, str], stdout: Path | None = None,
