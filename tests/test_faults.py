@@ -34,15 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK = 'Traceback (most recent call last)'
 IS_ROOT = hasattr(os, 'geteuid') and os.geteuid() == 0
 
-# A one-arm study with a pretext source model: pretraining long enough (40 steps, a row every
+# A one-arm study with a pretext source model: pretraining long enough (20 steps, a row every
 # 2) to be interrupted in the middle, the fine-tuning run short.
 SWEEP_ARG = 'synthetic,pretext,arms=fc8,fractions=1.0,seeds=0'
 SWEEP = {
     'model.width': 0.125, 'input_size': 67, 'task.patch_size': 32, 'model.init_scheme': 'he',
     'train.batch': 8, 'train.steps': 4, 'train.eval_every': 2, 'train.log_every': 2,
     'train.checkpoint_every': 2, 'task.eval_patches_per_class': 4, 'task.eval_col_stride': 24,
-    'task.patches_per_image': 4, 'train.workers': 1, 'pretrain.steps': 40, 'pretrain.batch': 8,
-    'pretrain.eval_examples': 16, 'pretrain.log_every': 2, 'pretrain.eval_every': 20,
+    'task.patches_per_image': 4, 'train.workers': 1, 'pretrain.steps': 20, 'pretrain.batch': 8,
+    'pretrain.eval_examples': 16, 'pretrain.log_every': 2, 'pretrain.eval_every': 10,
     'pretrain.checkpoint_every': 2, 'pretrain.workers': 1,
 }
 # run.py flags of a tiny single run (tests/tiny.py in flag form).
