@@ -51,6 +51,8 @@ def _serve() -> dict | None:
   for name in PRELOAD:
     importlib.import_module(name)
   import gc
+  # The preloaded objects stay out of the collector's sight: a child's collections and its
+  # interpreter teardown then do not touch (and so copy) every page of the shared heap.
   gc.freeze()
   out = os.fdopen(os.dup(1), 'w', buffering=1)
   # A fork copies only the calling thread: with others running, a child could inherit a held
