@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -58,12 +56,15 @@ def test_bfloat16_keeps_frozen_tensors_bit_identical(cimt_data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_second_run_of_the_same_config_compiles_nothing(cimt_data_dir, tmp_path):
+def test_second_run_of_the_same_config_compiles_nothing(cimt_data_dir, tmp_path, zygote):
+  """Two processes (forked from the session's `zygote`, which has compiled nothing) sharing
+  one persistent compile cache."""
   driver = Path(__file__).with_name('run_train.py')
   env = dict(os.environ, JAX_PLATFORMS='cpu', MEDFT_CACHE_DIR=str(tmp_path / 'cache'))
   for run in ('first', 'second'):
-    subprocess.run([sys.executable, str(driver), str(tmp_path / run), str(cimt_data_dir), '6'],
-                   env=env, check=True, capture_output=True, timeout=300)
+    done = zygote.run([str(driver), str(tmp_path / run), str(cimt_data_dir), '6'], env=env,
+                      cwd=Path.cwd(), timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
   first = json.loads((tmp_path / 'first' / 'timing.json').read_text())['compile_cache']
   second = json.loads((tmp_path / 'second' / 'timing.json').read_text())['compile_cache']
   assert first['cache_misses'] > 0

@@ -1,9 +1,10 @@
 """The bad-input catalogue (issue 7): every way a user can get an input wrong, run for real.
 
-Each case runs `run.py` (or `python -m medft.weights.convert`) as a subprocess from the repo
-root and checks what the user sees: a non-zero exit, one paragraph on stderr that names the
-culprit (key, value or file) and says what to do, no Python traceback (unless --verbose), and
-no file of the workdir (or the converter's --out) created or changed. The cases of a session
+Each case runs `run.py` (or `python -m medft.weights.convert`) as a process of its own from the
+repo root (forked from the session's `zygote`, which has JAX and medft imported) and checks what
+the user sees: a non-zero exit, one paragraph on stderr that names the culprit (key, value or
+file) and says what to do, no Python traceback (unless --verbose), and no file of the workdir
+(or the converter's --out) created or changed. The cases of a session
 run concurrently in a thread pool (each in its own folders, so the outcome of one case never
 depends on another); the test of each case then checks its own outcome.
 
@@ -18,8 +19,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -238,8 +237,8 @@ def _artifact(out: Path, width: float, num_classes: int) -> Path:
   return store.save_artifact(out, jax.tree.map(np.asarray, params), meta)
 
 
-@pytest.fixture(scope='module')
-def inputs(cimt_data_dir, tmp_path_factory) -> Inputs:
+def make_inputs(cimt_data_dir: Path, tmp_path_factory) -> Inputs:
+  """The files the catalogue's cases read (conftest's session fixture `catalogue_inputs`)."""
   from configs import cimt
   base = tmp_path_factory.mktemp('bad_inputs')
   raw = next((cimt_data_dir / 'synthetic').glob('cubs-*')) / 'raw'
@@ -262,6 +261,11 @@ def inputs(cimt_data_dir, tmp_path_factory) -> Inputs:
       alexnet_w25=_artifact(base / 'alexnet_w25', 0.25, 3), squeeze_caffe=caffe,
       truncated_caffe=truncated, bad_raw=bad_raw,
       other_config=json.loads(other.to_json_best_effort(sort_keys=True)))
+
+
+@pytest.fixture(scope='module')
+def inputs(catalogue_inputs) -> Inputs:
+  return catalogue_inputs
 
 
 # ---- running the cases ---------------------------------------------------------------------
@@ -288,19 +292,17 @@ def _snapshot(folder: Path) -> dict:
   return out
 
 
-def _run_case(case: Case, inputs: Inputs, case_dir: Path) -> Outcome:
+def _run_case(case: Case, inputs: Inputs, case_dir: Path, zygote) -> Outcome:
   case_dir.mkdir(parents=True)
   if case.setup:
     case.setup(inputs, case_dir)
   argv = case.argv(inputs, case_dir)
-  cmd = ([sys.executable, 'run.py'] if case.tool == 'run' else
-         [sys.executable, '-m', 'medft.weights.convert'])
+  cmd = ['run.py'] if case.tool == 'run' else ['-m', 'medft.weights.convert']
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env.update(JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1', **dict(case.env))
   before = _snapshot(case_dir)
   start = time.time()
-  proc = subprocess.run([*cmd, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=240)
+  proc = zygote.run([*cmd, *argv], cwd=ROOT, env=env, timeout=240)
   seconds = time.time() - start
   after = _snapshot(case_dir)
   if case.setup is _read_only_parent:
@@ -309,7 +311,7 @@ def _run_case(case: Case, inputs: Inputs, case_dir: Path) -> Outcome:
 
 
 @pytest.fixture(scope='module')
-def outcomes(request, inputs, tmp_path_factory) -> dict[str, Outcome]:
+def outcomes(request, inputs, tmp_path_factory, zygote) -> dict[str, Outcome]:
   """Runs the cases selected in this session, a few at a time (each in its own folder)."""
   selected = {item.callspec.params['case'].name for item in request.session.items
               if item.module is request.module and hasattr(item, 'callspec')
@@ -318,7 +320,7 @@ def outcomes(request, inputs, tmp_path_factory) -> dict[str, Outcome]:
   base = tmp_path_factory.mktemp('cases')
   workers = max(2, min(4, os.cpu_count() or 2))
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    futures = {c.name: pool.submit(_run_case, c, inputs, base / c.name) for c in todo}
+    futures = {c.name: pool.submit(_run_case, c, inputs, base / c.name, zygote) for c in todo}
     return {name: f.result() for name, f in futures.items()}
 
 

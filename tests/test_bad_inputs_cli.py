@@ -1,7 +1,8 @@
 """More of the bad-input catalogue (issue 15), through the command lines a user types.
 
 Each case runs `run.py`, `python -m medft.weights.convert`, `python -m medft.data.synthetic` or
-`python -m medft.bench` as a subprocess and checks: a non-zero exit, a message that names the
+`python -m medft.bench` as a process of its own (forked from the session's `zygote`, which has
+JAX and medft imported) and checks: a non-zero exit, a message that names the
 field, value or file and says what to do, no Python traceback, every file of the case folder
 (workdir, --out, data_dir, compile cache) byte-identical afterwards (sha256 of each file) and
 nothing new in it, and no file in the data folder a preparation may use beside it. The shared
@@ -18,7 +19,6 @@ import dataclasses
 import hashlib
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,10 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK = 'Traceback (most recent call last)'
 # A run that would start: width-reduced net, small input and patches, two steps.
 TINY = ['--config.model.width=0.125', '--config.input_size=67', '--config.train.steps=2']
-TOOLS = {'run': [sys.executable, 'run.py'],
-         'convert': [sys.executable, '-m', 'medft.weights.convert'],
-         'synthetic': [sys.executable, '-m', 'medft.data.synthetic'],
-         'bench': [sys.executable, '-m', 'medft.bench']}
+TOOLS = {'run': ['run.py'], 'convert': ['-m', 'medft.weights.convert'],
+         'synthetic': ['-m', 'medft.data.synthetic'], 'bench': ['-m', 'medft.bench']}
 MESSAGE = ('medft: error: ', 'error: ', 'python -m medft.data.synthetic: error: ',
            'python -m medft.bench: error: ', 'python -m medft.weights.convert: error: ')
 
@@ -225,7 +223,7 @@ class Outcome:
   seconds: float
 
 
-def _run_case(case: Case, inputs: Inputs, case_dir: Path) -> Outcome:
+def _run_case(case: Case, inputs: Inputs, case_dir: Path, zygote) -> Outcome:
   case_dir.mkdir(parents=True)
   if case.setup:
     case.setup(inputs, case_dir)
@@ -236,8 +234,7 @@ def _run_case(case: Case, inputs: Inputs, case_dir: Path) -> Outcome:
              MEDFT_DATA_DIR=str(case_dir / 'default_data'))
   before = _snapshot(case_dir)
   start = time.time()
-  proc = subprocess.run([*TOOLS[case.tool], *argv], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=240)
+  proc = zygote.run([*TOOLS[case.tool], *argv], cwd=ROOT, env=env, timeout=240)
   seconds = time.time() - start
   beside = Path(f'{case_dir}_data')
   return Outcome(case_dir, argv, proc.returncode, proc.stderr, before, _snapshot(case_dir),
@@ -245,7 +242,7 @@ def _run_case(case: Case, inputs: Inputs, case_dir: Path) -> Outcome:
 
 
 @pytest.fixture(scope='module')
-def outcomes(request, inputs, tmp_path_factory) -> dict[str, Outcome]:
+def outcomes(request, inputs, tmp_path_factory, zygote) -> dict[str, Outcome]:
   """Runs the cases selected in this session, a few at a time (each in its own folder)."""
   selected = {item.callspec.params['case'].name for item in request.session.items
               if item.module is request.module and hasattr(item, 'callspec')
@@ -254,7 +251,7 @@ def outcomes(request, inputs, tmp_path_factory) -> dict[str, Outcome]:
   base = tmp_path_factory.mktemp('cli_cases')
   inputs_before = _snapshot(inputs.root)
   with concurrent.futures.ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 2))) as pool:
-    futures = {c.name: pool.submit(_run_case, c, inputs, base / c.name) for c in todo}
+    futures = {c.name: pool.submit(_run_case, c, inputs, base / c.name, zygote) for c in todo}
     done = {name: f.result() for name, f in futures.items()}
   assert _snapshot(inputs.root) == inputs_before, 'a case changed the shared inputs'
   return done
@@ -286,8 +283,8 @@ def test_bad_input(case: Case, inputs: Inputs, outcomes: dict[str, Outcome]):
 # ---- bugs stay bugs ---------------------------------------------------------------------------
 
 
-def _run_with(patch: str, tmp_path: Path) -> subprocess.CompletedProcess:
-  """run.py in a fresh interpreter after `patch` replaced a library function."""
+def _run_with(patch: str, tmp_path: Path, zygote) -> subprocess.CompletedProcess:
+  """run.py in a process of its own after `patch` replaced a library function."""
   code = ('import runpy, sys\n'
           'import medft.validate\n'
           f'{patch}\n'
@@ -295,23 +292,22 @@ def _run_with(patch: str, tmp_path: Path) -> subprocess.CompletedProcess:
           f"'--workdir={tmp_path / 'run'}']\n"
           "runpy.run_path('run.py', run_name='__main__')\n")
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'MEDFT_CACHE_DIR': str(tmp_path / 'cache')}
-  return subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=240)
+  return zygote.run(['-c', code], cwd=ROOT, env=env, timeout=240)
 
 
-def test_an_internal_bug_keeps_its_traceback(tmp_path):
+def test_an_internal_bug_keeps_its_traceback(tmp_path, zygote):
   """A KeyError inside the library is a bug: its traceback is printed, not a user error."""
   proc = _run_with('def broken(*a, **k):\n  raise KeyError("internal-bug-key")\n'
-                   'medft.validate.check_config = broken', tmp_path)
+                   'medft.validate.check_config = broken', tmp_path, zygote)
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert TRACEBACK in proc.stderr and "KeyError: 'internal-bug-key'" in proc.stderr
   assert 'medft: error:' not in proc.stderr
   assert not (tmp_path / 'run').exists()
 
 
-def test_a_user_error_from_the_same_place_is_one_paragraph(tmp_path):
+def test_a_user_error_from_the_same_place_is_one_paragraph(tmp_path, zygote):
   """The control: the same call raising a UserError prints the message, no traceback."""
   proc = _run_with('def refuse(*a, **k):\n  raise medft.validate.ConfigError("field x=1 is bad")\n'
-                   'medft.validate.check_config = refuse', tmp_path)
+                   'medft.validate.check_config = refuse', tmp_path, zygote)
   assert proc.returncode == 1
   assert 'medft: error: field x=1 is bad' in proc.stderr and TRACEBACK not in proc.stderr

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import pytest
-import test_bad_inputs as catalogue
 from test_bad_inputs import IS_ROOT, TRACEBACK, Case, Inputs, _message, _names, _run_args
 
 from configs import cimt, common
@@ -220,9 +219,9 @@ assert len({c.name for c in CASES}) == len(CASES)
 
 
 @pytest.fixture(scope='module')
-def inputs(cimt_data_dir, tmp_path_factory) -> Inputs:
-  """The catalogue's session inputs (artifacts, damaged copies), made for this module."""
-  return catalogue.inputs.__wrapped__(cimt_data_dir, tmp_path_factory)
+def inputs(catalogue_inputs) -> Inputs:
+  """The catalogue's session inputs (artifacts, damaged copies), shared with its first part."""
+  return catalogue_inputs
 
 
 def _snapshot(folder: Path) -> dict:
@@ -236,7 +235,7 @@ def _snapshot(folder: Path) -> dict:
 
 
 @pytest.fixture(scope='module')
-def outcomes(request, inputs, tmp_path_factory):
+def outcomes(request, inputs, tmp_path_factory, zygote):
   """Sets the selected cases up one by one (mounts, lock holders), runs their commands a few
   at a time, and afterwards unmounts and stops what the setups started."""
   selected = {item.callspec.params['case'].name for item in request.session.items
@@ -252,7 +251,7 @@ def outcomes(request, inputs, tmp_path_factory):
         c.setup(inputs, base / c.name)
       befores[c.name] = _snapshot(base / c.name)
     with concurrent.futures.ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 2))) as pool:
-      futures = {c.name: pool.submit(_run, c, inputs, base / c.name) for c in todo}
+      futures = {c.name: pool.submit(_run, c, inputs, base / c.name, zygote) for c in todo}
       results = {name: f.result() for name, f in futures.items()}
     yield {c.name: (base / c.name, *results[c.name], befores[c.name], _snapshot(base / c.name))
            for c in todo}
@@ -264,13 +263,12 @@ def outcomes(request, inputs, tmp_path_factory):
       subprocess.run(['umount', '-l', str(mount)], check=False)
 
 
-def _run(case: Case, inputs: Inputs, case_dir: Path):
+def _run(case: Case, inputs: Inputs, case_dir: Path, zygote):
   argv = case.argv(inputs, case_dir)
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
   env.update(JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1', **dict(case.env))
   start = time.time()
-  proc = subprocess.run([sys.executable, 'run.py', *argv], cwd=Path(__file__).parents[1],
-                        env=env, capture_output=True, text=True, timeout=240)
+  proc = zygote.run(['run.py', *argv], cwd=Path(__file__).parents[1], env=env, timeout=240)
   return argv, proc, time.time() - start
 
 

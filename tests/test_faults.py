@@ -1,8 +1,9 @@
 """Faults a real run meets (issue 15): kills and preemption, two processes on one folder, a full
 or read-only disk, torn and damaged files, a download folder that changed after preparation.
 
-Each test runs the real path (run.py subprocesses where the exit code or a signal matters,
-`medft.train` / `medft.sweep` in-process elsewhere) on the tiny CIMT config.
+Each test runs the real path (run.py processes where the exit code or a signal matters, forked
+from the session's `zygote`, which has JAX and medft imported; `medft.train` / `medft.sweep`
+in-process elsewhere) on the tiny CIMT config.
 
     pytest tests/test_faults.py      # about a minute and a half on 2 CPU cores
 """
@@ -33,15 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK = 'Traceback (most recent call last)'
 IS_ROOT = hasattr(os, 'geteuid') and os.geteuid() == 0
 
-# A one-arm study with a pretext source model: pretraining long enough (40 steps, a row every
+# A one-arm study with a pretext source model: pretraining long enough (20 steps, a row every
 # 2) to be interrupted in the middle, the fine-tuning run short.
 SWEEP_ARG = 'synthetic,pretext,arms=fc8,fractions=1.0,seeds=0'
 SWEEP = {
     'model.width': 0.125, 'input_size': 67, 'task.patch_size': 32, 'model.init_scheme': 'he',
     'train.batch': 8, 'train.steps': 4, 'train.eval_every': 2, 'train.log_every': 2,
     'train.checkpoint_every': 2, 'task.eval_patches_per_class': 4, 'task.eval_col_stride': 24,
-    'task.patches_per_image': 4, 'train.workers': 1, 'pretrain.steps': 40, 'pretrain.batch': 8,
-    'pretrain.eval_examples': 16, 'pretrain.log_every': 2, 'pretrain.eval_every': 20,
+    'task.patches_per_image': 4, 'train.workers': 1, 'pretrain.steps': 20, 'pretrain.batch': 8,
+    'pretrain.eval_examples': 16, 'pretrain.log_every': 2, 'pretrain.eval_every': 10,
     'pretrain.checkpoint_every': 2, 'pretrain.workers': 1,
 }
 # run.py flags of a tiny single run (tests/tiny.py in flag form).
@@ -57,14 +58,13 @@ def _env() -> dict:
   return env
 
 
-def _popen(args: list[str], log: Path) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, 'run.py', *args], cwd=ROOT, env=_env(),
-                          stdout=subprocess.DEVNULL, stderr=log.open('w'))
+def _popen(zygote, args: list[str], log: Path):
+  """`python run.py *args` (stdout discarded, stderr to `log`), running on."""
+  return zygote.popen(['run.py', *args], cwd=ROOT, env=_env(), stderr=log)
 
 
-def _run(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, 'run.py', *args], cwd=ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=timeout)
+def _run(zygote, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+  return zygote.run(['run.py', *args], cwd=ROOT, env=_env(), timeout=timeout)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -111,7 +111,8 @@ def sweep_data(tmp_path_factory, cimt_data_dir):
   return cimt_data_dir
 
 
-def test_sweep_resumes_after_sigterm_and_sigkill_in_pretraining(sweep_data, tmp_path):
+def test_sweep_resumes_after_sigterm_and_sigkill_in_pretraining(sweep_data, tmp_path,
+                                                                  zygote):
   folder = tmp_path / 'study'
   args = [f'--config=configs/cimt.py:{SWEEP_ARG}', '--mode=sweep', f'--workdir={folder}',
           *[f'--config.{k}={v}' for k, v in SWEEP.items()],
@@ -120,13 +121,13 @@ def test_sweep_resumes_after_sigterm_and_sigkill_in_pretraining(sweep_data, tmp_
   record = folder / 'source_model' / 'pretrain.json'
   # The uninterrupted sweep of the same command, alongside (the machine has two cores).
   reference_log = tmp_path / 'reference.log'
-  reference = _popen([a if not a.startswith('--workdir=') else
+  reference = _popen(zygote, [a if not a.startswith('--workdir=') else
                       f'--workdir={tmp_path / "reference"}' for a in args], reference_log)
 
   try:
     # SIGTERM (a preempted VM) in the middle of pretraining: checkpoint, message, exit 143.
     log = tmp_path / 'sigterm.log'
-    proc = _popen(args, log)
+    proc = _popen(zygote, args, log)
     _wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0, proc, log, 'a pretrain row')
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
@@ -140,7 +141,7 @@ def test_sweep_resumes_after_sigterm_and_sigkill_in_pretraining(sweep_data, tmp_
 
     # The same command resumes; SIGKILL it later in pretraining (no handler, no cleanup).
     log = tmp_path / 'sigkill.log'
-    proc = _popen(args, log)
+    proc = _popen(zygote, args, log)
     _wait_for(lambda: any(r['step'] > term_step for r in _rows_so_far(metrics)), proc, log,
               'a resumed pretrain row')
     proc.send_signal(signal.SIGKILL)
@@ -149,7 +150,7 @@ def test_sweep_resumes_after_sigterm_and_sigkill_in_pretraining(sweep_data, tmp_
     assert not record.exists(), 'pretraining finished before SIGKILL: the test proves nothing'
 
     # The same command again: no wait on the dead holder's lock; the run finishes.
-    done = _run(args, timeout=300)
+    done = _run(zygote, args, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'Took over the lock of the source model' in done.stderr, done.stderr[-3000:]
     steps = [r['step'] for r in _rows(metrics)]
@@ -168,16 +169,17 @@ def test_sweep_resumes_after_sigterm_and_sigkill_in_pretraining(sweep_data, tmp_
 # ---- two processes on one workdir --------------------------------------------------------
 
 
-def test_second_process_on_a_workdir_stops_at_once_naming_the_first(cimt_data_dir, tmp_path):
+def test_second_process_on_a_workdir_stops_at_once_naming_the_first(cimt_data_dir, tmp_path,
+                                                                      zygote):
   workdir = tmp_path / 'run'
   args = [*TRAIN, '--config.train.steps=400', '--config.train.eval_every=400',
           f'--config.data.data_dir={cimt_data_dir}', f'--workdir={workdir}']
   log = tmp_path / 'first.log'
-  first = _popen(args, log)
+  first = _popen(zygote, args, log)
   try:
     _wait_for(lambda: (workdir / 'metrics.jsonl').exists(), first, log, 'a metrics row')
     start = time.time()
-    second = _run(args, timeout=120)
+    second = _run(zygote, args, timeout=120)
     seconds = time.time() - start
     assert second.returncode == 1, second.stderr[-3000:]
     assert TRACEBACK not in second.stderr
@@ -233,11 +235,12 @@ def small_disk(tmp_path):
   subprocess.run(['umount', '-l', str(mount)], check=False)
 
 
-def test_disk_full_workdir_is_named_and_nothing_partial_left(cimt_data_dir, small_disk):
+def test_disk_full_workdir_is_named_and_nothing_partial_left(cimt_data_dir, small_disk,
+                                                              zygote):
   workdir = small_disk / 'run'
   args = [*TRAIN, '--config.train.steps=4', '--config.train.eval_every=2',
           f'--config.data.data_dir={cimt_data_dir}', f'--workdir={workdir}']
-  done = _run(args)
+  done = _run(zygote, args)
   assert done.returncode == 1, done.stderr[-3000:]
   assert TRACEBACK not in done.stderr, done.stderr[-3000:]
   message = done.stderr[done.stderr.index('medft: error:'):]
@@ -247,7 +250,7 @@ def test_disk_full_workdir_is_named_and_nothing_partial_left(cimt_data_dir, smal
   assert not list(workdir.glob('checkpoints/*/[0-9]*'))
   # With room on the disk, the same command proceeds on what was left.
   subprocess.run(['mount', '-o', 'remount,size=64m', str(small_disk)], check=True)
-  again = _run(args)
+  again = _run(zygote, args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert json.loads((workdir / 'results.json').read_text())['steps'] == 4
 

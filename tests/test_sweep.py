@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -91,17 +89,17 @@ def test_scratch_init_scheme_arms():
 
 
 @pytest.fixture(scope='module')
-def swept(tmp_path_factory):
-  """A sweep killed mid-way in a subprocess, then finished in-process."""
+def swept(tmp_path_factory, cimt_data_dir, zygote):
+  """A sweep killed mid-way in a process of its own (`python run.py`, forked from the session's
+  `zygote`), then finished in-process; on the session's prepared synthetic data."""
   root = tmp_path_factory.mktemp('sweep')
-  folder, data_dir = root / 'study', root / 'data'
-  cmd = [sys.executable, str(ROOT / 'run.py'), f'--config={ROOT}/configs/cimt.py:{ARG}',
-         '--mode=sweep', f'--workdir={folder}', *_flags(data_dir)]
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  folder, data_dir, log = root / 'study', cimt_data_dir, root / 'sweep.log'
+  cmd = [str(ROOT / 'run.py'), f'--config={ROOT}/configs/cimt.py:{ARG}', '--mode=sweep',
+         f'--workdir={folder}', *_flags(data_dir)]
+  proc = zygote.popen(cmd, cwd=ROOT, stderr=log, env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   deadline = time.time() + 240
   while len(list(folder.glob('*/*/*/results.json'))) < 2:
-    assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+    assert proc.poll() is None, log.read_text()[-3000:]
     assert time.time() < deadline, 'the sweep subprocess made no progress'
     time.sleep(0.1)
   proc.send_signal(signal.SIGKILL)

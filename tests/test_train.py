@@ -1,12 +1,11 @@
 """The trainer end to end: devices, processes, resume, init=, guards (tiny CIMT config)."""
 
+import itertools
 import json
 import os
 import random
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,17 +19,23 @@ from medft.models import get_model
 from medft.weights import store
 
 DRIVER = Path(__file__).with_name('run_train.py')
+_LOGS = itertools.count()
 
 
-def _run(workdir, data_dir, steps, *overrides, devices=1, env=None, wait=True):
+def _run(zygote, workdir, data_dir, steps, *overrides, devices=1, env=None, wait=True):
+  """`python tests/run_train.py ...` as a process of its own (forked from the session's
+  `zygote`), with `devices` host devices; its output goes to `workdir`-<n>.log."""
   e = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
            JAX_PLATFORMS='cpu', **(env or {}))
-  cmd = [sys.executable, str(DRIVER), str(workdir), str(data_dir), str(steps), *overrides]
-  proc = subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  cmd = [str(DRIVER), str(workdir), str(data_dir), str(steps), *overrides]
+  log = Path(f'{workdir}-{next(_LOGS)}.log')
+  log.parent.mkdir(parents=True, exist_ok=True)
+  proc = zygote.popen(cmd, env=e, stdout=log, stderr=log, cwd=Path.cwd())
+  proc.log = log
   if not wait:
     return proc
-  out, _ = proc.communicate(timeout=300)
+  proc.wait(timeout=300)
+  out = log.read_text()
   assert proc.returncode == 0, out[-3000:]
   return out
 
@@ -47,15 +52,15 @@ def _results(workdir):
 
 
 @pytest.fixture(scope='module')
-def one_device_run(tmp_path_factory, cimt_data_dir):
+def one_device_run(tmp_path_factory, cimt_data_dir, zygote):
   wd = tmp_path_factory.mktemp('one') / 'run'
-  _run(wd, cimt_data_dir, 20, 'model.dropout=0')
+  _run(zygote, wd, cimt_data_dir, 20, 'model.dropout=0')
   return wd
 
 
 @pytest.mark.slow
-def test_four_devices_match_one(one_device_run, cimt_data_dir, tmp_path):
-  _run(tmp_path / 'four', cimt_data_dir, 20, 'model.dropout=0', devices=4)
+def test_four_devices_match_one(one_device_run, cimt_data_dir, tmp_path, zygote):
+  _run(zygote, tmp_path / 'four', cimt_data_dir, 20, 'model.dropout=0', devices=4)
   one, four = _params(one_device_run), _params(tmp_path / 'four')
   assert one.keys() == four.keys()
   for k in one:
@@ -64,14 +69,14 @@ def test_four_devices_match_one(one_device_run, cimt_data_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(one_device_run, cimt_data_dir, tmp_path):
+def test_two_processes_match_one(one_device_run, cimt_data_dir, tmp_path, zygote):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  procs = [_run(tmp_path / 'multi', cimt_data_dir, 20, 'model.dropout=0', wait=False,
+  procs = [_run(zygote, tmp_path / 'multi', cimt_data_dir, 20, 'model.dropout=0', wait=False,
                 env={'JAX_COORDINATOR_ADDRESS': f'127.0.0.1:{port}',
                      'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)}) for i in range(2)]
-  outs = [p.communicate(timeout=300)[0] for p in procs]
+  outs = [(p.wait(timeout=300), p.log.read_text())[1] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs[0][-2000:] + outs[1][-2000:]
   one, multi = _params(one_device_run), _params(tmp_path / 'multi')
   for k in one:
@@ -88,25 +93,25 @@ def _latest_logged_step(workdir):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_is_bit_identical(cimt_data_dir, tmp_path):
+def test_resume_after_kill_is_bit_identical(cimt_data_dir, tmp_path, zygote):
   steps, args = 30, ('train.log_every=1',)
-  _run(tmp_path / 'ref', cimt_data_dir, steps, *args)
+  _run(zygote, tmp_path / 'ref', cimt_data_dir, steps, *args)
   rng = random.Random(0)
   kills = [(signal.SIGKILL, rng.randint(3, 12)), (signal.SIGKILL, rng.randint(13, 27)),
            (signal.SIGTERM, rng.randint(3, 27))]
   for i, (sig, at) in enumerate(kills):
     wd = tmp_path / f'killed{i}'
-    proc = _run(wd, cimt_data_dir, steps, *args, wait=False)
+    proc = _run(zygote, wd, cimt_data_dir, steps, *args, wait=False)
     while proc.poll() is None and _latest_logged_step(wd) < at:
       time.sleep(0.05)
     proc.send_signal(sig)
-    proc.communicate(timeout=120)
+    proc.wait(timeout=120)
     assert not Path(wd, 'results.json').exists(), f'run finished before the kill at {at}'
     if sig == signal.SIGTERM:  # the preemption notice checkpoints before exiting
       latest = [p.name for p in Path(wd, 'checkpoints', 'latest').iterdir()
                 if p.name.isdigit()]
       assert latest and int(latest[0]) >= at, latest
-    _run(wd, cimt_data_dir, steps, *args)
+    _run(zygote, wd, cimt_data_dir, steps, *args)
     ref, got = _params(tmp_path / 'ref'), _params(wd)
     for k in ref:
       assert got[k].tobytes() == ref[k].tobytes(), f'{k} differs after a kill at step {at}'
