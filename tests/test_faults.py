@@ -172,7 +172,9 @@ def test_sweep_resumes_after_sigterm_and_sigkill_in_pretraining(sweep_data, tmp_
 def test_second_process_on_a_workdir_stops_at_once_naming_the_first(cimt_data_dir, tmp_path,
                                                                       zygote):
   workdir = tmp_path / 'run'
-  args = [*TRAIN, '--config.train.steps=400', '--config.train.eval_every=400',
+  # Far more steps than the test lasts (400 finished in ~9 s, sometimes before the SIGTERM
+  # came); SIGTERM stops the run at its next log row (every 2 steps), so no step count is waited.
+  args = [*TRAIN, '--config.train.steps=100000', '--config.train.eval_every=100000',
           f'--config.data.data_dir={cimt_data_dir}', f'--workdir={workdir}']
   log = tmp_path / 'first.log'
   first = _popen(zygote, args, log)
