@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 from test_bad_inputs import IS_ROOT, TRACEBACK, Case, Inputs, _message, _names, _run_args
 
-from configs import cimt, common
+from configs import cimt
 from medft import files
+from medft.configs import common
 
 CAN_MOUNT = IS_ROOT and shutil.which('mount') is not None
 NO_MOUNT = '' if CAN_MOUNT else 'a read-only tmpfs needs root and mount(8)'
