@@ -200,12 +200,12 @@ def test_a_fixed_training_pool_is_served_from_the_cache_after_its_first_pass(
 
 
 @pytest.mark.slow
-def test_cached_arm_on_four_devices_matches_one(cimt_data_dir, tmp_path):
+def test_cached_arm_on_four_devices_matches_one(cimt_data_dir, tmp_path, zygote):
   from test_train import _params, _run
   args = ['depth=fc7', f'init={_source(tmp_path)}', 'model.dropout=0',
           'train.feature_cache=memory', 'task.fixed_pool=true', 'task.patches_per_image=2']
-  _run(tmp_path / 'one', cimt_data_dir, 12, *args)
-  _run(tmp_path / 'four', cimt_data_dir, 12, *args, devices=4)
+  _run(zygote, tmp_path / 'one', cimt_data_dir, 12, *args)
+  _run(zygote, tmp_path / 'four', cimt_data_dir, 12, *args, devices=4)
   one, four = _params(tmp_path / 'one'), _params(tmp_path / 'four')
   for k in one:
     np.testing.assert_allclose(four[k], one[k], rtol=2e-4, atol=2e-5, err_msg=k)
