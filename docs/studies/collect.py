@@ -2,9 +2,10 @@
 
   python docs/studies/collect.py SWEEP_DIR docs/studies/NAME
 
-Writes report.md/json/csv, the plots, and runs.tar.xz: sweep.json and, per run, the files the
-report is built from (results.json, config.json, timing.json, metrics.jsonl) — no checkpoints
-and no weights. tests/test_study_kvasir.py rebuilds the report's tables from runs.tar.xz.
+Writes report.md/json/csv, the plots, and runs.tar.xz: sweep.json and, per run folder, the
+files the report is built from (results.json or failed.json, config.json, timing.json,
+metrics.jsonl) — no checkpoints and no weights. tests/test_study_kvasir.py rebuilds the
+report's tables from runs.tar.xz.
 """
 
 import shutil
@@ -12,7 +13,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-RUN_FILES = ('results.json', 'config.json', 'timing.json', 'metrics.jsonl')
+RUN_FILES = ('results.json', 'failed.json', 'config.json', 'timing.json', 'metrics.jsonl')
 REPORT_FILES = ('report.md', 'report.json', 'report.csv')
 
 
@@ -24,9 +25,9 @@ def collect(sweep: Path, out: Path) -> None:
     shutil.copytree(sweep / 'plots', out / 'plots', dirs_exist_ok=True)
   with tarfile.open(out / 'runs.tar.xz', 'w:xz') as tar:
     tar.add(sweep / 'sweep.json', arcname='sweep.json')
-    for results in sorted(sweep.glob('*/*/*/results.json')):
-      for name in RUN_FILES:
-        path = results.parent / name
+    for run in sorted(p.parent for p in sweep.glob('*/*/*/config.json')):
+      for name in RUN_FILES:  # unfinished and failed runs too: the report lists them
+        path = run / name
         if path.is_file():
           tar.add(path, arcname=str(path.relative_to(sweep)))
 
