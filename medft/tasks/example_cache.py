@@ -57,8 +57,9 @@ def get(kind: str, ex: dict, cfg: Any, make: Callable[[], Any]) -> Any:
   size = _nbytes(value)
   if size <= MAX_BYTES:
     _entries[key] = (value, size)
-    while sum(s for _, s in _entries.values()) > MAX_BYTES:
-      _entries.popitem(last=False)
+    _stats['bytes'] += size
+    while _stats['bytes'] > MAX_BYTES:
+      _stats['bytes'] -= _entries.popitem(last=False)[1][1]
   return value
 
 
