@@ -283,3 +283,16 @@ def test_dog_generator_finds_most_real_kvasir_polyps():
     total += frame.num_lesions
   # About 85% on these frames with its 15 maxima (a blob detector, no training).
   assert hit / total > 0.75
+
+
+def test_frames_are_memoised_per_example_and_task_config(monkeypatch):
+  from medft.tasks import example_cache
+  monkeypatch.setattr(example_cache, 'MAX_BYTES', 1 << 40)
+  ex, cfg = _examples(1, 7)[0], _config()
+  first = polyp.Frame.from_example(ex, cfg)
+  assert polyp.Frame.from_example(dict(ex), cfg) is first  # same arrays, same settings
+  other = polyp.Frame.from_example(ex, _config(min_box=9.0))
+  assert other is not first
+  monkeypatch.setattr(example_cache, 'MAX_BYTES', 0)  # nothing fits: computed, not held
+  assert polyp.Frame.from_example(ex, _config(min_box=10.0)) is not polyp.Frame.from_example(
+      ex, _config(min_box=10.0))
