@@ -348,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--input_size', type=int, default=0, metavar='SIDE',
                       help="network input side in pixels (default: the source's own)")
   args = parser.parse_args(argv)
+  if args.input_size < 0:
+    parser.error(f'--input_size={args.input_size}: expected a side in pixels > 0 (or leave it '
+                 "out for the source's own input size).")
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
   try:
     out = convert(args.src, args.format, args.arch, args.out, overwrite=args.overwrite,
