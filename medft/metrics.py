@@ -292,35 +292,42 @@ def pool_detection_units(units: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
   Each unit (a video or a CT volume) is a mapping with ``scores``, ``lesion_ids``
   (-1 = false positive, ids local to the unit), ``num_lesions`` and ``num_images``.
-  Lesion ids are renumbered per list position, so a unit drawn twice by the bootstrap
-  contributes its lesions twice instead of having them merged.
-  Use as ``froc_curve(**pool_detection_units(units))``.
+  Lesion ids are made distinct per list position (a unit's id plus the lesions of the units
+  before it; a unit whose ids are not 0..num_lesions-1 is first renumbered in sorted order),
+  so a unit drawn twice by the bootstrap contributes its lesions twice instead of having
+  them merged. Use as ``froc_curve(**pool_detection_units(units))``. Pass numpy arrays (not
+  lists) when pooling the same units many times: nothing is then converted per call.
   """
   if len(units) == 0:
     raise ValueError('pool_detection_units got no units.')
-  scores, lesion_ids = [], []
-  offset, num_lesions, num_images = 0, 0, 0
-  for position, unit in enumerate(units):
-    unit_ids = np.asarray(unit['lesion_ids']).ravel()
+  scores = [np.asarray(u['scores'], dtype=np.float64).ravel() for u in units]
+  ids = [np.asarray(u['lesion_ids']).ravel() for u in units]
+  lesions = np.asarray([int(u['num_lesions']) for u in units], dtype=np.int64)
+  sizes = np.asarray([i.size for i in ids], dtype=np.int64)
+  integer = all(i.size == 0 or np.issubdtype(i.dtype, np.integer) for i in ids)
+  pooled_ids = np.concatenate(ids).astype(np.int64) if integer else None
+  position = np.repeat(np.arange(len(units)), sizes)
+  if integer:
+    outside = np.unique(position[pooled_ids >= np.repeat(lesions, sizes)])
+  else:
+    outside, pooled_ids = np.arange(len(units)), np.zeros(int(sizes.sum()), np.int64)
+  starts = np.r_[0, np.cumsum(sizes)[:-1]]
+  for k in outside:  # ids other than 0..n-1 (e.g. global lesion numbers): sorted order
+    unit_ids = ids[k]
     hit = unit_ids >= 0
     _, compact = np.unique(unit_ids[hit], return_inverse=True)
-    if hit.any() and compact.max() + 1 > int(unit['num_lesions']):
-      raise ValueError(
-        f'unit {position} hits {compact.max() + 1} distinct lesions but '
-        f'num_lesions={unit["num_lesions"]}.'
-      )
-    new_ids = np.full(unit_ids.shape, -1, dtype=np.int64)
-    new_ids[hit] = compact.ravel() + offset
-    scores.append(np.asarray(unit['scores'], dtype=np.float64).ravel())
-    lesion_ids.append(new_ids)
-    offset += int(unit['num_lesions'])
-    num_lesions += int(unit['num_lesions'])
-    num_images += int(unit['num_images'])
+    if hit.any() and compact.max() + 1 > lesions[k]:
+      raise ValueError(f'unit {k} hits {compact.max() + 1} distinct lesions but '
+                       f'num_lesions={lesions[k]}.')
+    renumbered = np.full(unit_ids.shape, -1, dtype=np.int64)
+    renumbered[hit] = compact.ravel()
+    pooled_ids[starts[k]:starts[k] + sizes[k]] = renumbered
+  offsets = np.repeat(np.cumsum(lesions) - lesions, sizes)
   return {
     'scores': np.concatenate(scores),
-    'lesion_ids': np.concatenate(lesion_ids),
-    'num_lesions': num_lesions,
-    'num_images': num_images,
+    'lesion_ids': np.where(pooled_ids >= 0, pooled_ids + offsets, -1),
+    'num_lesions': int(lesions.sum()),
+    'num_images': sum(int(u['num_images']) for u in units),
   }
 
 
@@ -385,23 +392,38 @@ def _resample(metric_fn: Callable[[list], float], units: Sequence, index: np.nda
   return float(metric_fn([units[i] for i in index]))
 
 
-def _bootstrap_values(
-  statistic: Callable[[np.ndarray], float], n_units: int, n_boot: int, seed: int
-) -> tuple[list[float], int]:
-  """``statistic(index)`` on ``n_boot`` resamples (with replacement) of ``n_units`` unit
-  indices; resamples on which it raises ValueError are skipped. Returns the values and the
-  number skipped; raises ValueError when every resample was skipped."""
+def bootstrap_replicates(metric_fns: Callable[[list], float] | Sequence[Callable[[list], float]],
+                         units: Sequence, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+  """Each metric on ``n_boot`` resamples (with replacement) of whole ``units``: shape
+  (n_boot,) for one function, (n_boot, k) for a sequence of k (evaluated one after the other
+  on each resample, so they may share work); NaN where a metric raised ValueError (e.g. no
+  positive left for an AUC) or gave NaN.
+
+  The resamples depend only on ``seed`` and ``len(units)``: two arms evaluated on the same
+  units in the same order get the same resamples, so an arm's replicates serve its interval
+  and every paired comparison it is in (``bootstrap_ci`` and ``paired_bootstrap`` accept
+  them precomputed).
+  """
+  fns = [metric_fns] if callable(metric_fns) else list(metric_fns)
+  units = list(units)
   rng = np.random.default_rng(seed)
-  values, skipped = [], 0
-  for _ in range(int(n_boot)):
-    index = rng.integers(0, n_units, n_units)
-    try:
-      values.append(statistic(index))
-    except ValueError:
-      skipped += 1
-  if not values:
+  values = np.full((int(n_boot), len(fns)), np.nan)
+  for k in range(int(n_boot)):
+    index = rng.integers(0, len(units), len(units))
+    resampled = [units[i] for i in index]
+    for j, fn in enumerate(fns):
+      try:
+        values[k, j] = float(fn(resampled))
+      except ValueError:
+        pass
+  return values[:, 0] if callable(metric_fns) else values
+
+
+def _defined(values: np.ndarray, n_boot: int) -> np.ndarray:
+  kept = values[~np.isnan(values)]
+  if not kept.size:
     raise ValueError(f'metric_fn raised ValueError on all {n_boot} bootstrap resamples.')
-  return values, skipped
+  return kept
 
 
 def bootstrap_ci(
@@ -410,6 +432,7 @@ def bootstrap_ci(
   n_boot: int = 1000,
   seed: int = 0,
   alpha: float = 0.05,
+  replicates: np.ndarray | None = None,
 ) -> dict[str, float]:
   """Percentile bootstrap CI of ``metric_fn(units)``, resampling whole units.
 
@@ -417,29 +440,31 @@ def bootstrap_ci(
   are correlated, so resampling patches would give too narrow intervals.
   ``metric_fn`` receives a list of units. Resamples on which it raises ValueError
   (e.g. no positive left for an AUC) are skipped and counted in ``n_skipped``.
+  ``replicates``: ``bootstrap_replicates(metric_fn, units, n_boot, seed)`` if already known.
   """
   units = list(units)
   if not units:
     raise ValueError('bootstrap_ci got no units.')
-  values, skipped = _bootstrap_values(
-    lambda index: _resample(metric_fn, units, index), len(units), n_boot, seed
-  )
+  if replicates is None:
+    replicates = bootstrap_replicates(metric_fn, units, n_boot, seed)
+  values = _defined(np.asarray(replicates, dtype=np.float64), n_boot)
   low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
   return {
     'value': float(metric_fn(units)),
     'low': float(low),
     'high': float(high),
-    'n_boot': len(values),
-    'n_skipped': skipped,
+    'n_boot': int(values.size),
+    'n_skipped': int(len(replicates) - values.size),
   }
 
 
 def bootstrap_ci_or_error(metric_fn: Callable[[list], float], units: Sequence,
-                          n_boot: int = 1000, seed: int = 0) -> dict:
+                          n_boot: int = 1000, seed: int = 0,
+                          replicates: np.ndarray | None = None) -> dict:
   """`bootstrap_ci`, or {'value': None, 'error': why} where the metric is undefined on these
   units (e.g. no lesion or one class only in a test split), so a report states why."""
   try:
-    return bootstrap_ci(metric_fn, units, n_boot=n_boot, seed=seed)
+    return bootstrap_ci(metric_fn, units, n_boot=n_boot, seed=seed, replicates=replicates)
   except ValueError as err:
     return {'value': None, 'error': str(err)}
 
@@ -451,23 +476,24 @@ def paired_bootstrap(
   n_boot: int = 1000,
   seed: int = 0,
   alpha: float = 0.05,
+  replicates: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float]:
   """Bootstrap of metric(A) - metric(B) with the same resampled units in both arms.
 
   ``units_a[i]`` and ``units_b[i]`` are the same unit evaluated by two methods.
   Two-sided p-value: twice the smaller share of resampled differences on either side
   of 0, with the +1 correction ((k + 1) / (n + 1)) so it is never exactly 0; capped at 1.
+  Resamples where either arm's metric raised ValueError are skipped. ``replicates``: both
+  arms' ``bootstrap_replicates`` with this ``n_boot`` and ``seed``, if already known.
   """
   units_a, units_b = list(units_a), list(units_b)
   if len(units_a) != len(units_b) or not units_a:
     raise ValueError(f'need equally many units per arm (>0), got {len(units_a)}, {len(units_b)}.')
-  differences, skipped = _bootstrap_values(
-    lambda index: _resample(metric_fn, units_a, index) - _resample(metric_fn, units_b, index),
-    len(units_a),
-    n_boot,
-    seed,
-  )
-  differences = np.asarray(differences)
+  if replicates is None:
+    replicates = (bootstrap_replicates(metric_fn, units_a, n_boot, seed),
+                  bootstrap_replicates(metric_fn, units_b, n_boot, seed))
+  a, b = (np.asarray(r, dtype=np.float64) for r in replicates)
+  differences = _defined(a - b, n_boot)
   n = differences.size
   tail = min((differences <= 0).sum(), (differences >= 0).sum())
   low, high = np.quantile(differences, [alpha / 2, 1 - alpha / 2])
@@ -480,7 +506,7 @@ def paired_bootstrap(
     'high': float(high),
     'p_value': float(min(1.0, 2.0 * (tail + 1) / (n + 1))),
     'n_boot': int(n),
-    'n_skipped': skipped,
+    'n_skipped': int(a.size - n),
   }
 
 

@@ -191,6 +191,37 @@ def test_pool_detection_units_keeps_resampled_units_apart():
     assert curve["fp_per_image"][-1] == pytest.approx(2 / 9)
 
 
+def test_pool_detection_units_in_range_ids_equal_renumbered_ones():
+    """Ids already in 0..num_lesions-1 are kept (fast path); any others are renumbered in
+    sorted order: both give the FROC of the same units numbered by hand."""
+    rng = np.random.default_rng(0)
+    units, by_hand = [], []
+    for k in range(6):
+        ids = rng.choice([-1, -1, 0, 2], size=7) if k % 2 else rng.choice([-1, 10, 30], size=7)
+        scores = rng.normal(size=7)
+        units.append({"scores": scores, "lesion_ids": ids, "num_lesions": 3, "num_images": 2})
+        compact = {v: i for i, v in enumerate(sorted(set(ids[ids >= 0])))}
+        by_hand.append({"scores": scores.tolist(), "lesion_ids": [compact.get(v, -1) for v in ids],
+                        "num_lesions": 3, "num_images": 2})
+    fast = metrics.froc_curve(**metrics.pool_detection_units(units))
+    assert fast == metrics.froc_curve(**metrics.pool_detection_units(by_hand))
+    with pytest.raises(ValueError, match="distinct lesions"):
+        metrics.pool_detection_units([{"scores": [1, 2], "lesion_ids": [4, 9], "num_lesions": 1,
+                                       "num_images": 1}])
+
+
+def test_precomputed_replicates_equal_the_bootstrap_they_replace():
+    rng = np.random.default_rng(2)
+    a, b = rng.normal(size=20), rng.normal(0.5, 1, size=20)
+    reps = [metrics.bootstrap_replicates(_mean, u, 200, seed=1) for u in (a, b)]
+    assert metrics.bootstrap_ci(_mean, a, 200, seed=1, replicates=reps[0]) == metrics.bootstrap_ci(
+        _mean, a, 200, seed=1)
+    assert metrics.paired_bootstrap(_mean, a, b, 200, seed=1, replicates=tuple(reps)) == (
+        metrics.paired_bootstrap(_mean, a, b, 200, seed=1))
+    both = metrics.bootstrap_replicates([_mean, np.max], a, 200, seed=1)
+    np.testing.assert_array_equal(both[:, 0], reps[0])
+
+
 # ---------------------------------------------------------------------------
 # CIMT
 # ---------------------------------------------------------------------------

@@ -118,3 +118,37 @@ def test_cimt_rank_test_pairs_subjects_not_images():
                                   [i['li_error_um'] for i in shifted[0][1]['per_image']])
   assert by_image.pvalue < row['p_raw'] / 10  # what pseudo-replication would have claimed
   assert row['difference'] == pytest.approx(-np.mean(list(shift.values())))
+
+
+def test_shared_replicates_give_the_intervals_and_pairs_of_separate_bootstraps():
+  """The report computes each arm's bootstrap replicates once (all points of a resample in
+  turn, the FROC of a resample shared by its FP rates) and reuses them in its interval and in
+  every pair: the numbers must be those of a separate bootstrap per interval and per pair."""
+  from medft import metrics
+  spec = apps.get('polyp')
+  rng = np.random.default_rng(5)
+  one, two = _polyp_study(rng, 1.0), _polyp_study(rng, 1.0)
+  arms = {a: [(0, one[a][0][1]), (1, two[a][0][1])] for a in ARMS}  # two seeds per arm
+  test = arms['scratch'][0][1]
+  test['fp_rates'] = [0.5, 1.0, 2.0]
+  for a in ARMS:
+    for _, t in arms[a]:
+      t['fp_rates'] = test['fp_rates']
+  points = spec.points(test)
+  replicates = stats.Replicates(40, points)
+  for p in [p for p in points if p.compared]:
+    rows = stats.pairs_table(spec, p, arms, n_boot=40, replicates=replicates)
+    for r in rows:
+      _, ua = stats.seed_units(spec, arms[r['a']])
+      _, ub = stats.seed_units(spec, arms[r['b']])
+      alone = metrics.paired_bootstrap(lambda us: stats.value(p, us), ua, ub, n_boot=40)
+      assert (r['low'], r['high'], r['p_bootstrap']) == (alone['low'], alone['high'],
+                                                           alone['p_value']), (p.key, r)
+    _, units = stats.seed_units(spec, arms['fc8'])
+    shared = stats.interval(p, units, 40, replicates=replicates.get(
+        ('fc8', frozenset({0, 1}), tuple(stats.seed_units(spec, arms['fc8'])[0])), p, units))
+    assert shared == stats.interval(p, units, 40)
+  # The FP-rate points differ (a stale FROC would make them equal).
+  _, units = stats.seed_units(spec, arms['fc8'])
+  sens = [stats.value(p, units) for p in points[:3]]
+  assert sens[0] < sens[2]

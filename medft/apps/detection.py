@@ -25,8 +25,28 @@ PER_UNIT_RULE = ('at an FP rate, the share of the unit\'s lesions hit by a candi
                  'candidates among all pooled negatives (units without positives left out)')
 
 
+def _arrays(record: Mapping) -> dict:
+  """A results.json unit record with its candidates as numpy arrays: the report pools the
+  same records thousands of times (bootstrap), so they are converted once, here."""
+  return {**record, 'scores': np.asarray(record['scores'], dtype=np.float64).ravel(),
+          'lesion_ids': np.asarray(record['lesion_ids']).ravel()}
+
+
+# The last few FROCs with the records they pooled (held, so their ids stay theirs): the
+# FP-rate points of one bootstrap resample ask for the FROC of the same records (one list
+# per seed) in turn, as do a point's pooled value and its per-unit values.
+_RECENT: list[tuple[tuple, dict]] = []
+_RECENT_SIZE = 8
+
+
 def froc(records: Sequence[Mapping]) -> dict:
-  return metrics.froc_curve(**metrics.pool_detection_units(records))
+  for held, curve in _RECENT:
+    if len(held) == len(records) and all(a is b for a, b in zip(held, records)):
+      return curve
+  curve = metrics.froc_curve(**metrics.pool_detection_units(records))
+  _RECENT.insert(0, (tuple(records), curve))
+  del _RECENT[_RECENT_SIZE:]
+  return curve
 
 
 def _sensitivity_point(rate: float, per: str) -> Point:
@@ -58,7 +78,7 @@ def make(name: str, unit_name: str, per: str, axis: Axis) -> Spec:
       name=name, unit_name=unit_name, test_keys=('auc', 'fp_rates', 'per_unit'),
       record_key='per_unit',
       record_keys=('unit', 'scores', 'lesion_ids', 'num_lesions', 'num_images'),
-      units=lambda test: {str(u['unit']): u for u in test['per_unit']}, points=points,
+      units=lambda test: {str(u['unit']): _arrays(u) for u in test['per_unit']}, points=points,
       primary=lambda test: 'auc', per_unit_rule=PER_UNIT_RULE, plots=('froc',),
       curve_axis=axis,
       curve=lambda records, grid: np.asarray(metrics.froc_sensitivity_at(froc(records), grid)),

@@ -88,8 +88,9 @@ def _mean_sd(values: Sequence[Any]) -> dict:
 
 
 def _row(spec: apps.Spec, points: Sequence[apps.Point], runs: Sequence[RunRecord],
-         n_boot: int) -> dict:
-  """One arm x fraction: every point with its interval, plus the runs' own summaries."""
+         n_boot: int, replicates: stats.Replicates | None = None) -> dict:
+  """One arm x fraction: every point with its interval, plus the runs' own summaries.
+  `replicates`: this fraction's bootstrap replicates, shared with the pairs tables."""
   runs = sorted(runs, key=lambda r: r.seed)
   out: dict[str, Any] = {'seeds': [r.seed for r in runs], 'n_seeds': len(runs), 'metrics': {}}
   for key in ('test_auc', 'val_auc', 'steps', 'best_step', 'train_units'):
@@ -105,7 +106,9 @@ def _row(spec: apps.Spec, points: Sequence[apps.Point], runs: Sequence[RunRecord
   for p in points:
     if not units or not stats.present(p, units):
       continue
-    entry = stats.interval(p, units, n_boot)
+    boot = (replicates.get((runs[0].arm, frozenset(r.seed for r in runs), tuple(names)), p,
+                           units) if replicates is not None else None)
+    entry = stats.interval(p, units, n_boot, replicates=boot)
     if p.key in spec.box_keys and spec.items is not None and entry.get('value') is not None:
       items = spec.items(units, p.key)
       entry.update(sd=float(np.std(items, ddof=1)) if items.size > 1 else 0.0,
@@ -142,12 +145,13 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
   counter = progress.Progress('report: intervals', 'arm x fraction groups',
                               total=len(fractions) * len(arms))
   for f in fractions:
+    replicates = stats.Replicates(n_boot, points)  # this fraction's intervals and pairs share them
     for a in arms:
       planned = [r for r in runs if r.fraction == f and r.arm == a]
       if planned:
         rows.append({'fraction': f, 'arm': a, 'runs_finished': len(groups[(f, a)]),
                      'runs_planned': len(planned),
-                     **(_row(spec, points, groups[(f, a)], n_boot) if groups[(f, a)]
+                     **(_row(spec, points, groups[(f, a)], n_boot, replicates) if groups[(f, a)]
                         else {'n_seeds': 0, 'seeds': [], 'metrics': {}})})
       counter.update(1)
     present = {a: _seed_tests(groups[(f, a)]) for a in arms if _seed_tests(groups[(f, a)])}
@@ -158,7 +162,8 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
         continue
       pairs.append({'fraction': f, 'point': p.key, 'label': p.label, 'unit': p.unit,
                     'higher_is_better': p.higher_is_better, 'correction': correction,
-                    'rows': stats.pairs_table(spec, p, present, n_boot, correction)})
+                    'rows': stats.pairs_table(spec, p, present, n_boot, correction,
+                                                    replicates=replicates)})
   counter.done()
   primary = spec.primary(first_test) if spec and first_test else None
   primary_point = next((p for p in points if p.key == primary), None)

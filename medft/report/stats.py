@@ -66,11 +66,35 @@ def unit_values(point: apps.Point, units: Sequence[Sequence[Any]]) -> np.ndarray
   return np.nanmean(per_seed, axis=0)
 
 
+class Replicates:
+  """Bootstrap replicates of each arm's value at each of `points`, computed once per arm, seed
+  set and unit list, and shared by the arm's interval and every pair it is in (the resamples
+  depend only on the seed and the number of units, so they are the same ones). All points of
+  an arm are computed on each resample in turn, so points that share work (the FROC of a
+  resample, for every FP rate) compute it once."""
+
+  def __init__(self, n_boot: int, points: Sequence[apps.Point], seed: int = 0):
+    self.n_boot, self.points, self.seed = int(n_boot), tuple(points), seed
+    self._memo: dict[tuple, np.ndarray] = {}
+
+  def get(self, key: tuple, point: apps.Point, units: Sequence[Sequence[Any]]) -> np.ndarray:
+    """`key` = (arm, seeds, unit names): it must identify `units` (one fraction's runs)."""
+    if key not in self._memo:
+      usable = [p for p in self.points if present(p, units)]
+      values = metrics.bootstrap_replicates(
+          [lambda us, p=p: value(p, us) for p in usable], units, self.n_boot, self.seed)
+      self._memo[key] = {p.key: values[:, j] for j, p in enumerate(usable)}
+    if point.key not in self._memo[key]:
+      self._memo[key][point.key] = metrics.bootstrap_replicates(
+          lambda us: value(point, us), units, self.n_boot, self.seed)
+    return self._memo[key][point.key]
+
+
 def interval(point: apps.Point, units: Sequence[Sequence[Any]], n_boot: int,
-             seed: int = 0) -> dict:
+             seed: int = 0, replicates: np.ndarray | None = None) -> dict:
   """{'value', 'low', 'high', 'n_boot', 'n_units'} or {'value': None, 'error'}."""
   ci = metrics.bootstrap_ci_or_error(lambda us: value(point, us), units, n_boot=n_boot,
-                                    seed=seed)
+                                    seed=seed, replicates=replicates)
   if 'error' in ci:  # e.g. no lesion in this split, or one class only
     return ci
   return {'value': ci['value'], 'low': ci['low'], 'high': ci['high'], 'n_boot': ci['n_boot'],
@@ -78,12 +102,13 @@ def interval(point: apps.Point, units: Sequence[Sequence[Any]], n_boot: int,
 
 
 def compare(point: apps.Point, units_a: Sequence, units_b: Sequence, n_boot: int,
-            seed: int = 0, values: tuple | None = None) -> dict:
+            seed: int = 0, values: tuple | None = None,
+            replicates: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
   """Paired difference A - B (bootstrap interval over units) and the rank test's raw p.
 
   `n_boot=0` skips the interval (the difference is still given): simulations of the rank
-  test need no bootstrap. `values`: (value_a, value_b, unit values a, unit values b) when
-  the caller has them already.
+  test need no bootstrap. `values`: (value_a, value_b, unit values a, unit values b) and
+  `replicates` (both arms' bootstrap replicates) when the caller has them already.
   """
   if values is None:
     values = (value(point, units_a), value(point, units_b), unit_values(point, units_a),
@@ -94,7 +119,7 @@ def compare(point: apps.Point, units_a: Sequence, units_b: Sequence, n_boot: int
   if n_boot > 0:
     try:
       boot = metrics.paired_bootstrap(lambda us: value(point, us), units_a, units_b,
-                                      n_boot=n_boot, seed=seed)
+                                      n_boot=n_boot, seed=seed, replicates=replicates)
       out.update(low=boot['low'], high=boot['high'], p_bootstrap=boot['p_value'])
     except ValueError as e:  # e.g. every resample without a lesion
       out['bootstrap_error'] = str(e)
@@ -115,10 +140,13 @@ def mark(p_adjusted: float | None) -> str:
 
 
 def pairs_table(spec: apps.Spec, point: apps.Point, arms: Mapping[str, SeedTests],
-                n_boot: int, correction: str = 'holm', seed: int = 0) -> list[dict]:
+                n_boot: int, correction: str = 'holm', seed: int = 0,
+                replicates: Replicates | None = None) -> list[dict]:
   """Every pair of `arms` (in their order) at one point: difference, interval, raw and
-  adjusted rank-test p (one family) and the mark from the adjusted p."""
+  adjusted rank-test p (one family) and the mark from the adjusted p. `replicates`: the
+  arms' bootstrap replicates so far (keyed by arm and seed set), shared with their intervals."""
   cache: dict[tuple, tuple] = {}
+  replicates = replicates if replicates is not None else Replicates(n_boot, (point,), seed)
 
   def arm_units(arm: str, seeds: frozenset) -> tuple:
     """(names, units, memo) of an arm over `seeds`, computed once per arm and seed set."""
@@ -146,8 +174,11 @@ def pairs_table(spec: apps.Spec, point: apps.Point, arms: Mapping[str, SeedTests
       continue
     ua, value_a, va = summary(a, seeds, common)
     ub, value_b, vb = summary(b, seeds, common)
+    names = tuple(common)
+    boot = ((replicates.get((a, seeds, names), point, ua),
+             replicates.get((b, seeds, names), point, ub)) if n_boot > 0 else None)
     rows.append({'a': a, 'b': b,
-                 **compare(point, ua, ub, n_boot, seed, (value_a, value_b, va, vb))})
+                 **compare(point, ua, ub, n_boot, seed, (value_a, value_b, va, vb), boot)})
   tested = [r for r in rows if r.get('p_raw') is not None]
   for r, p in zip(tested, metrics.adjust_p([r['p_raw'] for r in tested], correction)):
     r['p_adjusted'] = p
