@@ -216,14 +216,14 @@ def froc_sensitivity_at(curve: Mapping[str, Any], fp_rates: Sequence[float]) -> 
   points whose FP/image is <= the target. Beyond the last point (all candidates
   accepted) the curve stays at its final sensitivity.
   """
-  targets = _fractions(fp_rates, 'fp_rates', upper=None)
+  targets = np.asarray(_fractions(fp_rates, 'fp_rates', upper=None), dtype=np.float64)
   fp = np.asarray(curve['fp_per_image'], dtype=np.float64)
   sensitivity = np.asarray(curve['sensitivity'], dtype=np.float64)
-  result = []
-  for target in targets:
-    allowed = fp <= target + _FP_RATE_TOLERANCE * max(1.0, target)
-    result.append(float(sensitivity[allowed].max()))  # (0, 0) is always allowed
-  return result
+  limits = targets + _FP_RATE_TOLERANCE * np.maximum(1.0, targets)
+  last = np.searchsorted(fp, limits, side='right') - 1
+  if np.all(np.diff(fp) >= 0) and np.all(last >= 0):  # a curve in threshold order (all are):
+    return np.maximum.accumulate(sensitivity)[last].tolist()  # the best point so far
+  return [float(sensitivity[fp <= limit].max()) for limit in limits]
 
 
 def froc_on_grid(
@@ -331,6 +331,94 @@ def pool_detection_units(units: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   }
 
 
+def froc_by_counts(units: Sequence[Mapping[str, Any]]) -> Callable[[np.ndarray], dict]:
+  """The FROC of `units` drawn with multiplicities, for bootstraps: ``curve(counts)`` gives
+  the ``fp_per_image`` and ``sensitivity`` arrays of ``froc_curve`` on the units listed
+  ``counts[u]`` times each (a resample), from one sort of all candidates instead of pooling
+  and sorting each resample again. Its ``froc_sensitivity_at`` equals that of
+  ``froc_curve(**pool_detection_units(resample))`` exactly (the same integer counts divided);
+  the curve may hold extra points at thresholds of absent units, which repeat their
+  neighbour's values. Raises ValueError as ``froc_curve`` does (no lesion or no frame)."""
+  pooled = pool_detection_units(units)
+  froc_curve(**pooled)  # the same checks on the candidates
+  sizes = np.asarray([np.asarray(u['lesion_ids']).size for u in units])
+  lesions = np.asarray([int(u['num_lesions']) for u in units], dtype=np.int64)
+  images = np.asarray([int(u['num_images']) for u in units], dtype=np.int64)
+  order = np.argsort(pooled['scores'], kind='mergesort')[::-1]
+  scores, ids = pooled['scores'][order], pooled['lesion_ids'][order]
+  unit_of = np.repeat(np.arange(len(units)), sizes)[order]
+  is_false_positive = ids < 0
+  first_hit = np.zeros(scores.size, dtype=bool)
+  hit_positions = np.flatnonzero(~is_false_positive)
+  _, first = np.unique(ids[hit_positions], return_index=True)
+  first_hit[hit_positions[first]] = True  # a lesion's copies share their first hit
+  last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1].astype(np.int64)
+  if scores.size == 0:
+    last_of_tie = last_of_tie[:0]
+
+  def curve(counts: np.ndarray) -> dict:
+    counts = np.asarray(counts, dtype=np.int64)
+    num_lesions, num_images = int(counts @ lesions), int(counts @ images)
+    if num_images <= 0 or num_lesions <= 0:
+      raise ValueError(f'num_images ({num_images}) and num_lesions ({num_lesions}) must be > 0.')
+    weight = counts[unit_of]
+    detected = np.cumsum(weight * first_hit)[last_of_tie]
+    false_positives = np.cumsum(weight * is_false_positive)[last_of_tie]
+    return {'fp_per_image': np.r_[0.0, false_positives / num_images],
+            'sensitivity': np.r_[0.0, detected / num_lesions]}
+
+  return curve
+
+
+def candidate_recall_by_counts(units: Sequence[Mapping[str, Any]]) -> Callable[[np.ndarray],
+                                                                                 float]:
+  """``candidate_recall`` of `units` drawn ``counts[u]`` times each (a bootstrap resample)."""
+  hit = np.asarray([np.unique(np.asarray(u['lesion_ids'])[np.asarray(u['lesion_ids']) >= 0]).size
+                    for u in units], dtype=np.int64)
+  lesions = np.asarray([int(u['num_lesions']) for u in units], dtype=np.int64)
+
+  def recall(counts: np.ndarray) -> float:
+    total = int(np.asarray(counts, dtype=np.int64) @ lesions)
+    if total <= 0:
+      raise ValueError('candidate_recall: the units hold no lesion.')
+    return float(int(np.asarray(counts, dtype=np.int64) @ hit) / total)
+
+  return recall
+
+
+def roc_auc_by_counts(labels: Sequence[Any], scores: Sequence[Any]) -> Callable[[np.ndarray],
+                                                                                float]:
+  """ROC AUC of units drawn ``counts[u]`` times each (a bootstrap resample); ``labels[u]``
+  and ``scores[u]`` are unit u's. The Mann-Whitney statistic with each positive-negative
+  pair weighted by the product of their units' counts (ties half): ``roc_auc`` of the
+  resample to rounding (about 1e-15)."""
+  lab = [np.asarray(x, dtype=np.int64).ravel() for x in labels]
+  unit_of = np.repeat(np.arange(len(lab)), [x.size for x in lab])
+  lab_all = np.concatenate(lab) if lab else np.zeros(0, np.int64)
+  sc_all = (np.concatenate([np.asarray(x, dtype=np.float64).ravel() for x in scores])
+            if lab else np.zeros(0))
+  if not np.isin(lab_all, (0, 1)).all():
+    raise ValueError('labels must be 0/1.')
+  neg_order = np.argsort(sc_all[lab_all == 0], kind='mergesort')
+  neg_scores = sc_all[lab_all == 0][neg_order]
+  neg_unit = unit_of[lab_all == 0][neg_order]
+  pos_scores, pos_unit = sc_all[lab_all == 1], unit_of[lab_all == 1]
+  below = np.searchsorted(neg_scores, pos_scores, side='left')
+  tied_end = np.searchsorted(neg_scores, pos_scores, side='right')
+
+  def auc(counts: np.ndarray) -> float:
+    counts = np.asarray(counts, dtype=np.float64)
+    w_neg = np.r_[0.0, np.cumsum(counts[neg_unit])]
+    w_pos = counts[pos_unit]
+    total_pos, total_neg = w_pos.sum(), w_neg[-1]
+    if total_pos <= 0 or total_neg <= 0:
+      raise ValueError('AUC needs both classes.')
+    placed = w_neg[below] + 0.5 * (w_neg[tied_end] - w_neg[below])
+    return float((w_pos @ placed) / (total_pos * total_neg))
+
+  return auc
+
+
 # ---------------------------------------------------------------------------
 # CIMT boundaries
 # ---------------------------------------------------------------------------
@@ -393,7 +481,8 @@ def _resample(metric_fn: Callable[[list], float], units: Sequence, index: np.nda
 
 
 def bootstrap_replicates(metric_fns: Callable[[list], float] | Sequence[Callable[[list], float]],
-                         units: Sequence, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+                         units: Sequence, n_boot: int = 1000, seed: int = 0,
+                         by_counts: bool = False) -> np.ndarray:
   """Each metric on ``n_boot`` resamples (with replacement) of whole ``units``: shape
   (n_boot,) for one function, (n_boot, k) for a sequence of k (evaluated one after the other
   on each resample, so they may share work); NaN where a metric raised ValueError (e.g. no
@@ -402,7 +491,9 @@ def bootstrap_replicates(metric_fns: Callable[[list], float] | Sequence[Callable
   The resamples depend only on ``seed`` and ``len(units)``: two arms evaluated on the same
   units in the same order get the same resamples, so an arm's replicates serve its interval
   and every paired comparison it is in (``bootstrap_ci`` and ``paired_bootstrap`` accept
-  them precomputed).
+  them precomputed). ``by_counts=True``: each metric gets the resample as how many times each
+  unit is drawn (``np.bincount`` of the resample's indices) instead of the list of units (see
+  ``froc_by_counts``): the same resamples, for metrics that need not rebuild the list.
   """
   fns = [metric_fns] if callable(metric_fns) else list(metric_fns)
   units = list(units)
@@ -410,7 +501,8 @@ def bootstrap_replicates(metric_fns: Callable[[list], float] | Sequence[Callable
   values = np.full((int(n_boot), len(fns)), np.nan)
   for k in range(int(n_boot)):
     index = rng.integers(0, len(units), len(units))
-    resampled = [units[i] for i in index]
+    resampled = (np.bincount(index, minlength=len(units)) if by_counts
+                 else [units[i] for i in index])
     for j, fn in enumerate(fns):
       try:
         values[k, j] = float(fn(resampled))

@@ -309,6 +309,7 @@ RULES: dict[str, Rule] = {
     'report.correction': one_of('holm', 'bh', fix='holm (family-wise) or bh (false discovery '
                                 'rate)'),
     'sweep.keep_checkpoints': one_of('all', 'best', 'none', fix='all keeps resume + best'),
+    'sweep.scratch_lr_mult': number(0, lo_open=True, fix='the paper uses 1'),
     'auto.tolerance': number(0, fix='validation AUC gain, e.g. 0.002'),
     'auto.patience': integer(1, fix='depths in a row without gain, e.g. 1'),
     'pretrain.source': one_of('', 'pretext', 'folder', 'imagenet2012',

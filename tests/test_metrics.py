@@ -454,3 +454,38 @@ def test_bootstrap_ci_or_error_records_why_a_metric_is_undefined():
                        'error': 'metric_fn raised ValueError on all 5 bootstrap resamples.'}
   assert metrics.bootstrap_ci_or_error(np.mean, [1, 2, 3], n_boot=20, seed=4) == \
       metrics.bootstrap_ci(np.mean, [1, 2, 3], n_boot=20, seed=4)
+
+
+def test_by_counts_metrics_equal_those_of_the_resampled_lists():
+    """The report's bootstrap draws units as counts: FROC sensitivity and candidate recall
+    must equal those of the resampled list exactly, AUC to rounding (tied scores included)."""
+    rng = np.random.default_rng(4)
+    units = []
+    for k in range(9):
+        n, lesions = int(rng.integers(1, 12)), int(rng.integers(0, 3))
+        ids = rng.integers(-1, max(lesions, 1), n) if lesions else np.full(n, -1)
+        units.append({"scores": np.round(rng.normal(size=n), 1), "lesion_ids": ids,
+                      "num_lesions": lesions, "num_images": int(rng.integers(1, 4))})
+    froc = metrics.froc_by_counts(units)
+    recall = metrics.candidate_recall_by_counts(units)
+    auc = metrics.roc_auc_by_counts([u["lesion_ids"] >= 0 for u in units],
+                                    [u["scores"] for u in units])
+    grid = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 10.0]
+    checked = 0
+    for _ in range(40):
+        index = rng.integers(0, len(units), len(units))
+        counts, resample = np.bincount(index, minlength=len(units)), [units[i] for i in index]
+        try:
+            ref = metrics.froc_curve(**metrics.pool_detection_units(resample))
+        except ValueError:  # no lesion drawn: both ways refuse
+            with pytest.raises(ValueError):
+                froc(counts)
+            continue
+        assert metrics.froc_sensitivity_at(froc(counts), grid) == metrics.froc_sensitivity_at(
+            ref, grid)
+        assert recall(counts) == metrics.candidate_recall(resample)
+        labels = np.concatenate([u["lesion_ids"] >= 0 for u in resample])
+        assert auc(counts) == pytest.approx(
+            metrics.roc_auc(labels, np.concatenate([u["scores"] for u in resample])), abs=1e-12)
+        checked += 1
+    assert checked >= 20

@@ -28,7 +28,7 @@ TINY = {
     'train.log_every': 3, 'train.checkpoint_every': 3, 'task.eval_patches_per_class': 4,
     'task.eval_col_stride': 24, 'task.patches_per_image': 4, 'train.workers': 1,
     'pretrain.steps': 4, 'pretrain.batch': 8, 'pretrain.eval_examples': 16,
-    'pretrain.log_every': 2, 'pretrain.eval_every': 4,
+    'pretrain.log_every': 2, 'pretrain.eval_every': 4, 'sweep.scratch_lr_mult': 2.0,
 }
 ARG = 'synthetic,pretext,arms=scratch+scratch_xavier+fc8+conv1,fractions=0.5+1.0,seeds=0'
 
@@ -84,6 +84,11 @@ def test_scratch_init_scheme_arms():
   rc = run_config(c, Run('scratch_xavier', 1.0, 0), '')
   assert (rc.depth, rc.model.init_scheme) == ('scratch', 'xavier')
   assert run_config(c, Run('scratch', 1.0, 0), '').model.init_scheme == c.model.init_scheme
+  # sweep.scratch_lr_mult raises scratch arms' rate only, in the run's own config.
+  c.sweep.scratch_lr_mult = 10.0
+  assert run_config(c, Run('scratch_he', 1.0, 0), '').optim.base_lr == pytest.approx(
+      10 * c.optim.base_lr)
+  assert run_config(c, Run('fc8', 1.0, 0), '').optim.base_lr == c.optim.base_lr
   with pytest.raises(ValueError, match='scratch_lecun not arms of alexnet'):
     plan(cimt.get_config('arms=scratch_lecun'))
 
@@ -152,6 +157,12 @@ def test_sweep_report_has_tables_and_paper_form_plots(swept):
   assert report['app'] == 'cimt' and report['unit_name'] == 'subject'
   md = (folder / 'report.md').read_text()
   assert 'NOT ImageNet' in md and 'medft-pretext' in md
+  # sweep.scratch_lr_mult=2: the scratch runs trained at 0.02, fine-tuning at 0.01; the report
+  # says so.
+  rates = {arm: json.loads((folder / arm / '1.0' / '0' / 'config.json').read_text())['optim'][
+      'base_lr'] for arm in ARMS}
+  assert rates == {'scratch': 0.02, 'scratch_xavier': 0.02, 'fc8': 0.01, 'conv1': 0.01}
+  assert 'Scratch arms learn at 0.02 in every layer' in md
   # Per operating point: LI, MA and CIMT error with intervals, per fraction.
   assert md.count('| arm | seeds | LI error (µm) | MA error (µm) | CIMT error (µm) |') == 2
   assert '### Mean ± SD over test images (the paper\'s form)' in md

@@ -57,13 +57,23 @@ def _sensitivity_point(rate: float, per: str) -> Point:
     return metrics.unit_lesion_sensitivity(records,
                                            metrics.froc_threshold_at(froc(records), rate))
 
+  def by_counts(records):
+    curve = metrics.froc_by_counts(records)
+    return lambda counts: metrics.froc_sensitivity_at(curve(counts), [rate])[0]
+
   return Point(f'sensitivity_at_{rate:g}', f'sensitivity at {rate:g} FP/{per}', '', True,
-               pooled, per_unit)
+               pooled, per_unit, by_counts=by_counts)
 
 
 # The share of test lesions any candidate hits: no arm's sensitivity can exceed it.
 RECALL = Point('candidate_recall', 'candidate recall (ceiling)', '', True,
-               pooled=metrics.candidate_recall, compared=False)
+               pooled=metrics.candidate_recall, compared=False,
+               by_counts=metrics.candidate_recall_by_counts)
+
+
+def _curve_by_counts(records: Sequence[Mapping], grid: np.ndarray):
+  curve = metrics.froc_by_counts(records)
+  return lambda counts: np.asarray(metrics.froc_sensitivity_at(curve(counts), grid))
 
 
 def make(name: str, unit_name: str, per: str, axis: Axis) -> Spec:
@@ -82,5 +92,6 @@ def make(name: str, unit_name: str, per: str, axis: Axis) -> Spec:
       primary=lambda test: 'auc', per_unit_rule=PER_UNIT_RULE, plots=('froc',),
       curve_axis=axis,
       curve=lambda records, grid: np.asarray(metrics.froc_sensitivity_at(froc(records), grid)),
+      curve_by_counts=_curve_by_counts,
       curve_marks=lambda test: [float(r) for r in test['fp_rates']],
       curve_ylabel='sensitivity (share of lesions detected)', ceiling_key=RECALL.key)

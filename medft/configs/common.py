@@ -248,6 +248,10 @@ def add_study(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict,
   # Checkpoints a finished run keeps: all (resume + best), best (the selected parameters
   # only; a finished run never resumes), none. Also drops the source model's training state.
   c.sweep.keep_checkpoints = 'all'
+  # Scratch arms train at optim.base_lr x this (paper: 1, the fine-tuning rate for scratch
+  # too). A shortened schedule can raise it so that scratch learns in the steps it has; each
+  # scratch run's config holds the rate it used, and the report names it.
+  c.sweep.scratch_lr_mult = 1.0
 
   c.report = ml_collections.ConfigDict()
   # Multiplicity correction within each all-pairs table of the report: holm (family-wise

@@ -57,18 +57,25 @@ def weights_statement(inits: Sequence[str]) -> tuple[list[dict], list[str]]:
 
 
 def settings(finished: Sequence[RunRecord]) -> dict:
-  """The run settings a reader needs to judge the numbers (from a finished run's config)."""
-  for r in finished:
+  """The run settings a reader needs to judge the numbers (from a finished run's config: a
+  fine-tuning run's where there is one; `scratch_base_lr` from a scratch run's, which a sweep
+  may raise with sweep.scratch_lr_mult)."""
+  def config(r: RunRecord) -> dict | None:
     c = read_json(r.dir / 'config.json')
-    if not isinstance(c, dict) or 'optim' not in c:
-      continue
-    get = lambda *keys: dig(c, keys)  # noqa: E731
-    return {'arch': get('arch'), 'input_size': get('input_size'), 'width': get('model', 'width'),
-            'init_scheme': get('model', 'init_scheme'), 'base_lr': get('optim', 'base_lr'),
-            'head_lr_mult': get('optim', 'head_lr_mult'), 'batch': get('train', 'batch'),
-            'patch_size': get('task', 'patch_size'),
-            'eval_col_stride': get('task', 'eval_col_stride')}
-  return {}
+    return c if isinstance(c, dict) and 'optim' in c else None
+
+  configs = [(r, c) for r in finished if (c := config(r)) is not None]
+  if not configs:
+    return {}
+  _, c = next(((r, c) for r, c in configs if not tuning.is_scratch(r.arm)), configs[0])
+  get = lambda *keys: dig(c, keys)  # noqa: E731
+  scratch = next((c for r, c in configs if tuning.is_scratch(r.arm)), None)
+  return {'arch': get('arch'), 'input_size': get('input_size'), 'width': get('model', 'width'),
+          'init_scheme': get('model', 'init_scheme'), 'base_lr': get('optim', 'base_lr'),
+          'head_lr_mult': get('optim', 'head_lr_mult'), 'batch': get('train', 'batch'),
+          'scratch_base_lr': dig(scratch, ('optim', 'base_lr')) if scratch else None,
+          'patch_size': get('task', 'patch_size'),
+          'eval_col_stride': get('task', 'eval_col_stride')}
 
 
 def dig(d: Any, keys: Sequence[str]) -> Any:

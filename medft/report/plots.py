@@ -119,6 +119,17 @@ def _seed_mean_curve(spec: apps.Spec, units: Sequence[Sequence[Any]],
   return np.mean([spec.curve([u[s] for u in units], grid) for s in range(len(units[0]))], axis=0)
 
 
+def _curves_by_counts(spec: apps.Spec, units: Sequence[Sequence[Any]],
+                      grid: np.ndarray) -> list | None:
+  """Per seed, the curve of a resample given as draws per unit (None: resample the lists)."""
+  if spec.curve_by_counts is None:
+    return None
+  try:
+    return [spec.curve_by_counts([u[s] for u in units], grid) for s in range(len(units[0]))]
+  except ValueError:
+    return None
+
+
 def _curve_plot(plots_dir: Path, spec: apps.Spec, f: float, units: dict, rows: Sequence[dict],
                 groups: dict, out: list) -> None:
   """FROC or ROC per arm on the declared axis, with a 95% band over resampled test units."""
@@ -133,10 +144,13 @@ def _curve_plot(plots_dir: Path, spec: apps.Spec, f: float, units: dict, rows: S
   ceilings: dict[float, list[str]] = {}
   for k, (arm, us) in enumerate(units.items()):
     boots = []
+    by_counts = _curves_by_counts(spec, us, grid)
     for _ in range(BAND_BOOT):
+      index = rng.integers(len(us), size=len(us))
       try:
-        boots.append(_seed_mean_curve(spec, [us[i] for i in rng.integers(len(us), size=len(us))],
-                                      grid))
+        boots.append(np.mean([f(np.bincount(index, minlength=len(us))) for f in by_counts],
+                             axis=0) if by_counts else
+                     _seed_mean_curve(spec, [us[i] for i in index], grid))
       except ValueError:  # a resample without lesions / one class
         continue
     ax.plot(grid, _seed_mean_curve(spec, us, grid), color=f'C{k}', label=arm, drawstyle=style)

@@ -81,13 +81,31 @@ class Replicates:
     """`key` = (arm, seeds, unit names): it must identify `units` (one fraction's runs)."""
     if key not in self._memo:
       usable = [p for p in self.points if present(p, units)]
-      values = metrics.bootstrap_replicates(
-          [lambda us, p=p: value(p, us) for p in usable], units, self.n_boot, self.seed)
-      self._memo[key] = {p.key: values[:, j] for j, p in enumerate(usable)}
+      self._memo[key] = self._compute(usable, units)
     if point.key not in self._memo[key]:
-      self._memo[key][point.key] = metrics.bootstrap_replicates(
-          lambda us: value(point, us), units, self.n_boot, self.seed)
+      self._memo[key].update(self._compute([point], units))
     return self._memo[key][point.key]
+
+  def _compute(self, points: Sequence[apps.Point], units: Sequence[Sequence[Any]]) -> dict:
+    """Points with `by_counts` on resample counts (array speed), the others on the lists."""
+    out, fast, slow = {}, [], []
+    for p in points:
+      try:
+        if p.by_counts is None:
+          raise ValueError
+        fast.append((p, [p.by_counts([u[s] for u in units]) for s in range(len(units[0]))]))
+      except ValueError:  # no by_counts, or undefined on these units: the lists' way
+        slow.append(p)
+    if fast:
+      values = metrics.bootstrap_replicates(
+          [lambda counts, fns=fns: float(np.mean([f(counts) for f in fns])) for _, fns in fast],
+          units, self.n_boot, self.seed, by_counts=True)
+      out.update({p.key: values[:, j] for j, (p, _) in enumerate(fast)})
+    if slow:
+      values = metrics.bootstrap_replicates([lambda us, p=p: value(p, us) for p in slow], units,
+                                            self.n_boot, self.seed)
+      out.update({p.key: values[:, j] for j, p in enumerate(slow)})
+    return out
 
 
 def interval(point: apps.Point, units: Sequence[Sequence[Any]], n_boot: int,

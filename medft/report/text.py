@@ -241,6 +241,10 @@ def _deviation_note(report: dict) -> str:
   if s.get('base_lr') not in (None, 0.001):
     notes.append(f'Learning rate {s["base_lr"]:g} (head x{s.get("head_lr_mult"):g} when '
                  'fine-tuning) instead of the paper\'s 0.001 (head 0.01), to learn in few steps.')
+  if s.get('scratch_base_lr') not in (None, s.get('base_lr')):
+    notes.append(f'Scratch arms learn at {s["scratch_base_lr"]:g} in every layer '
+                 f'(sweep.scratch_lr_mult), not at the fine-tuning rate {s.get("base_lr"):g} '
+                 'the paper used for scratch too, so that they learn in the shortened schedule.')
   if s.get('init_scheme') not in (None, '', 'gaussian'):
     notes.append(f'Scratch layers and the new head use {s["init_scheme"]} initialisation '
                  'instead of the BVLC Gaussian one (faster start in a short run).')
