@@ -234,3 +234,24 @@ def test_detection_per_unit_values_add_up_to_the_pooled_sensitivity(studies):
   recall = metrics.unit_lesion_sensitivity(units, -np.inf)
   assert np.nansum(recall * [u['num_lesions'] for u in units]) == sum(
       len({i for i in u['lesion_ids'] if i >= 0}) for u in units)
+
+
+def test_a_run_whose_output_is_constant_is_named_as_learning_nothing(tmp_path, data_dir,
+                                                                    studies):
+  """SqueezeNet from the paper's Gaussian init (std 0.01): its activations vanish through the
+  fire modules, so every test candidate gets the same score (as in the real Kvasir study's
+  scratch_gaussian arm). The report must say that arm learned nothing; the AlexNet arms of
+  the session's polyp study (scores that vary) are not named."""
+  c = _config('polyp', data_dir)
+  c.arch, c.depth, c.sweep.arms = 'squeezenet1_1', 'scratch', 'scratch_gaussian'
+  medft.sweep(c, tmp_path / 'study')
+  report = build_report(tmp_path / 'study', n_boot=N_BOOT)
+  assert [(r['arm'], r['constant_seeds']) for r in report['rows']] == [('scratch_gaussian', [0])]
+  alive_folder, alive = studies['polyp']
+  assert all(r['constant_seeds'] == [] for r in alive['rows'])
+  assert 'learned nothing' not in (alive_folder / 'report.md').read_text()
+  scores = np.concatenate([u['scores'] for u in _results(tmp_path / 'study', 'scratch_gaussian')[
+      'test']['per_unit']])
+  assert np.unique(scores).size == 1 and report['rows'][0]['test_auc']['mean'] == 0.5
+  md = (tmp_path / 'study' / 'report.md').read_text()
+  assert '**Runs that learned nothing**' in md and '| scratch_gaussian | 1 | 0 |' in md

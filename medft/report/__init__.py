@@ -103,6 +103,7 @@ def _row(spec: apps.Spec, points: Sequence[apps.Point], runs: Sequence[RunRecord
                           or context.init_scheme(runs[0]) or 'architecture default')
   names, units = stats.seed_units(spec, _seed_tests(runs))
   out['n_units'] = len(names)
+  out['constant_seeds'] = [r.seed for r in runs if _constant_output(spec, r)]
   for p in points:
     if not units or not stats.present(p, units):
       continue
@@ -115,6 +116,18 @@ def _row(spec: apps.Spec, points: Sequence[apps.Point], runs: Sequence[RunRecord
                    n_items=int(items.size))
     out['metrics'][p.key] = entry
   return out
+
+
+def _constant_output(spec: apps.Spec, run: RunRecord) -> bool:
+  """Whether every test score of a run is the same number: the network's output did not
+  depend on its input (e.g. dead ReLUs or vanished activations), so it learned nothing and
+  its AUC is 0.5 by construction. False for applications whose records hold no scores."""
+  test = run.results.get('test')
+  if not test or 'scores' not in spec.record_keys:
+    return False
+  scores = [np.asarray(r['scores'], dtype=np.float64).ravel() for r in spec.units(test).values()]
+  scores = np.concatenate(scores) if scores else np.zeros(0)
+  return scores.size > 1 and bool(np.all(scores == scores[0]))
 
 
 def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 'holm') -> dict:

@@ -119,6 +119,17 @@ def markdown(report: dict) -> str:
     for r in incomplete:
       add(f'| {r["arm"]} | {r["fraction"]:g} | {r["seed"]} | {r["status"]} | {r["note"]} |')
     add('')
+  dead = [(r['arm'], r['fraction'], r['constant_seeds']) for r in report['rows']
+          if r.get('constant_seeds')]
+  if dead:
+    add('**Runs that learned nothing**: every test score of these runs is the same number (the '
+        'network\'s output does not depend on its input: dead ReLUs or vanished activations), '
+        'so their AUC is 0.5 and their sensitivities are those of no detector. They are in the '
+        'tables as they are; read them as "this arm failed to train", not as a measurement.\n')
+    add('| arm | fraction | seeds |\n|---|---|---|')
+    for arm, f, seeds in dead:
+      add(f'| {arm} | {f:g} | {", ".join(map(str, seeds))} |')
+    add('')
   cost = report['cost']
   add(f'Training cost of the finished runs: {cost["steps"]} steps, {cost["wall_s"]:.0f} s wall '
       'time' + (f' (+ {cost["pretrain_wall_s"]:.0f} s pretraining the source model, '
