@@ -561,6 +561,15 @@ def bootstrap_ci_or_error(metric_fn: Callable[[list], float], units: Sequence,
     return {'value': None, 'error': str(err)}
 
 
+def bootstrap_p(differences: Any) -> float:
+  """Two-sided bootstrap p of "the difference is 0": twice the smaller share of resampled
+  differences on either side of 0, with the +1 correction ((k + 1) / (n + 1)) so it is never
+  exactly 0; capped at 1."""
+  differences = np.asarray(differences, dtype=np.float64)
+  tail = min((differences <= 0).sum(), (differences >= 0).sum())
+  return float(min(1.0, 2.0 * (tail + 1) / (differences.size + 1)))
+
+
 def paired_bootstrap(
   metric_fn: Callable[[list], float],
   units_a: Sequence,
@@ -587,7 +596,6 @@ def paired_bootstrap(
   a, b = (np.asarray(r, dtype=np.float64) for r in replicates)
   differences = _defined(a - b, n_boot)
   n = differences.size
-  tail = min((differences <= 0).sum(), (differences >= 0).sum())
   low, high = np.quantile(differences, [alpha / 2, 1 - alpha / 2])
   value_a, value_b = float(metric_fn(units_a)), float(metric_fn(units_b))
   return {
@@ -596,7 +604,7 @@ def paired_bootstrap(
     'difference': value_a - value_b,
     'low': float(low),
     'high': float(high),
-    'p_value': float(min(1.0, 2.0 * (tail + 1) / (n + 1))),
+    'p_value': bootstrap_p(differences),
     'n_boot': int(n),
     'n_skipped': int(a.size - n),
   }

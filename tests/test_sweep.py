@@ -238,3 +238,43 @@ def test_report_shows_roi_edge_share_and_fraction_unit_when_the_task_writes_them
   shares = [r['metrics']['roi_edge_share']['value'] for r in report['rows'] if r['metrics']]
   assert shares and all(0 < s < 0.25 for s in shares)
   assert 'roi_edge_share' not in {t['point'] for t in report['pairs']}  # stated, not tested
+
+
+def test_report_robustness_section_pairs_the_fractions_on_the_same_test_subjects(swept):
+  """Finding 2 in the report: each arm's loss from fraction 1 to 0.5 (the same test subjects
+  at both: one resample serves both), fine-tuning against scratch, adjusted in one family.
+  The numbers must be those of an independent paired bootstrap of the two fractions."""
+  from medft import apps, metrics
+  from medft.report import stats
+  folder, _, _, report = swept
+  robust = report['robustness']
+  assert (robust['fraction_small'], robust['fraction_large']) == (0.5, 1.0)
+  assert [r['arm'] for r in robust['rows']] == list(ARMS)
+  assert [(p['fine_tuned'], p['scratch']) for p in robust['pairs']] == [
+      ('fc8', 'scratch'), ('fc8', 'scratch_xavier'), ('conv1', 'scratch'),
+      ('conv1', 'scratch_xavier')]
+  point = next(p for p in apps.get('cimt').points(
+      json.loads((folder / 'fc8/1.0/0/results.json').read_text())['test'])
+               if p.key == robust['point'])
+  spec = apps.get('cimt')
+
+  def units(arm, fraction):
+    test = json.loads((folder / arm / fraction / '0' / 'results.json').read_text())['test']
+    return stats.seed_units(spec, [(0, test)])
+
+  for row in robust['rows']:
+    (names_l, large), (names_s, small) = units(row['arm'], '1.0'), units(row['arm'], '0.5')
+    assert names_l == names_s and len(names_l) == robust['n_units']  # the same test subjects
+    alone = metrics.paired_bootstrap(lambda us: stats.value(point, us), large, small,
+                                     n_boot=robust['n_boot'])
+    sign = 1 if point.higher_is_better else -1
+    assert row['loss'] == pytest.approx(sign * alone['difference'], abs=1e-9)
+    bounds = sorted([sign * alone['low'], sign * alone['high']])
+    assert [row['low'], row['high']] == pytest.approx(bounds, abs=1e-9)
+  for p in robust['pairs']:
+    assert p['p_adjusted'] >= p['p_bootstrap'] and (p['mark'] == '' or p['p_adjusted'] < 0.05)
+    loss = {r['arm']: r['loss'] for r in robust['rows']}
+    assert p['difference'] == pytest.approx(loss[p['scratch']] - loss[p['fine_tuned']])
+  md = (folder / 'report.md').read_text()
+  assert "## Robustness to a smaller training set (the paper's finding 2)" in md
+  assert md.count('| fc8 | scratch | ') == 1  # the robustness table only

@@ -12,7 +12,9 @@ results.json `app`): every operating point (and AUC) with its 95% bootstrap inte
 test units, context figures such as the candidate recall (the ceiling of any detector built
 on those candidates), and for every training fraction and operating point a table of every
 pair of arms with a paired-bootstrap interval of the difference and a Wilcoxon signed-rank
-test on per-unit values, adjusted for multiplicity within the table (`report.stats`).
+test on per-unit values, adjusted for multiplicity within the table (`report.stats`); and
+with several fractions, each arm's loss from the largest to the smallest training fraction,
+fine-tuning against scratch (`report.robustness`, the paper's finding 2).
 
 Layout: `runs` (discovery, file checks), `stats` (numbers), `context` (weights, settings,
 auto), `text` (report.md, report.csv), `plots` (PNG); this module assembles them.
@@ -31,7 +33,7 @@ import numpy as np
 
 from medft import apps, files, metrics, progress, tuning
 from medft.errors import ConfigError, InputFileError, MissingInputError, NotOursError
-from medft.report import context, stats, text
+from medft.report import context, robustness, stats, text
 from medft.report.runs import PLOTS, RunRecord, discover, read_json, read_plan
 
 N_BOOT = 1000
@@ -191,6 +193,9 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
     except ValueError:
       return None
 
+  finished_tests = {f: {a: _seed_tests(groups[(f, a)]) for a in arms if _seed_tests(groups[(f, a)])}
+                    for f in fractions}
+  robust = robustness.section(spec, primary_point, finished_tests, n_boot, correction)
   sign = 1 if primary_point is None or primary_point.higher_is_better else -1
   auto = context.auto_section(sweep_dir, finished, plan, run_primary, sign,
                               lambda a: arm_order(a, arch))
@@ -217,7 +222,8 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
       'runs': [{'arm': r.arm, 'fraction': r.fraction, 'seed': r.seed, 'status': r.status,
                 'dir': str(r.dir), 'note': r.note} for r in runs],
       'weights': weights, 'weights_statement': weight_lines,
-      'settings': context.settings(finished), 'rows': rows, 'pairs': pairs, 'auto': auto,
+      'settings': context.settings(finished), 'rows': rows, 'pairs': pairs,
+      'robustness': robust, 'auto': auto,
       'cost': context.cost(finished, sweep_dir), 'plots': drawn,
   }
   files.write_json_atomic(sweep_dir / 'report.json', report)

@@ -11,6 +11,7 @@ import io
 import math
 from typing import Any, Callable
 
+from medft.report import robustness
 from medft.report.context import PRETEXT_FORMAT
 
 CSV_FIELDS = ('section', 'fraction', 'arm', 'versus', 'metric', 'value', 'low', 'high',
@@ -138,6 +139,7 @@ def markdown(report: dict) -> str:
   _markdown_statistics(report, add)
   _markdown_points(report, add)
   _markdown_pairs(report, add)
+  robustness.markdown(report.get('robustness'), add, (_ci, _p))
   _markdown_auto(report, add)
   if report['plots']:
     add('## Plots\n')
