@@ -354,7 +354,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
   cache, cache_start = _feature_cache(config, model, units, meta, params)
 
   # ---- checkpoints (resume) ------------------------------------------------------------
-  _prepare_workdir(config, workdir)
+  # Every process checked the folder above; process 0 alone creates it and writes its marker
+  # and config (another process looking at it then could see it half-written), the others
+  # wait for it.
+  if is_main:
+    _prepare_workdir(config, workdir)
+  parallel.sync_hosts('medft: run workdir prepared')
+  if not is_main:  # a host without the shared folder gets its own (its lock lives there)
+    files.make_dirs(workdir, 'the run workdir')
   lock.acquire()
   steps_loop = loop.Loop(
       workdir, name=f'arm {config.depth}', steps=steps, batch=batch,
