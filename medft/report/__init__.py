@@ -193,7 +193,7 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
     except ValueError:
       return None
 
-  finished_tests = {f: {a: _seed_tests(groups[(f, a)]) for a in arms if _seed_tests(groups[(f, a)])}
+  finished_tests = {f: {a: tests for a in arms if (tests := _seed_tests(groups[(f, a)]))}
                     for f in fractions}
   robust = robustness.section(spec, primary_point, finished_tests, n_boot, correction)
   sign = 1 if primary_point is None or primary_point.higher_is_better else -1
