@@ -278,3 +278,7 @@ def test_report_robustness_section_pairs_the_fractions_on_the_same_test_subjects
   md = (folder / 'report.md').read_text()
   assert "## Robustness to a smaller training set (the paper's finding 2)" in md
   assert md.count('| fc8 | scratch | ') == 1  # the robustness table only
+  rows = list(csv.DictReader(io.StringIO((folder / 'report.csv').read_text())))
+  assert [(r['arm'], r['versus']) for r in rows if r['section'] == 'robustness_pair'] == [
+      (p['fine_tuned'], p['scratch']) for p in robust['pairs']]
+  assert sum(r['section'] == 'robustness_loss' for r in rows) == len(ARMS)

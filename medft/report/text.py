@@ -84,6 +84,18 @@ def csv_table(report: dict) -> str:
                        'statistic': x.get('statistic'), 'p_raw': x.get('p_raw'),
                        'p_adjusted': x.get('p_adjusted'), 'correction': table['correction'],
                        'mark': x.get('mark')})
+  robust = report.get('robustness') or {}
+  for x in robust.get('rows', []):  # fraction: the smaller one (the loss is from the larger)
+    writer.writerow({'section': 'robustness_loss', 'fraction': robust['fraction_small'],
+                     'arm': x['arm'], 'metric': robust['point'], 'value': x['loss'],
+                     'low': x['low'], 'high': x['high'], 'n_units': robust['n_units']})
+  for x in robust.get('pairs', []):
+    writer.writerow({'section': 'robustness_pair', 'fraction': robust['fraction_small'],
+                     'arm': x['fine_tuned'], 'versus': x['scratch'], 'metric': robust['point'],
+                     'value': x['difference'], 'low': x['low'], 'high': x['high'],
+                     'n_units': robust['n_units'], 'p_raw': x['p_bootstrap'],
+                     'p_adjusted': x['p_adjusted'], 'correction': robust['correction'],
+                     'mark': x['mark']})
   return buf.getvalue()
 
 
