@@ -105,6 +105,13 @@ def test_report_reads_each_app_from_its_declaration(studies, app):
   else:
     for fpr, own in test['sensitivity_at_fpr'].items():
       assert m[f'sensitivity_at_fpr_{float(fpr):g}']['value'] == pytest.approx(own['value'])
+  # The settings that depart from the paper are stated (TINY: input 67, one view per
+  # candidate); synthetic videos hold several frames, PE units one volume each.
+  md = (folder / 'report.md').read_text()
+  assert 'instead of the paper\'s 227x227' in md
+  assert ('1 view(s) per candidate' in md) == (app == 'polyp')
+  assert report['one_image_per_unit'] == (app == 'pe')
+  assert 'To use real ImageNet weights instead' in md  # no pretrained weights here
 
 
 @pytest.mark.parametrize('app', list(APPS))

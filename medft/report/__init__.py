@@ -205,10 +205,15 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
   drawn = plots.make_all(sweep_dir / PLOTS, spec, points, rows, groups, arms, fractions,
                          finished, auto)
   unit = spec.unit_name if spec else 'unit'
+  # A detection unit holding one frame (Kvasir-SEG: no video ids) is a frame; say so.
+  one_image = bool(spec and first_test and 'num_images' in spec.record_keys and all(
+      int(u['num_images']) == 1 for r in finished if r.results.get('test')
+      for u in spec.units(r.results['test']).values()))
   report = {
       MARKER: FORMAT_VERSION,
       'generated': time.strftime('%Y-%m-%d %H:%M:%S'), 'sweep_dir': str(sweep_dir),
-      'app': spec.name if spec else None, 'unit_name': unit, 'arch': arch,
+      'app': spec.name if spec else None, 'unit_name': unit, 'one_image_per_unit': one_image,
+      'arch': arch,
       'dataset': next((r.results.get('dataset') for r in finished), (plan or {}).get('dataset')),
       'primary_metric': primary,
       'points': [{'key': p.key, 'label': p.label, 'unit': p.unit, 'compared': p.compared,

@@ -40,19 +40,26 @@ def weights_statement(inits: Sequence[str]) -> tuple[list[dict], list[str]]:
           f'crop came from{acc}. Its features are far weaker than ImageNet features, so the '
           'fine-tuning arms here understate what the paper\'s ImageNet AlexNet gives.')
     else:
+      classes = meta.get('num_source_classes')
       lines.append(f'Fine-tuning arms start from `{init}`: source_format '
                    f'`{meta.get("source_format")}`, source file `{meta.get("source_file")}`, '
-                   f'{meta.get("arch")} with {meta.get("num_source_classes")} source classes.')
+                   f'{meta.get("arch")} ' + (f'with {classes} source classes.' if classes else
+                                             'without its source classifier (a new head is '
+                                             'trained in every arm).'))
   if not inits:
     lines.append('No finished run used pretrained weights (init is empty).')
-  lines.append(
+  stand_in = not inits or any(d.get('source_format') in (None, PRETEXT_FORMAT)
+                              for d in described)
+  lines.append((
       'To use real ImageNet weights instead: convert them once, e.g. `python -m '
       'medft.weights.convert --src=bvlc_alexnet.caffemodel --format=caffe --arch=alexnet '
       '--out=weights/alexnet_bvlc` (also `--format=torch|safetensors|keras`), or train them '
       'with `configs/imagenet_pretrain.py`, then pass `init=weights/alexnet_bvlc` to the '
       'config (e.g. `--config=configs/cimt.py:init=weights/alexnet_bvlc`). Input size, channel '
       'order and normalisation are read from the weights\' meta.json (227x227 BGR for BVLC '
-      'AlexNet), for every arm including scratch.')
+      'AlexNet), for every arm including scratch.') if stand_in else (
+      'Input size, channel order and normalisation are read from the weights\' meta.json, for '
+      'every arm including scratch.'))
   return described, lines
 
 
@@ -75,7 +82,20 @@ def settings(finished: Sequence[RunRecord]) -> dict:
           'head_lr_mult': get('optim', 'head_lr_mult'), 'batch': get('train', 'batch'),
           'scratch_base_lr': dig(scratch, ('optim', 'base_lr')) if scratch else None,
           'patch_size': get('task', 'patch_size'),
-          'eval_col_stride': get('task', 'eval_col_stride')}
+          'eval_col_stride': get('task', 'eval_col_stride'),
+          'views': _box_views(get('task', 'scales'), get('task', 'shift_steps'),
+                              get('task', 'orientations')),
+          'test_share': get('data', 'test_share')}
+
+
+def _box_views(scales: Any, shift_steps: Any, orientations: Any) -> dict | None:
+  """The test-time views per candidate of a box-view task (polyp: `augment.box_views`), or
+  None for tasks without them."""
+  if not (isinstance(scales, list) and isinstance(shift_steps, list)
+          and isinstance(orientations, int)):
+    return None
+  return {'n': len(scales) * len(shift_steps) ** 2 * orientations, 'scales': scales,
+          'shifts': len(shift_steps) ** 2, 'orientations': orientations}
 
 
 def dig(d: Any, keys: Sequence[str]) -> Any:

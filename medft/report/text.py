@@ -108,7 +108,9 @@ def markdown(report: dict) -> str:
   add(f'# Full training or fine-tuning? — {report.get("dataset") or "study"} '
       f'({report.get("arch") or "?"})\n')
   add(f'Generated {report["generated"]} from `{report["sweep_dir"]}`. Application: '
-      f'**{report.get("app") or "?"}** (unit of independence: the {report["unit_name"]}). '
+      f'**{report.get("app") or "?"}** (unit of independence: the {report["unit_name"]}'
+      + (f'; here every test {report["unit_name"]} holds a single image, so the images are '
+         'the units' if report.get('one_image_per_unit') else '') + '). '
       'Reproduces the design of Tajbakhsh et al. (IEEE TMI 2016): one network trained from '
       'scratch versus fine-tuned layer-wise from pretrained weights (arm `fc8` = only the new '
       'head trains, `fc7` = fc7 and fc8, ..., `conv1` = every layer; `scratch_<scheme>` = from '
@@ -258,6 +260,18 @@ def _deviation_note(report: dict) -> str:
     notes.append(f'AlexNet input {s["input_size"]}x{s["input_size"]} instead of the paper\'s '
                  '227x227 (to fit a CPU time budget); every layer and filter count is the '
                  'paper\'s, but the feature map before fc6 is smaller, so fc6 has fewer weights.')
+  elif not alexnet and s.get('input_size') and s['input_size'] != 227:
+    notes.append(f'Network input {s["input_size"]}x{s["input_size"]} instead of the paper\'s '
+                 '227x227 (to fit a CPU time budget; every layer and filter count unchanged).')
+  views = s.get('views')
+  if views and views['n'] != 216:
+    notes.append(f'{views["n"]} view(s) per candidate (scales '
+                 f'{", ".join(f"{x:g}" for x in views["scales"])}; {views["shifts"]} shift(s); '
+                 f'{views["orientations"]} orientation(s)) instead of the paper\'s 216 (3 scales '
+                 'x 9 shifts x 8 orientations), in training and at test time.')
+  if s.get('test_share') not in (None, 0.5):
+    notes.append(f'{s["test_share"]:.0%} of the units held out for testing instead of about '
+                 'half, as the paper did.')
   if s.get('width') not in (None, 1.0):
     notes.append(f'Network width x{s["width"]} (fewer filters per layer than the paper).')
   if any(w.get('source_format') == PRETEXT_FORMAT for w in weights):
