@@ -112,6 +112,9 @@ def test_report_reads_each_app_from_its_declaration(studies, app):
   assert ('1 view(s) per candidate' in md) == (app == 'polyp')
   assert report['one_image_per_unit'] == (app == 'pe')
   assert 'To use real ImageNet weights instead' in md  # no pretrained weights here
+  # The depth arms are named from the architecture's own units (AlexNet here).
+  assert report['tuning_units'][0] == 'conv1' and report['tuning_units'][-1] == 'fc8'
+  assert 'arm `fc8` = only the new head trains, `fc7` = fc7 and every unit above it' in md
 
 
 @pytest.mark.parametrize('app', list(APPS))

@@ -48,10 +48,14 @@ AVERAGING = ('Each arm x fraction pools its finished seeds: every metric is comp
 
 def arm_order(arms: Sequence[str], arch: str | None) -> list[str]:
   """scratch arms first, then head-only to all layers (the paper's order); unknown names last."""
-  from medft import models
-  known = list(tuning.arms(models.ARCHS[arch][1] if arch in models.ARCHS else (),
-                           scratch_schemes=True))
+  known = list(tuning.arms(_tuning_units(arch), scratch_schemes=True))
   return sorted(set(arms), key=lambda a: (known.index(a) if a in known else len(known), a))
+
+
+def _tuning_units(arch: str | None) -> list[str]:
+  """The architecture's tuning units, lowest first (its head last); [] when unknown."""
+  from medft import models
+  return list(models.ARCHS[arch][1]) if arch in models.ARCHS else []
 
 
 def _check_folder(sweep_dir: Path) -> tuple[dict | None, list[RunRecord]]:
@@ -213,7 +217,7 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
       MARKER: FORMAT_VERSION,
       'generated': time.strftime('%Y-%m-%d %H:%M:%S'), 'sweep_dir': str(sweep_dir),
       'app': spec.name if spec else None, 'unit_name': unit, 'one_image_per_unit': one_image,
-      'arch': arch,
+      'arch': arch, 'tuning_units': _tuning_units(arch),
       'dataset': next((r.results.get('dataset') for r in finished), (plan or {}).get('dataset')),
       'primary_metric': primary,
       'points': [{'key': p.key, 'label': p.label, 'unit': p.unit, 'compared': p.compared,

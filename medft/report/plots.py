@@ -104,7 +104,9 @@ def _depth_plot(plots_dir: Path, spec: apps.Spec, points: Sequence[apps.Point],
         ax.errorbar(x[ok], y[ok], yerr=np.asarray([lo, hi])[:, ok], marker='o', capsize=3,
                     label=f'fraction {f:g}')
     ax.set_xticks(x, arms, rotation=30)
-    ax.set_xlabel('arm (scratch, then fine-tuning from the head fc8 down to all layers)')
+    tuned = [a for a in arms if not tuning.is_scratch(a)]
+    ax.set_xlabel('arm (scratch, then fine-tuning from the head'
+                  + (f' {tuned[0]} down to all layers)' if tuned else ')'))
     ax.set_ylabel(p.label + (f' ({p.unit})' if p.unit else ''))
     ax.set_title(f'{p.label} vs tuning depth')
     ax.grid(alpha=0.3)

@@ -99,6 +99,16 @@ def csv_table(report: dict) -> str:
   return buf.getvalue()
 
 
+def _depth_words(units: list[str]) -> str:
+  """'arm `fc8` = only the new head trains, `fc7` = fc7 and every unit above it, ..., `conv1` =
+  every layer' for an architecture's tuning units (lowest first)."""
+  if len(units) < 2:
+    return 'arm `<unit>` = that unit and every unit above it train'
+  head, below, bottom = units[-1], units[-2], units[0]
+  return (f'arm `{head}` = only the new head trains, `{below}` = {below} and every unit above '
+          f'it, ..., `{bottom}` = every layer')
+
+
 def markdown(report: dict) -> str:
   md: list[str] = []
   add = md.append
@@ -112,8 +122,8 @@ def markdown(report: dict) -> str:
       + (f'; here every test {report["unit_name"]} holds a single image, so the images are '
          'the units' if report.get('one_image_per_unit') else '') + '). '
       'Reproduces the design of Tajbakhsh et al. (IEEE TMI 2016): one network trained from '
-      'scratch versus fine-tuned layer-wise from pretrained weights (arm `fc8` = only the new '
-      'head trains, `fc7` = fc7 and fc8, ..., `conv1` = every layer; `scratch_<scheme>` = from '
+      'scratch versus fine-tuned layer-wise from pretrained weights ('
+      + _depth_words(report.get('tuning_units') or []) + '; `scratch_<scheme>` = from '
       'scratch with that init scheme), at several training-set fractions.\n')
   add('## Source weights\n')
   md.extend(line + '\n' for line in report['weights_statement'])
