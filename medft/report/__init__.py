@@ -199,7 +199,9 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
 
   finished_tests = {f: {a: tests for a in arms if (tests := _seed_tests(groups[(f, a)]))}
                     for f in fractions}
-  robust = robustness.section(spec, primary_point, finished_tests, n_boot, correction)
+  dead = {r['arm'] for r in rows if r.get('constant_seeds')}
+  robust = robustness.section(spec, primary_point, finished_tests, n_boot, correction,
+                              learned_nothing=sorted(dead))
   sign = 1 if primary_point is None or primary_point.higher_is_better else -1
   auto = context.auto_section(sweep_dir, finished, plan, run_primary, sign,
                               lambda a: arm_order(a, arch))

@@ -28,9 +28,13 @@ FAMILY = 'every fine-tuning arm against every scratch arm, smallest vs largest f
 
 
 def section(spec: apps.Spec, point: apps.Point | None, arms: Mapping[float, Mapping],
-            n_boot: int, correction: str = 'holm', seed: int = 0) -> dict | None:
+            n_boot: int, correction: str = 'holm', seed: int = 0,
+            learned_nothing: Sequence[str] = ()) -> dict | None:
   """`arms`: fraction -> arm -> SeedTests (finished runs). None when there is nothing to say
-  (one fraction, or no primary point)."""
+  (one fraction, or no primary point). `learned_nothing`: arms with a run of constant output
+  at either fraction: their rows are marked, and they are left out of the comparisons (a
+  network that learned nothing at both sizes loses nothing, which says nothing about
+  robustness)."""
   fractions = sorted(f for f in arms if arms[f])
   if point is None or len(fractions) < 2 or n_boot <= 0:
     return None
@@ -64,9 +68,11 @@ def section(spec: apps.Spec, point: apps.Point | None, arms: Mapping[float, Mapp
     loss = sign * (v_large - v_small)
     losses[a] = (loss, boot)
     out['rows'].append({'arm': a, 'value_large': v_large, 'value_small': v_small,
-                        'loss': loss, **_interval(boot)})
-  scratch = [a for a in losses if tuning.is_scratch(a)]
-  tuned = [a for a in losses if not tuning.is_scratch(a)]
+                        'loss': loss, **_interval(boot),
+                        'learned_nothing': a in learned_nothing})
+  compared = [a for a in losses if a not in learned_nothing]
+  scratch = [a for a in compared if tuning.is_scratch(a)]
+  tuned = [a for a in compared if not tuning.is_scratch(a)]
   for t in tuned:
     for s in scratch:
       difference = losses[s][1] - losses[t][1]
@@ -108,13 +114,18 @@ def markdown(section: dict | None, add, fmt: Sequence) -> None:
   add(f'| arm | at {section["fraction_large"]:g} | at {section["fraction_small"]:g} | '
       'loss [95% CI] |\n|---|---|---|---|')
   for r in section['rows']:
-    add(f'| {r["arm"]} | {r["value_large"]:.{digits}f} | {r["value_small"]:.{digits}f} | '
+    add(f'| {r["arm"]}{" (learned nothing)" if r["learned_nothing"] else ""} | '
+        f'{r["value_large"]:.{digits}f} | {r["value_small"]:.{digits}f} | '
         f'{ci({"value": r["loss"], "low": r["low"], "high": r["high"]}, digits)} |')
   add('')
+  if any(r['learned_nothing'] for r in section['rows']):
+    add('Arms marked "learned nothing" (a run of constant output at either fraction) are left '
+        'out of the comparison below.\n')
   if section['pairs']:
     add('Loss of scratch minus loss of fine-tuning (positive = the fine-tuned network lost less '
         f'when its training set shrank); two-sided bootstrap p, adjusted '
-        f'({section["correction"]}) within this table (family: {section["family"]}).\n')
+        f'({section["correction"]}) within this table (family: {section["family"]}); with '
+        f'{section["n_boot"]} resamples no raw p is below {2 / (section["n_boot"] + 1):.3g}.\n')
     add('| fine-tuned | scratch | difference [95% CI] | p (raw) | p (adj.) | mark |\n'
         '|---|---|---|---|---|---|')
     for r in section['pairs']:
