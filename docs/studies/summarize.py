@@ -44,7 +44,7 @@ def main(path, point=None):
       row = cell.get((a, f)) or {}
       m = (row.get('metrics') or {}).get(point) or {}
       text = _ci(m.get('value'), m.get('low'), m.get('high'))
-      if row.get('is_best'):
+      if row.get('is_best') and point == r['primary_metric']:  # best by the primary metric
         text = f'**{text}**'
       if row.get('constant_seeds'):
         text += ' (dead: ' + ', '.join(f's{s}' for s in row['constant_seeds']) + ')'
