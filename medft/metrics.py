@@ -156,6 +156,23 @@ def auc_placements(labels: Any, scores: Any) -> np.ndarray:
 _FP_RATE_TOLERANCE = 1e-12
 
 
+def _ranked(scores: np.ndarray, lesion_ids: np.ndarray) -> tuple[np.ndarray, ...]:
+  """Candidates by decreasing score (stable): the order, which are false positives, which
+  are their lesion's first (highest-scoring) hit, and the last position of each tie group."""
+  order = np.argsort(scores, kind='mergesort')[::-1]
+  scores, lesion_ids = scores[order], lesion_ids[order]
+  is_false_positive = lesion_ids < 0
+  # A hit counts only at the lesion's highest-scoring candidate (first in sorted order).
+  first_hit = np.zeros(scores.size, dtype=bool)
+  hit_positions = np.flatnonzero(~is_false_positive)
+  _, first = np.unique(lesion_ids[hit_positions], return_index=True)
+  first_hit[hit_positions[first]] = True
+  last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1].astype(np.int64)
+  if scores.size == 0:
+    last_of_tie = last_of_tie[:0]
+  return order, is_false_positive, first_hit, last_of_tie
+
+
 def froc_curve(scores: Any, lesion_ids: Any, num_lesions: int, num_images: int) -> dict[str, Any]:
   """Free-response ROC of a detector from its scored candidates.
 
@@ -186,18 +203,8 @@ def froc_curve(scores: Any, lesion_ids: Any, num_lesions: int, num_images: int) 
   if num_hit > num_lesions:
     raise ValueError(f'candidates hit {num_hit} distinct lesions but num_lesions={num_lesions}.')
 
-  order = np.argsort(scores, kind='mergesort')[::-1]
-  scores, lesion_ids = scores[order], lesion_ids[order]
-  is_false_positive = lesion_ids < 0
-  # A hit counts only at the lesion's highest-scoring candidate (first in sorted order).
-  first_hit = np.zeros(scores.size, dtype=bool)
-  hit_positions = np.flatnonzero(~is_false_positive)
-  _, first = np.unique(lesion_ids[hit_positions], return_index=True)
-  first_hit[hit_positions[first]] = True
-
-  last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1].astype(np.int64)
-  if scores.size == 0:
-    last_of_tie = last_of_tie[:0]
+  order, is_false_positive, first_hit, last_of_tie = _ranked(scores, lesion_ids)
+  scores = scores[order]
   detected = np.cumsum(first_hit)[last_of_tie]
   false_positives = np.cumsum(is_false_positive)[last_of_tie]
   return {
@@ -344,17 +351,10 @@ def froc_by_counts(units: Sequence[Mapping[str, Any]]) -> Callable[[np.ndarray],
   sizes = np.asarray([np.asarray(u['lesion_ids']).size for u in units])
   lesions = np.asarray([int(u['num_lesions']) for u in units], dtype=np.int64)
   images = np.asarray([int(u['num_images']) for u in units], dtype=np.int64)
-  order = np.argsort(pooled['scores'], kind='mergesort')[::-1]
-  scores, ids = pooled['scores'][order], pooled['lesion_ids'][order]
+  # A lesion's copies in a resample share their first hit: its weight counts them.
+  order, is_false_positive, first_hit, last_of_tie = _ranked(pooled['scores'],
+                                                             pooled['lesion_ids'])
   unit_of = np.repeat(np.arange(len(units)), sizes)[order]
-  is_false_positive = ids < 0
-  first_hit = np.zeros(scores.size, dtype=bool)
-  hit_positions = np.flatnonzero(~is_false_positive)
-  _, first = np.unique(ids[hit_positions], return_index=True)
-  first_hit[hit_positions[first]] = True  # a lesion's copies share their first hit
-  last_of_tie = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1].astype(np.int64)
-  if scores.size == 0:
-    last_of_tie = last_of_tie[:0]
 
   def curve(counts: np.ndarray) -> dict:
     counts = np.asarray(counts, dtype=np.int64)
@@ -373,8 +373,8 @@ def froc_by_counts(units: Sequence[Mapping[str, Any]]) -> Callable[[np.ndarray],
 def candidate_recall_by_counts(units: Sequence[Mapping[str, Any]]) -> Callable[[np.ndarray],
                                                                                  float]:
   """``candidate_recall`` of `units` drawn ``counts[u]`` times each (a bootstrap resample)."""
-  hit = np.asarray([np.unique(np.asarray(u['lesion_ids'])[np.asarray(u['lesion_ids']) >= 0]).size
-                    for u in units], dtype=np.int64)
+  ids = [np.asarray(u['lesion_ids']) for u in units]
+  hit = np.asarray([np.unique(i[i >= 0]).size for i in ids], dtype=np.int64)
   lesions = np.asarray([int(u['num_lesions']) for u in units], dtype=np.int64)
 
   def recall(counts: np.ndarray) -> float:
@@ -474,10 +474,6 @@ def cimt_error_um(
 # ---------------------------------------------------------------------------
 # Statistics over units (subjects, videos, volumes)
 # ---------------------------------------------------------------------------
-
-
-def _resample(metric_fn: Callable[[list], float], units: Sequence, index: np.ndarray) -> float:
-  return float(metric_fn([units[i] for i in index]))
 
 
 def bootstrap_replicates(metric_fns: Callable[[list], float] | Sequence[Callable[[list], float]],

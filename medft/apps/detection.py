@@ -32,21 +32,8 @@ def _arrays(record: Mapping) -> dict:
           'lesion_ids': np.asarray(record['lesion_ids']).ravel()}
 
 
-# The last few FROCs with the records they pooled (held, so their ids stay theirs): the
-# FP-rate points of one bootstrap resample ask for the FROC of the same records (one list
-# per seed) in turn, as do a point's pooled value and its per-unit values.
-_RECENT: list[tuple[tuple, dict]] = []
-_RECENT_SIZE = 8
-
-
 def froc(records: Sequence[Mapping]) -> dict:
-  for held, curve in _RECENT:
-    if len(held) == len(records) and all(a is b for a, b in zip(held, records)):
-      return curve
-  curve = metrics.froc_curve(**metrics.pool_detection_units(records))
-  _RECENT.insert(0, (tuple(records), curve))
-  del _RECENT[_RECENT_SIZE:]
-  return curve
+  return metrics.froc_curve(**metrics.pool_detection_units(records))
 
 
 def _sensitivity_point(rate: float, per: str) -> Point:

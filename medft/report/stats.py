@@ -69,9 +69,8 @@ def unit_values(point: apps.Point, units: Sequence[Sequence[Any]]) -> np.ndarray
 class Replicates:
   """Bootstrap replicates of each arm's value at each of `points`, computed once per arm, seed
   set and unit list, and shared by the arm's interval and every pair it is in (the resamples
-  depend only on the seed and the number of units, so they are the same ones). All points of
-  an arm are computed on each resample in turn, so points that share work (the FROC of a
-  resample, for every FP rate) compute it once."""
+  depend only on the seed and the number of units, so they are the same ones). Points with
+  `by_counts` are evaluated on resample counts; the others on the resampled lists."""
 
   def __init__(self, n_boot: int, points: Sequence[apps.Point], seed: int = 0):
     self.n_boot, self.points, self.seed = int(n_boot), tuple(points), seed
@@ -90,11 +89,12 @@ class Replicates:
     """Points with `by_counts` on resample counts (array speed), the others on the lists."""
     out, fast, slow = {}, [], []
     for p in points:
+      if p.by_counts is None:
+        slow.append(p)
+        continue
       try:
-        if p.by_counts is None:
-          raise ValueError
         fast.append((p, [p.by_counts([u[s] for u in units]) for s in range(len(units[0]))]))
-      except ValueError:  # no by_counts, or undefined on these units: the lists' way
+      except ValueError:  # undefined on these units: the lists' way says so per resample
         slow.append(p)
     if fast:
       values = metrics.bootstrap_replicates(
