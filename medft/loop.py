@@ -292,6 +292,8 @@ class Loop:
     self.best_params = None  # host params of the best evaluation (with `watch`)
     self.step = 0
     self.timer: Timer | None = None  # set by `run` (compile_s: its first step)
+    # Wall seconds of `run`, and the parts of it spent evaluating and checkpointing.
+    self.seconds = {'loop_s': 0.0, 'validation_s': 0.0, 'checkpoint_s': 0.0}
 
   # -- resume --
 
@@ -323,6 +325,13 @@ class Loop:
     """
     pstate = parallel.replicate(state)
     self.timer = Timer(self.batch)  # from here: the first step's time is its compilation
+    start = time.time()
+    try:
+      return self._run(train_step, pstate, batches, rng, evaluate)
+    finally:
+      self.seconds['loop_s'] += time.time() - start
+
+  def _run(self, train_step, pstate, batches, rng, evaluate) -> Any:
     with sigterm_flag() as sigterm:
       for tick in run_steps(train_step, pstate, batches, rng, self.step, self._row_step):
         pstate = tick.state
@@ -377,6 +386,13 @@ class Loop:
     return row
 
   def _evaluate(self, evaluate: Callable, params: Any, step: int) -> dict[str, float]:
+    start = time.time()
+    try:
+      return self._evaluate_timed(evaluate, params, step)
+    finally:
+      self.seconds['validation_s'] += time.time() - start
+
+  def _evaluate_timed(self, evaluate: Callable, params: Any, step: int) -> dict[str, float]:
     values = evaluate(params)
     if self.watch is None:
       logging.info('%s step %d  %s', self.name, step,
@@ -386,7 +402,11 @@ class Loop:
     if value > float(early['best_val']):
       self.early = early_state(value, step, 0)
       self.best_params = parallel.unreplicate(params)
+      saving = time.time()
       self.ckpt.save_best(step, self.best_params)
+      saving = time.time() - saving  # a checkpoint, not validation
+      self.seconds['checkpoint_s'] += saving
+      self.seconds['validation_s'] -= saving
     else:
       self.early = early_state(early['best_val'], early['best_step'],
                                int(early['bad_evals']) + 1)
@@ -395,12 +415,14 @@ class Loop:
     return values
 
   def _save_latest(self, step: int, pstate: Any) -> None:
+    start = time.time()
     tree = {'state': parallel.unreplicate(pstate)}
     if self.watch is not None:
       tree['early'] = self.early
     self.ckpt.save_latest(step, tree)
     if self.lock is not None:
       self.lock.refresh()
+    self.seconds['checkpoint_s'] += time.time() - start
 
   def close(self) -> None:
     self.ckpt.close()

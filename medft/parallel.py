@@ -139,41 +139,55 @@ def pmap_predict(predict_fn: Callable) -> Callable:
   return _WithOptions(jax.pmap(predict_fn, axis_name=AXIS))
 
 
-def predict_in_batches(predict_fn: Callable, params: Any, inputs: np.ndarray,
+def _rows(tree: Any) -> int:
+  return len(jax.tree.leaves(tree)[0])
+
+
+def _take(tree: Any, start: int, stop: int) -> Any:
+  return jax.tree.map(lambda x: x[start:stop], tree)
+
+
+def _pad_rows(tree: Any, rows: int) -> Any:
+  """Every leaf padded to `rows` rows by repeating its last row (equal shapes per call)."""
+  def pad(x):
+    if len(x) >= rows:
+      return x
+    filler = x[-1:] if len(x) else np.zeros((1,) + x.shape[1:], x.dtype)
+    return np.concatenate([x, np.repeat(filler, rows - len(x), axis=0)])
+  return jax.tree.map(pad, tree)
+
+
+def predict_in_batches(predict_fn: Callable, params: Any, inputs: Any,
                        batch: int) -> np.ndarray:
   """Runs a pmapped `predict_fn(params, x)` over `inputs`; every process gets all outputs.
 
-  With several processes each predicts its own contiguous shard and the shards are gathered.
+  `inputs` is an array, or a tree of arrays with equal rows (e.g. patch descriptors). With
+  several processes each predicts its own contiguous shard and the shards are gathered.
   """
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     n_proc, me = jax.process_count(), jax.process_index()
-    per = -(-len(inputs) // n_proc)
-    mine = inputs[me * per:(me + 1) * per]
-    if len(mine) < per:  # equal shapes for the gather; padding rows are dropped below
-      filler = inputs[-1:] if len(inputs) else np.zeros((1,) + inputs.shape[1:], inputs.dtype)
-      mine = np.concatenate([mine, np.repeat(filler, per - len(mine), axis=0)])
+    total = _rows(inputs)
+    per = -(-total // n_proc)
+    mine = _pad_rows(_take(inputs, me * per, (me + 1) * per), per)  # rows dropped below
     local = predict_local(predict_fn, params, mine, batch)
     gathered = np.asarray(multihost_utils.process_allgather(local, tiled=True))
-    return gathered[:len(inputs)]
+    return gathered[:total]
   return predict_local(predict_fn, params, inputs, batch)
 
 
-def predict_local(predict_fn: Callable, params: Any, inputs: np.ndarray,
-                  batch: int) -> np.ndarray:
+def predict_local(predict_fn: Callable, params: Any, inputs: Any, batch: int) -> np.ndarray:
   """`predict_fn(params, x)` over `inputs` on this host's devices, in calls of `batch` rows
   (rounded to the device count; the last call padded, so every call has one shape)."""
   n_dev = local_devices()
   batch = max(n_dev, batch // n_dev * n_dev)
   outs = []
-  for start in range(0, len(inputs), batch):
-    chunk = inputs[start:start + batch]
-    pad = batch - len(chunk)  # one compiled shape for every chunk
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-    out = predict_fn(params, shard(chunk))
+  for start in range(0, _rows(inputs), batch):
+    chunk = _take(inputs, start, start + batch)
+    rows = _rows(chunk)
+    out = predict_fn(params, shard(_pad_rows(chunk, batch)))
     out = np.asarray(jax.device_get(out)).reshape((-1,) + out.shape[2:])
-    outs.append(out[:len(out) - pad])
+    outs.append(out[:rows])
   return np.concatenate(outs) if outs else np.zeros((0,))
 
 

@@ -75,10 +75,10 @@ class Progress:
 
 
 def wrap_predict(predict: Callable, progress: Progress) -> Callable:
-  """`predict` that counts the patches passed through it into `progress`."""
+  """`predict` that counts the patches it classified (its output rows) into `progress`."""
 
-  def counted(patches, *args, **kwargs):
-    out = predict(patches, *args, **kwargs)
-    progress.update(len(patches))
+  def counted(*args, **kwargs):
+    out = predict(*args, **kwargs)
+    progress.update(len(out))
     return out
   return counted

@@ -289,6 +289,32 @@ def make_predict(model, meta: store.Meta, start: str | None = None):
   return parallel.pmap_predict(predict)
 
 
+def make_view_predict(model, meta: store.Meta, params: Any, batch: int):
+  """`ViewPredictFn` of replicated `params`: views cut on the devices from a split's stacked
+  items and classified in one compiled call (`medft.tasks.device_views`).
+
+  A source's stack is put on the devices once and kept while it is the current source; one
+  compiled function per source kind and patch size.
+  """
+  from medft.tasks import device_views
+  compiled: dict[tuple, Any] = {}
+  placed: list = [None, None]  # (source, its replicated stack and limits)
+
+  def predict_views(source, desc: dict) -> np.ndarray:
+    fn = compiled.get(source.static)
+    if fn is None:
+      def fn(inputs, d, static=source.static):
+        p, stack, limits = inputs
+        x = preprocess.prepare(device_views.patches(static, stack, limits, d), meta,
+                               tuple(meta.input_size))
+        return jax.nn.softmax(model.apply({'params': p}, x, train=False))
+      fn = compiled[source.static] = parallel.pmap_predict(fn)
+    if placed[0] is not source:
+      placed[:] = [source, parallel.replicate((source.stack, source.limits))]
+    return parallel.predict_in_batches(fn, (params, *placed[1]), desc, batch)
+  return predict_views
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   """Trains one arm (`config.depth`) and returns the contents of `results.json`.
 
@@ -328,10 +354,12 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
 
   # ---- data ----------------------------------------------------------------------------
   from medft import data, tasks  # TFDS is imported only by runs that read data
+  phase = Phases()
   ds = data.load(config.data)
   # After the data: input that cannot be read leaves no compile-cache folder behind.
   compile_counter = enable_compile_cache(config.compile_cache)
   task: Task = tasks.get_task(ds.app, ds.splits, config.task, config.seed)
+  phase.done('data_s')
   if task.num_classes != config.num_classes:
     raise ConfigError(f'num_classes={config.num_classes} but the {ds.app} task has '
                       f'{task.num_classes} classes.')
@@ -375,6 +403,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
                     'to skip such steps.')
   state = steps_loop.resume(state)
 
+  phase.done('setup_s')
+
   # ---- loop ----------------------------------------------------------------------------
   p_train_step, p_predict = make_steps(model, tx, meta, start=cache_start)
   batches = loop.input_pipeline(task, steps_loop.step, steps, batch, config.train.workers,
@@ -396,12 +426,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
       return {'val_auc': float('nan')}
     return {'val_auc': task.patch_auc(probs, val_labels)}
 
+  val_patches_s = phase.done('validation_patches_s')
   try:
     pstate = steps_loop.run(p_train_step, state, batches, jax.random.key(config.seed),
                             evaluate_val)
   finally:
     if cache is not None:
       _close_cache(cache, batch)
+  phase.done('loop_s')
   step, early, ckpt = steps_loop.step, steps_loop.early, steps_loop.ckpt
 
   # ---- final evaluation ----------------------------------------------------------------
@@ -415,10 +447,14 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
 
   test = None
   if len(ds.splits.get('test', ())):
-    total = task.eval_size('test') if hasattr(task, 'eval_size') else None
-    counter = progress.Progress('test evaluation', 'patches', total=total)
-    test = task.evaluate(progress.wrap_predict(predict_numpy, counter), 'test')
+    counter = progress.Progress('test evaluation', 'patches', total=task.eval_size('test'))
+    extra = {}
+    if getattr(task, 'views_on_device', lambda: False)():
+      extra['predict_views'] = progress.wrap_predict(
+          make_view_predict(model, meta, eval_params, 4 * batch), counter)
+    test = task.evaluate(progress.wrap_predict(predict_numpy, counter), 'test', **extra)
     counter.done()
+  phase.done('test_s')
   results = {
       'app': ds.app, 'arm': config.depth, 'depth': config.depth, 'arch': config.arch,
       'fraction': config.data.fraction, 'seed': config.seed, 'dataset': config.data.name,
@@ -431,9 +467,11 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
       'checkpoints': {'best': str(ckpt.best_dir), 'latest': str(ckpt.latest_dir)},
   }
   steps_loop.close()
+  phase.done('checkpoint_close_s')
   if is_main:
     files.write_json_atomic(workdir / 'timing.json', {
         'compile_s': steps_loop.timer.compile_s, 'wall_s': time.time() - wall_start,
+        'phases': phase.split(steps_loop.seconds, steps_loop.timer.compile_s, val_patches_s),
         'devices': jax.device_count(), 'backend': jax.default_backend(),
         'compile_cache': {k: _CACHE_EVENTS[k] - compile_counter[k]
                           for k in ('cache_hits', 'cache_misses')},
@@ -442,6 +480,34 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
   logging.info('Done: val_auc %.4f (step %d), test_auc %s -> %s', results['val_auc'],
                results['best_step'], results['test_auc'], results_file)
   return results
+
+
+class Phases:
+  """Wall seconds of a run's phases, in order (timing.json `phases`, DESIGN.md)."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+    self._last = time.time()
+
+  def done(self, name: str) -> float:
+    now = time.time()
+    self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
+    self._last = now
+    return self.seconds[name]
+
+  def split(self, loop: dict[str, float], compile_s: float | None, val_patches_s: float
+            ) -> dict[str, float]:
+    """The phases with the training loop split into compilation (its first step), train
+    steps, validation (with cutting the fixed validation patches) and checkpoints."""
+    out = {k: v for k, v in self.seconds.items() if k not in ('loop_s', 'validation_patches_s')}
+    compile_s = compile_s or 0.0
+    out['compile_s'] = compile_s
+    out['validation_s'] = loop['validation_s'] + val_patches_s
+    out['checkpoint_s'] = loop['checkpoint_s'] + out.pop('checkpoint_close_s', 0.0)
+    # Steps: the loop less the above (what remains is steps and the input pipeline's waits).
+    out['train_steps_s'] = max(0.0, self.seconds.get('loop_s', 0.0) - compile_s
+                               - loop['validation_s'] - loop['checkpoint_s'])
+    return out
 
 
 def _feature_cache(config, model, units, meta: store.Meta, params

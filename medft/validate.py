@@ -272,6 +272,7 @@ RULES: dict[str, Rule] = {
     'task.hu_window': numbers(length=2, increasing=True, fix='(low, high) HU, e.g. (-250, 450)'),
     'task.val_max_patches': integer(1, fix='e.g. 4000'),
     'task.eval_chunk': integer(1, fix='e.g. 4096'),
+    'task.views_on': one_of('device', 'host'),
     'task.fp_rates': numbers(0, lo_open=True, fix='false positives per unit, e.g. (1, 2, 3)'),
     'task.froc_max_fp': number(0, lo_open=True, fix='must cover task.fp_rates'),
     'task.frame_max_side': integer(16, fix='pixels, e.g. 512'),

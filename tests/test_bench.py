@@ -112,3 +112,22 @@ def test_quick_bench_writes_every_row(tmp_path):
     assert cached['vs_scratch'] > 0 and cached['vs_uncached'] > 0
   assert by_name['pipeline/cimt/train_batch']['vs_train_step'] > 0
   assert by_name['dense/cimt/batch16']['max_abs_diff_vs_one'] < 1e-4
+
+
+def test_study_phases_account_for_the_wall_time_of_a_real_sweep():
+  """A two-run polyp sweep (scratch at two fractions: no source model) timed by phase."""
+  from medft.bench import study
+  rows = []
+  study.bench_study(core.QUICK, rows.append, apps=('polyp',), steps=2,
+                    design='arms=scratch,fractions=0.5+1.0,seeds=0')
+  row, = rows
+  phases = row['phases_s']
+  assert row['runs'] == 2 and phases['source_s'] == 0
+  for name in study.RUN_PHASES + ('prepare_s', 'report_s'):
+    assert phases[name] > 0, name
+  # The phases cover the wall time (what is left: sweep planning, the plan file, logging).
+  assert sum(phases.values()) == pytest.approx(row['wall_s'], rel=1e-6)
+  assert phases['other_s'] < 0.15 * row['wall_s']
+  assert 0 < row['train_step_share'] < 1
+  assert set(row['per_run_fixed_s']) == set(study.FIXED)
+  assert row['per_run_fixed_share'] > 0

@@ -117,12 +117,18 @@ def _fmt(v, spec: str) -> str:
 
 
 def format_row(r: dict) -> str:
+  if 'phases_s' in r:  # a study row (medft.bench.study)
+    shares = '  '.join(f'{k[:-2]} {100 * v:.0f}%' for k, v in r['shares'].items() if v >= 0.005)
+    return (f'{r["name"]:38s} {r["runs"]} runs  {r["wall_s"]:.1f} s  train-step share '
+            f'{100 * r["train_step_share"]:.0f}%  fixed per run '
+            f'{100 * r["per_run_fixed_share"]:.0f}%  | {shares}')
   extra = ''
   for key, label in (('vs_torch', 'vs torch'), ('vs_scratch', 'time vs scratch'),
                      ('forward_vs_scratch', 'forward vs scratch'),
                      ('vs_uncached', 'time vs uncached'),
                      ('vs_train_step', 'vs train step'),
-                     ('vs_one_patch_per_call', 'vs 1 patch/call'), ('vs_default', 'vs default')):
+                     ('vs_one_patch_per_call', 'vs 1 patch/call'), ('vs_default', 'vs default'),
+                     ('vs_forward', 'vs forward')):
     if r.get(key) is not None:
       extra += f'  {label} {r[key]:.2f}x'
   if r.get('error'):

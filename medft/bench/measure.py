@@ -204,6 +204,12 @@ def run(s: Settings, use_torch: bool | None = None, levers: bool = False, parts=
     rows += bench_pipeline(s, consumers, log)
   if 'dense' in parts:
     rows += bench_dense(s, log)
+  if 'views' in parts:
+    from medft.bench.views import bench_views
+    rows += bench_views(s, log)
+  if 'study' in parts:
+    from medft.bench.study import bench_study
+    rows += bench_study(s, log)
   if levers or 'levers' in parts:
     for arch in lever_archs:
       rows += bench_levers(s, log, arch=arch, only=only_levers)

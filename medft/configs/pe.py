@@ -60,6 +60,9 @@ def get_config(arg=None):
   c.task.val_max_patches = 4000
   # Test: patches per predict call (memory bound on the host).
   c.task.eval_chunk = 4096
+  # Validation and test views cut where the network runs ('device', medft/tasks/device_views.py:
+  # the host path's patches to float tolerance, at the network's speed) or by scipy ('host').
+  c.task.views_on = 'device'
   # FROC operating points (false positives per volume) reported with CIs; their mean too.
   c.task.fp_rates = (1.0, 2.0, 3.0, 4.0, 5.0)
   # FROC curve sampled on [0, froc_max_fp] FP/volume.

@@ -66,6 +66,9 @@ def get_config(arg=None):
   c.task.val_max_patches = 4000
   # Test: patches per predict call (memory bound on the host).
   c.task.eval_chunk = 4096
+  # Validation and test views cut where the network runs ('device', medft/tasks/device_views.py:
+  # the host path's patches to float tolerance, at the network's speed) or by scipy ('host').
+  c.task.views_on = 'device'
   # FROC operating points (false positives per frame) reported with CIs.
   c.task.fp_rates = (0.01, 0.001)
   # FROC curve sampled on [0, froc_max_fp] FP/frame.

@@ -9,13 +9,16 @@ trained network on the test split in the paper's terms. The trainer reaches it o
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from medft import metrics
 
 PredictFn = Callable[[np.ndarray], np.ndarray]
+# (a split's `device_views.Source`, patch descriptors) -> class probabilities: the network
+# with the views cut on the device (`medft.trainer.make_view_predict`).
+ViewPredictFn = Callable[[Any, dict], np.ndarray]
 
 
 class Task(Protocol):
@@ -42,9 +45,16 @@ class Task(Protocol):
   def patch_auc(self, probs: np.ndarray, labels: np.ndarray) -> float:
     """The validation metric (early stopping) of `eval_patches` probabilities."""
 
+  def eval_size(self, split: str) -> int:
+    """Patches `evaluate(split)` sends through the network (its progress line's total)."""
+
   def evaluate(self, predict: PredictFn, split: str = 'test', n_boot: int = 1000) -> dict:
     """The paper's metrics of `split` with bootstrap intervals over units (results.json
-    `test`; its schema is the app's `medft.apps` declaration)."""
+    `test`; its schema is the app's `medft.apps` declaration).
+
+    A detection task (`tasks/detection.py`) also takes `predict_views`, a `ViewPredictFn`,
+    and then cuts its test views on the device; the trainer passes it when the task's
+    `views_on_device()` says so (`task.views_on='device'`)."""
 
 
 def positive_class_auc(probs: np.ndarray, labels: np.ndarray) -> float:

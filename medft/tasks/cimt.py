@@ -230,6 +230,12 @@ class CimtTask:
     """
     return metrics.roc_auc(labels != BACKGROUND, probs[:, LI] + probs[:, MA])
 
+  def eval_size(self, split: str) -> int:
+    """Patches the test evaluation of `split` predicts (ROI windows, then the patch AUC's)."""
+    windows = sum(len(self.roi_rows(scan)) * len(scan.columns[::self.cfg.eval_col_stride])
+                  for scan in self.scans.get(split, ()))
+    return windows + len(self.eval_patches(split)[0]) if split in self.scans else 0
+
   def boundaries(self, scan: Scan, predict: PredictFn
                  ) -> tuple[np.ndarray, np.ndarray, float]:
     """Predicted LI and MA rows at every traced column, from dense ROI classification, and

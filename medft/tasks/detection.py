@@ -18,7 +18,8 @@ import numpy as np
 
 from medft import metrics
 from medft.errors import ConfigError
-from medft.tasks.base import PredictFn, positive_class_auc
+from medft.tasks import device_views
+from medft.tasks.base import PredictFn, ViewPredictFn, positive_class_auc
 
 # `froc_log`: the FROC at FP/image 0, then FROC_POINTS log-spaced points from FROC_LOW to
 # max(FROC_HIGH, task.froc_max_fp) (`froc` stays the linear grid up to task.froc_max_fp).
@@ -120,9 +121,9 @@ class CandidateTask(abc.ABC):
     """An example's item: its candidates, where they are, and their lesion numbers."""
 
   @abc.abstractmethod
-  def pool(self, split: str, train: bool = False) -> Pool:
-    """Every candidate of `split` as flat arrays; `train`: the training pool (which may add
-    positives that are no candidate, e.g. the polyp's own box)."""
+  def item_pool(self, items: Sequence[Any], train: bool = False) -> Pool:
+    """Every candidate of `items` as flat arrays, in item then candidate order; `train`: the
+    training pool (which may add positives that are no candidate, e.g. the polyp's own box)."""
 
   @abc.abstractmethod
   def cut(self, item: Any, *where_and_view) -> np.ndarray:
@@ -145,7 +146,32 @@ class CandidateTask(abc.ABC):
     """FP rates whose mean sensitivity the report adds as `froc_mean` (none by default)."""
     return ()
 
+  def view_source(self, items: Sequence[Any]) -> device_views.Source | None:
+    """`items` stacked for cutting views on the device, or None (host path only)."""
+    return None
+
+  def descriptors(self, items: Sequence[Any], rows: tuple, views: Sequence[Any]
+                  ) -> dict[str, np.ndarray]:
+    """Device descriptors of pool `rows` (item index, *where), row m under `views[m]`, for
+    `device_views.patches` on `view_source(items)`."""
+    raise NotImplementedError
+
   # ---- shared ------------------------------------------------------------------------------
+
+  def pool(self, split: str, train: bool = False) -> Pool:
+    """`item_pool` of `split`'s items."""
+    return self.item_pool(self.items.get(split, []), train)
+
+  def views_on_device(self) -> bool:
+    """Whether evaluation cuts views on the device (`task.views_on`, and the app can)."""
+    return self.cfg.get('views_on', 'host') == 'device' and (
+        type(self).view_source is not CandidateTask.view_source)
+
+  def all_view_descriptors(self, items: Sequence[Any], rows: tuple) -> dict[str, np.ndarray]:
+    """`descriptors` of every view of every row, candidate-major as `candidate_patches`."""
+    n, v = len(rows[0]), len(self.views)
+    repeated = tuple(np.repeat(np.asarray(r), v, axis=0) for r in rows)
+    return self.descriptors(items, repeated, list(self.views) * n)
 
   def _patch(self, items: Sequence[Any], pool: Pool, i: int, view: Any) -> np.ndarray:
     return self.cut(items[pool[0][i]], *(where[i] for where in pool[1:-1]), view)
@@ -185,36 +211,57 @@ class CandidateTask(abc.ABC):
       units = sorted({item.unit for item in items})
       unit_of = np.array([units.index(item.unit) for item in items])
       view = self.eval_view
-      patches = np.stack([self._patch(items, pool, i, view) for i in keep])
+      source = self.view_source(items) if self.views_on_device() else None
+      if source is not None:
+        rows = tuple(np.asarray(p)[keep] for p in pool[:-1])
+        patches = device_views.cut(source, self.descriptors(items, rows, [view] * len(keep)))
+      else:
+        patches = np.stack([self._patch(items, pool, i, view) for i in keep])
       self._eval_cache[split] = (patches, labels[keep].astype(np.int32), unit_of[pool[0][keep]])
     return self._eval_cache[split]
 
   def patch_auc(self, probs: np.ndarray, labels: np.ndarray) -> float:
     return positive_class_auc(probs, labels)
 
-  def candidate_scores(self, items: Sequence[Any], predict: PredictFn) -> list[np.ndarray]:
+  def eval_size(self, split: str) -> int:
+    """Patches the test score of `split` predicts (every view of every candidate)."""
+    return sum(len(item.lesions) for item in self.items.get(split, ())) * len(self.views)
+
+  def candidate_scores(self, items: Sequence[Any], predict: PredictFn,
+                       predict_views: ViewPredictFn | None = None) -> list[np.ndarray]:
     """Mean lesion probability over the views of each candidate, one array per item.
 
     Predicted across items in calls of `eval_chunk` patches: an item has a few dozen
-    candidates, so one call per item left most of every padded device batch empty.
+    candidates, so one call per item left most of every padded device batch empty. With
+    `predict_views` the views are cut on the device from `view_source(items)` (the same
+    patches to float tolerance, `device_views`); otherwise on the host.
     """
     per_chunk = max(1, self.cfg.eval_chunk // len(self.views))
-    jobs = [(k, i) for k, item in enumerate(items) for i in range(len(item.lesions))]
+    jobs = np.array([(k, i) for k, item in enumerate(items) for i in range(len(item.lesions))],
+                    np.int64).reshape(-1, 2)
+    source = self.view_source(items) if predict_views is not None else None
+    rows = self.item_pool(items)[:-1] if source is not None else ()
     scores = np.zeros(len(jobs))
     for start in range(0, len(jobs), per_chunk):
       chunk = jobs[start:start + per_chunk]
-      patches = np.concatenate([self.candidate_patches(items[k], i) for k, i in chunk])
-      probs = np.asarray(predict(patches))[:, 1].reshape(len(chunk), len(self.views))
+      if source is not None:
+        part = tuple(np.asarray(r)[start:start + len(chunk)] for r in rows)
+        probs = predict_views(source, self.all_view_descriptors(items, part))
+      else:
+        patches = np.concatenate([self.candidate_patches(items[k], i) for k, i in chunk])
+        probs = predict(patches)
+      probs = np.asarray(probs)[:, 1].reshape(len(chunk), len(self.views))
       scores[start:start + len(chunk)] = probs.mean(axis=1)
     bounds = np.cumsum([0] + [len(item.lesions) for item in items])
     return [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-  def evaluate(self, predict: PredictFn, split: str = 'test', n_boot: int = 1000) -> dict:
+  def evaluate(self, predict: PredictFn, split: str = 'test', n_boot: int = 1000,
+               predict_views: ViewPredictFn | None = None) -> dict:
     """FROC and candidate ROC AUC with 95% bootstrap intervals over units (`report`)."""
     units: dict[str, dict] = {}
     listed = f'{self.per}s'
     items = self.items[split]
-    for item, scores in zip(items, self.candidate_scores(items, predict)):
+    for item, scores in zip(items, self.candidate_scores(items, predict, predict_views)):
       u = units.setdefault(item.unit, {'unit': item.unit, listed: [], 'num_images': 0,
                                        'num_lesions': 0, 'scores': [], 'lesion_ids': []})
       # Lesion ids local to the unit: the item's lesions numbered after the unit's earlier ones.

@@ -108,6 +108,10 @@ class FramesTask:
   def patch_auc(self, probs: np.ndarray, labels: np.ndarray) -> float:
     return positive_class_auc(probs, labels)
 
+  def eval_size(self, split: str) -> int:
+    """Patches the test score of `split` predicts (`test_crops` per frame)."""
+    return len(self.frames.get(split, ())) * self.cfg.test_crops
+
   def frame_score(self, split: str, index: int, predict: PredictFn) -> float:
     """Mean informative probability over the frame's `test_crops` fixed crops."""
     corners = self.test_corners(split, index, self.cfg.test_crops)

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from medft.errors import InputFileError
-from medft.tasks import TASKS, detection
+from medft.tasks import TASKS, detection, device_views
 
 _FULL = ndimage.generate_binary_structure(3, 3)
 
@@ -308,9 +308,9 @@ class PeTask(detection.CandidateTask):
   def make_item(self, example: dict) -> Volume:
     return Volume.from_example(example, self.cfg)
 
-  def pool(self, split: str, train: bool = False):
-    """(volume index, candidate index, 0/1 label) of every candidate of `split`."""
-    volumes, none = self.items.get(split, []), [np.zeros(0, int)]
+  def item_pool(self, volumes: Sequence[Volume], train: bool = False):
+    """(volume index, candidate index, 0/1 label) of every candidate of `volumes`."""
+    none = [np.zeros(0, int)]
     item = np.concatenate([np.full(len(v.lesions), k) for k, v in enumerate(volumes)] + none)
     index = np.concatenate([np.arange(len(v.lesions)) for v in volumes] + none)
     lesions = np.concatenate([v.lesions for v in volumes] + none)
@@ -335,3 +335,38 @@ class PeTask(detection.CandidateTask):
 
   def summary_rates(self) -> Sequence[float]:
     return self.cfg.fp_rates  # the paper's comparison: mean sensitivity at 1..5 FP/volume
+
+  def view_source(self, volumes: Sequence[Volume]) -> device_views.Source | None:
+    cubes = [c.cube for v in volumes for c in v.candidates]
+    if sum(c.nbytes for c in cubes) > device_views.MAX_STACK_MB * 2**20:
+      return None
+    stack, limits = device_views.stack_items(cubes, np.int16)
+    if not device_views.fits(stack.nbytes):
+      return None
+    return device_views.Source('vessel', stack, limits, self.cfg.patch_size,
+                               tuple(self.cfg.hu_window))
+
+  def descriptors(self, volumes: Sequence[Volume], rows: tuple, views: Sequence[View]
+                  ) -> dict[str, np.ndarray]:
+    """Rows (volume index, candidate index) under `views`: `device_views.vessel_patches`,
+    the geometry of `vessel_cut` (same basis, rotation, shift and millimetre steps)."""
+    vol, index = (np.asarray(r, np.int64) for r in rows)
+    first = np.cumsum([0] + [len(v.candidates) for v in volumes])
+    cands = [volumes[k].candidates[i] for k, i in zip(vol, index)]
+    n = len(cands)
+    spacing = np.array([volumes[k].spacing for k in vol], np.float64).reshape(n, 3)
+    axis = np.array([c.axis for c in cands], np.float64).reshape(n, 3)
+    axis /= np.linalg.norm(axis, axis=1, keepdims=True)
+    basis = [perpendicular_basis(a) for a in axis]
+    u0 = np.array([b[0] for b in basis]).reshape(n, 3)
+    v0 = np.array([b[1] for b in basis]).reshape(n, 3)
+    angle = np.array([v.angle for v in views], np.float64)[:, None]
+    u = np.cos(angle) * u0 + np.sin(angle) * v0
+    w = -np.sin(angle) * u0 + np.cos(angle) * v0
+    step = (np.array([v.width_mm for v in views], np.float64) / self.cfg.patch_size)[:, None]
+    shift = np.array([v.shift_mm for v in views], np.float64)[:, None]
+    centre = np.array([c.centre for c in cands], np.float64).reshape(n, 3)
+    return {'item': (first[vol] + index).astype(np.int32),
+            'origin': (centre + shift * axis / spacing).astype(np.float32),
+            'rows': (np.stack([u, axis], axis=1) * (step / spacing)[:, None]).astype(np.float32),
+            'cols': (np.stack([w, u], axis=1) * (step / spacing)[:, None]).astype(np.float32)}

@@ -30,7 +30,7 @@ from skimage import feature, transform
 from medft.data.masks import label_components
 from medft.errors import ConfigError, InputFileError
 from medft.registry import Registry
-from medft.tasks import TASKS, augment, detection, example_cache
+from medft.tasks import TASKS, augment, detection, device_views, example_cache
 
 # name -> fn(image uint8 (H, W, 3), task_config) -> (centres (K, 2) yx float, sides (K,) px);
 # `@register_generator(name)` adds one (`medft.registry`).
@@ -238,12 +238,12 @@ class PolypTask(detection.CandidateTask):
   def make_item(self, example: dict) -> Frame:
     return Frame.from_example(example, self.cfg)
 
-  def pool(self, split: str, train: bool = False):
-    """(frame index, centre, side, 0/1 label) of every candidate of `split`; the training
+  def item_pool(self, items: Sequence[Frame], train: bool = False):
+    """(frame index, centre, side, 0/1 label) of every candidate of `items`; the training
     pool adds each polyp's own box as a positive with `task.train_on_boxes`."""
     with_boxes = train and self.cfg.train_on_boxes
     parts = []
-    for k, f in enumerate(self.items.get(split, [])):
+    for k, f in enumerate(items):
       parts.append((np.full(len(f.sides), k), f.centres, f.sides, (f.lesions >= 0).astype(int)))
       if with_boxes:
         c, s = f.extra_positives
@@ -266,3 +266,20 @@ class PolypTask(detection.CandidateTask):
   def candidate_patches(self, frame: Frame, index: int) -> np.ndarray:
     return augment.cut_views(frame.image, frame.centres[index], frame.sides[index], self.views,
                              self.cfg.patch_size)
+
+  def view_source(self, frames: Sequence[Frame]) -> device_views.Source | None:
+    stack, limits = device_views.stack_items([f.image for f in frames], np.uint8)
+    if not device_views.fits(stack.nbytes):
+      return None
+    return device_views.Source('box', stack, limits, self.cfg.patch_size)
+
+  def descriptors(self, frames: Sequence[Frame], rows: tuple, views: Sequence[augment.View]
+                  ) -> dict[str, np.ndarray]:
+    """Rows (frame index, centre, box side) under `views`: `device_views.box_patches`."""
+    item, centre, box = (np.asarray(r) for r in rows)
+    scale = np.array([v.scale for v in views], np.float64)
+    shift = np.array([v.shift_yx for v in views], np.float64).reshape(-1, 2)
+    return {'item': item.astype(np.int32),
+            'centre': (centre + shift * box[:, None]).astype(np.float32),
+            'side': (scale * box).astype(np.float32),
+            'orientation': np.array([v.orientation for v in views], np.int32)}
