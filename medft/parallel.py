@@ -128,9 +128,11 @@ class _WithOptions:
     return executable(*args)
 
 
-def pmap_train_step(step_fn: Callable) -> Callable:
-  """`step_fn(state, batch, rng)` run on every local device; state buffers donated."""
-  return _WithOptions(jax.pmap(step_fn, axis_name=AXIS, in_axes=(0, 0, None),
+def pmap_train_step(step_fn: Callable, replicated: int = 0) -> Callable:
+  """`step_fn(state, batch, rng, *r)` run on every local device; state buffers donated.
+  `replicated` trailing arguments `r` are replicated arrays (`replicate`), e.g. the stacked
+  training frames a step cuts its patches from."""
+  return _WithOptions(jax.pmap(step_fn, axis_name=AXIS, in_axes=(0, 0, None) + (0,) * replicated,
                                donate_argnums=(0,)))
 
 

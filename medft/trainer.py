@@ -232,19 +232,27 @@ def initial_params(config: ml_collections.ConfigDict, model, units) -> tuple[Any
   return tuning.reinit_head(params, fresh, units[-1]), meta
 
 
-def make_steps(model, tx, meta: store.Meta, start: str | None = None):
+def make_steps(model, tx, meta: store.Meta, start: str | None = None,
+               views: tuple | None = None):
   """The pmapped train step and prediction function.
 
   With `start` (a unit), the train step takes `batch['features']`, the frozen trunk's output
   below that unit (`medft.feature_cache`), and runs only the stages from `start` up; the
-  prediction function always takes patches (`make_predict` for features).
+  prediction function always takes patches (`make_predict` for features). With `views` (a
+  `device_views.Source.static`), the train step takes `batch['views']`, patch descriptors,
+  and two more replicated arguments, the source's stack and limits, and cuts the patches
+  itself.
   """
   network_input = _network_input(meta, start)
 
-  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+  def train_step(state: TrainState, batch: dict, rng: jax.Array, *source):
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step),
                              jax.lax.axis_index(parallel.AXIS))
-    x = network_input(batch['image'] if start is None else batch['features'])
+    if views is not None:
+      from medft.tasks import device_views
+      x = network_input(device_views.patches(views, *source, batch['views']))
+    else:
+      x = network_input(batch['image'] if start is None else batch['features'])
 
     def loss_fn(params):
       logits = model.apply({'params': params}, x, train=True, start=start,
@@ -268,7 +276,8 @@ def make_steps(model, tx, meta: store.Meta, start: str | None = None):
         jnp.mean(jnp.argmax(logits, -1) == batch['label']))
     return new_state, {'loss': loss, 'accuracy': accuracy, 'finite': finite}
 
-  return parallel.pmap_train_step(train_step), make_predict(model, meta)
+  return (parallel.pmap_train_step(train_step, replicated=2 if views is not None else 0),
+          make_predict(model, meta))
 
 
 def _network_input(meta: store.Meta, start: str | None):
@@ -406,7 +415,16 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
   phase.done('setup_s')
 
   # ---- loop ----------------------------------------------------------------------------
-  p_train_step, p_predict = make_steps(model, tx, meta, start=cache_start)
+  # Training views cut in the step (not with the feature cache: it hashes host patches).
+  train_source = None
+  if cache is None and hasattr(task, 'train_views_on_device'):
+    train_source = task.train_views_on_device()
+  p_train_step, p_predict = make_steps(model, tx, meta, start=cache_start,
+                                       views=train_source.static if train_source else None)
+  if train_source is not None:
+    p_views_step, placed = p_train_step, parallel.replicate((train_source.stack,
+                                                              train_source.limits))
+    p_train_step = lambda state, b, rng: p_views_step(state, b, rng, *placed)  # noqa: E731
   batches = loop.input_pipeline(task, steps_loop.step, steps, batch, config.train.workers,
                                 config.train.prefetch)
   if cache is not None:

@@ -147,17 +147,28 @@ def _tiny_polyp_config(tmp_path, views_on):
   return c
 
 
-def test_a_run_scores_the_same_with_views_on_device_or_host(tmp_path):
-  """The trainer's device path (`make_view_predict`: views cut and classified in one pmapped
-  call) against the host path, on the same trained network (training cuts on the host)."""
+def test_a_run_on_device_views_scores_as_the_host_path_would(tmp_path):
+  """A run with views cut on the device (training, validation and test: the trainer's
+  `make_view_predict` path); its best checkpoint then scored with host-cut views."""
   import medft
-  runs = {v: medft.train(_tiny_polyp_config(tmp_path, v), tmp_path / v) for v in ('device',
-                                                                                  'host')}
-  device, host = runs['device']['test'], runs['host']['test']
+  from medft import data, loop, parallel, trainer
+  c = _tiny_polyp_config(tmp_path, 'device')
+  result = medft.train(c, tmp_path / 'run')
+  model, units = trainer.build_model(c)
+  like, meta = trainer.initial_params(c, model, units)
+  best = loop.Checkpoints(tmp_path / 'run').restore_best(like)
+  ds = data.load(c.data)
+  c.task.views_on = 'host'
+  task = get_task(ds.app, ds.splits, c.task, c.seed)
+  p_predict, params = trainer.make_predict(model, meta), parallel.replicate(best)
+  host = task.evaluate(lambda x: parallel.predict_in_batches(p_predict, params, x, 32), 'test',
+                       n_boot=20)
+  device = result['test']
   assert device['num_candidates'] == host['num_candidates'] > 100
   assert abs(device['auc'] - host['auc']) < 2e-3
   for a, b in zip(device['per_unit'], host['per_unit']):
     np.testing.assert_allclose(a['scores'], b['scores'], atol=2e-3)
+  assert result['test_auc'] > 0.6  # it learned: training cut its patches on the device too
 
 
 MULTI_DEVICE = r'''
@@ -175,17 +186,31 @@ def _view_probs(tmp):
   from pathlib import Path
 
   from medft import parallel, trainer
-  task = _polyp_task()
+  task = _polyp_task(orientations=2, shift_steps=(0,))  # 6 views: a network pass is costly
   c = _tiny_polyp_config(Path(tmp), 'device')
+  c.model.dropout = 0.0  # dropout masks are drawn per device: not comparable across counts
   model, units = trainer.build_model(c)
   params, meta = trainer.initial_params(c, model, units)
   items, pool = task.items['test'], task.pool('test')
   desc = task.all_view_descriptors(items, pool[:-1])
   predict_views = trainer.make_view_predict(model, meta, parallel.replicate(params), 64)
-  return predict_views(task.view_source(items), desc), (model, meta, params, task, desc)
+  probs = predict_views(task.view_source(items), desc)
+  # Three train steps with the patches cut in the step (the trainer's wiring, by hand).
+  from medft import tuning
+  tx = tuning.make_optimizer(params, units, 'scratch', c.optim, 100)
+  source = task.train_views_on_device()
+  step, _ = trainer.make_steps(model, tx, meta, views=source.static)
+  state = parallel.replicate(trainer.TrainState.create(params, tx))
+  placed = parallel.replicate((source.stack, source.limits))
+  for k in range(3):
+    batch = parallel.to_devices(parallel.shard(task.train_batch(k, 8)))
+    state, _ = step(state, batch, __import__('jax').random.key(0), *placed)
+  trained = np.concatenate([np.ravel(x) for x in
+                            __import__('jax').tree.leaves(parallel.unreplicate(state.params))])
+  return np.concatenate([probs.ravel(), trained]), (model, meta, params, task, desc, len(probs))
 
 
-def test_view_predict_on_two_devices_equals_one_device_and_the_cut_patches(tmp_path):
+def test_view_predict_and_train_step_on_two_devices_equal_one_device(tmp_path):
   import os
   import subprocess
   import sys
@@ -199,11 +224,27 @@ def test_view_predict_on_two_devices_equals_one_device_and_the_cut_patches(tmp_p
                        env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   two = np.load(tmp_path / 'views2.npy')
-  one, (model, meta, params, task, desc) = _view_probs(tmp_path)
+  one, (model, meta, params, task, desc, n) = _view_probs(tmp_path)
+  # Test probabilities, then the parameters after three steps that cut their own patches.
   np.testing.assert_allclose(two, one, atol=1e-5)  # per-device batch 32 vs 64
+  one = one[:2 * n].reshape(n, 2)
   # Against the network on the same patches cut by `device_views.cut` (a separate compiled
   # cut: XLA may round a sample at a half level the other way, so to patch tolerance).
   patches = device_views.cut(task.view_source(task.items['test']), desc)
   plain = parallel.predict_in_batches(trainer.make_predict(model, meta),
                                       parallel.replicate(params), patches, 64)
   assert np.abs(one - plain).max() < 5e-3 and np.abs(one - plain).mean() < 1e-4
+
+
+def test_training_batches_as_descriptors_cut_to_the_host_batches():
+  for make in (_polyp_task, _pe_task):
+    task, host = make(), make('host')
+    assert host.train_views_on_device() is None
+    source = task.train_views_on_device()
+    for step in (0, 7):
+      a, b = task.train_batch(step, 16), host.train_batch(step, 16)
+      assert set(a) == {'views', 'label'} and set(b) == {'image', 'label'}
+      np.testing.assert_array_equal(a['label'], b['label'])
+      _assert_close_levels(b['image'], device_views.cut(source, a['views']))
+      part = task.train_batch(step, 16, slice(4, 8))  # a host's slice of the same batch
+      np.testing.assert_array_equal(part['views']['item'], a['views']['item'][4:8])

@@ -109,6 +109,7 @@ class CandidateTask(abc.ABC):
       if split in self.items and not (pool[-1] == 1).any():
         raise ConfigError(self.no_hit_message(split))
     self._eval_cache: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    self._train_source: device_views.Source | None = None
 
   # ---- what an application defines ---------------------------------------------------------
 
@@ -194,9 +195,21 @@ class CandidateTask(abc.ABC):
     view_idx = rng.integers(len(self.views), size=batch)
     picks, view_idx, labels = picks[host_slice], view_idx[host_slice], labels[host_slice]
     items = self.items['train']
+    if self._train_source is not None:  # cut in the train step (`train_views_on_device`)
+      rows = tuple(np.asarray(r)[picks] for r in self.train_pool[:-1])
+      views = self.descriptors(items, rows, [self.views[v] for v in view_idx])
+      return {'views': views, 'label': labels.astype(np.int32)}
     images = np.stack([self._patch(items, self.train_pool, p, self.views[v])
                        for p, v in zip(picks, view_idx)])
     return {'image': images, 'label': labels.astype(np.int32)}
+
+  def train_views_on_device(self) -> device_views.Source | None:
+    """Switches `train_batch` to patch descriptors ({'views', 'label'}) cut in the train step
+    from the returned stack of the training items; None (and host patches) when views are
+    not cut on the device or the stack is too large. Call before the input pipeline starts."""
+    if self.views_on_device():
+      self._train_source = self.view_source(self.items['train'])
+    return self._train_source
 
   def eval_patches(self, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`eval_view` of (up to `val_max_patches`) candidates: (patches, labels, unit index)."""
