@@ -54,6 +54,22 @@ def replicate(tree: Any) -> Any:
   return to_devices(jax.tree.map(lambda x: np.broadcast_to(x, (n,) + np.shape(x)), tree))
 
 
+def replicate_packed(trees: list) -> Any:
+  """Several seeds' trees stacked on a leading seed axis, then replicated: (devices, S, ...)."""
+  return replicate(jax.tree.map(lambda *xs: np.stack(xs), *trees))
+
+
+def shard_packed(batches: list) -> Any:
+  """Several seeds' host batches (B, ...) each -> (local_devices, S, B // local_devices, ...)."""
+  n = local_devices()
+
+  def one(*xs):
+    x = np.stack(xs)  # (S, B, ...)
+    x = x.reshape((x.shape[0], n, x.shape[1] // n) + x.shape[2:])
+    return np.swapaxes(x, 0, 1)
+  return jax.tree.map(one, *batches)
+
+
 def unreplicate(tree: Any) -> Any:
   """First replica as host numpy arrays (what checkpoints and results store)."""
   return jax.device_get(jax.tree.map(lambda x: x[0], tree))

@@ -233,7 +233,7 @@ def initial_params(config: ml_collections.ConfigDict, model, units) -> tuple[Any
 
 
 def make_steps(model, tx, meta: store.Meta, start: str | None = None,
-               views: tuple | None = None):
+               views: tuple | None = None, pack: int = 0):
   """The pmapped train step and prediction function.
 
   With `start` (a unit), the train step takes `batch['features']`, the frozen trunk's output
@@ -241,7 +241,9 @@ def make_steps(model, tx, meta: store.Meta, start: str | None = None,
   prediction function always takes patches (`make_predict` for features). With `views` (a
   `device_views.Source.static`), the train step takes `batch['views']`, patch descriptors,
   and two more replicated arguments, the source's stack and limits, and cuts the patches
-  itself.
+  itself. With `pack` = S > 0 the train step trains S seeds of one arm as one program
+  (vmapped): state, batch and rng get a leading seed axis (`parallel.replicate_packed`,
+  `parallel.shard_packed`, rng S keys), each seed's step exactly its separate step's.
   """
   network_input = _network_input(meta, start)
 
@@ -276,8 +278,11 @@ def make_steps(model, tx, meta: store.Meta, start: str | None = None,
         jnp.mean(jnp.argmax(logits, -1) == batch['label']))
     return new_state, {'loss': loss, 'accuracy': accuracy, 'finite': finite}
 
-  return (parallel.pmap_train_step(train_step, replicated=2 if views is not None else 0),
-          make_predict(model, meta))
+  extra = 2 if views is not None else 0
+  step_fn = train_step
+  if pack:
+    step_fn = jax.vmap(train_step, in_axes=(0, 0, 0) + (None,) * extra)
+  return (parallel.pmap_train_step(step_fn, replicated=extra), make_predict(model, meta))
 
 
 def _network_input(meta: store.Meta, start: str | None):

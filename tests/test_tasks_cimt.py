@@ -140,3 +140,10 @@ def test_roi_file_gives_the_rows_and_names_what_is_missing(tmp_path):
   result = _task([_example()], roi_file=str(path)).evaluate(_peaks_at(LI_ROW, MA_ROW), n_boot=10)
   assert (result['roi_source'], result['roi_height_mm']) == ('file', None)
   assert result['li_error_um']['mean'] == pytest.approx(0, abs=1e-9)
+
+
+def test_eval_size_is_what_the_test_evaluation_predicts():
+  task = _task([_example(), _example('s2_b')])
+  seen = []
+  task.evaluate(lambda p: seen.append(len(p)) or np.full((len(p), 3), 1 / 3), n_boot=5)
+  assert task.eval_size('test') == sum(seen) > 0

@@ -124,3 +124,10 @@ def test_fixed_pool_trains_on_one_set_of_crops_and_stays_deterministic():
   np.testing.assert_array_equal(again['image'], task.train_batch(3, 8)['image'])
   fresh = _task(crops_per_frame=2)
   assert len({b.tobytes() for s in range(40) for b in fresh.train_batch(s, 8)['image']}) > 16
+
+
+def test_eval_size_is_what_the_test_evaluation_predicts():
+  task = _task()
+  seen = []
+  task.evaluate(lambda p: seen.append(len(p)) or _brightness(p), 'test', n_boot=5)
+  assert task.eval_size('test') == sum(seen) > 0

@@ -153,3 +153,24 @@ def jax_predict_case(arch: str, s: Settings, batch: int | None = None) -> JaxCas
   compile_s = time.perf_counter() - t0
   run = lambda: jax.block_until_ready(compiled(pparams, images))  # noqa: E731
   return JaxCase(run, compile_s, lowered_flops(lowered), compiled.as_text() or '', lowered)
+
+
+def jax_packed_case(arch: str, depth: str, s: Settings, seeds: int) -> JaxCase:
+  """`seeds` seeds of one arm as one vmapped train step (`make_steps(pack=seeds)`), each seed
+  with its own batch of `s.batch` images."""
+  a = arm(arch, depth, s)
+  p_train_step, _ = trainer.make_steps(a.model, a.tx, a.meta, pack=seeds)
+  state = parallel.replicate_packed([a.state()] * seeds)
+  images = parallel.to_devices(parallel.shard_packed(
+      [_images(s, s.batch, seed=k) for k in range(seeds)]))
+  keys = jnp.stack([jax.random.key(k) for k in range(seeds)])
+  holder = {'state': state}
+  t0 = time.perf_counter()
+  lowered = p_train_step.lower(holder['state'], images, keys)
+  compiled = lowered.compile(parallel.compiler_options())
+  compile_s = time.perf_counter() - t0
+
+  def run():
+    holder['state'], metrics = compiled(holder['state'], images, keys)
+    jax.block_until_ready((holder['state'], metrics))
+  return JaxCase(run, compile_s, lowered_flops(lowered), compiled.as_text() or '', lowered)

@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
   p.add_argument('--out', default='', help='write the rows as JSON to this file')
   p.add_argument('--levers', action='store_true', help='also measure the CPU speed levers')
   p.add_argument('--parts', default='train,pipeline,dense',
-                 help='comma list of train, pipeline, dense, views, study, levers')
+                 help='comma list of train, pipeline, dense, views, packed, study, levers')
   p.add_argument('--only-levers', default='', help='comma list of lever names (default: all)')
   p.add_argument('--lever-archs', default='alexnet', help='comma list of archs for --levers')
   p.add_argument('--archs', default='', help='comma list (default: every architecture)')

@@ -107,6 +107,36 @@ def bench_train(arch: str, s: Settings, use_torch: bool, log: Callable) -> list[
   return rows
 
 
+def bench_packed(s: Settings, log: Callable, seeds: int = 2) -> list[dict]:
+  """`sweep` seeds packed into one vmapped step against the same seeds' separate steps, per
+  arm of each architecture (scratch and the head; interleaved, same load). `vs_separate`:
+  packed img/s over separate img/s."""
+  from medft.bench.cases import jax_packed_case
+  rows = []
+  for arch in s.archs:
+    _, units = build_model(arch, s)
+    for depth in ('scratch', units[-1]):
+      single = jax_train_case(arch, depth, s)
+      packed = jax_packed_case(arch, depth, s, seeds)
+
+      def separate():
+        for _ in range(seeds):
+          single.run()
+      t = interleaved({'packed': packed.run, 'separate': separate}, s.reps, s.warmup)
+      n = seeds * s.batch
+      sep = make_row(f'packed/{arch}/{depth}/separate', arch, depth, s.batch, t['separate'],
+                     items=n, cpu_seconds=t['separate:cpu'], seeds=seeds,
+                     compile_s=single.compile_s)
+      row = make_row(f'packed/{arch}/{depth}', arch, depth, s.batch, t['packed'], items=n,
+                     cpu_seconds=t['packed:cpu'], seeds=seeds, compile_s=packed.compile_s,
+                     **flop_fields(packed, statistics.median(t['packed']), s.dtype))
+      row['vs_separate'] = row['img_per_s'] / sep['img_per_s']
+      for r in (sep, row):
+        log(r)
+        rows.append(r)
+  return rows
+
+
 # ---- CIMT: input pipeline and dense inference --------------------------------------------
 
 def cimt_task():
@@ -207,6 +237,8 @@ def run(s: Settings, use_torch: bool | None = None, levers: bool = False, parts=
   if 'views' in parts:
     from medft.bench.views import bench_views
     rows += bench_views(s, log)
+  if 'packed' in parts:
+    rows += bench_packed(s, log)
   if 'study' in parts:
     from medft.bench.study import bench_study
     rows += bench_study(s, log)
