@@ -294,13 +294,30 @@ def _network_input(meta: store.Meta, start: str | None):
 
 def make_predict(model, meta: store.Meta, start: str | None = None):
   """Pmapped class probabilities of uint8 patches, or with `start` of trunk features (the
-  stages from `start` up)."""
-  network_input = _network_input(meta, start)
+  stages from `start` up). One function per (network, input convention, start) in a process
+  (`_shared`), so the runs of a sweep reuse its compiled executables."""
+  def build():
+    network_input = _network_input(meta, start)
 
-  def predict(params, inputs):
-    logits = model.apply({'params': params}, network_input(inputs), train=False, start=start)
-    return jax.nn.softmax(logits)
-  return parallel.pmap_predict(predict)
+    def predict(params, inputs):
+      logits = model.apply({'params': params}, network_input(inputs), train=False, start=start)
+      return jax.nn.softmax(logits)
+    return parallel.pmap_predict(predict)
+  return _shared(('predict', model, meta, start), build)
+
+
+# Prediction functions by what they compute: a sweep's runs build the same network again and
+# again; reusing the pmapped function keeps JAX's in-memory executables (no retrace, lowering
+# or persistent-cache load per run). Train steps are not shared: their optimizer differs.
+_SHARED: dict = {}
+
+
+def _shared(key: tuple, build):
+  kind, model, meta, *rest = key
+  full = (kind, model, json.dumps(meta.to_json(), sort_keys=True), *rest)
+  if full not in _SHARED:
+    _SHARED[full] = build()
+  return _SHARED[full]
 
 
 def make_view_predict(model, meta: store.Meta, params: Any, batch: int):
@@ -308,21 +325,21 @@ def make_view_predict(model, meta: store.Meta, params: Any, batch: int):
   items and classified in one compiled call (`medft.tasks.device_views`).
 
   A source's stack is put on the devices once and kept while it is the current source; one
-  compiled function per source kind and patch size.
+  compiled function per network, source kind and patch size in a process (`_shared`).
   """
   from medft.tasks import device_views
-  compiled: dict[tuple, Any] = {}
   placed: list = [None, None]  # (source, its replicated stack and limits)
 
+  def build(static):
+    def fn(inputs, d):
+      p, stack, limits = inputs
+      x = preprocess.prepare(device_views.patches(static, stack, limits, d), meta,
+                             tuple(meta.input_size))
+      return jax.nn.softmax(model.apply({'params': p}, x, train=False))
+    return parallel.pmap_predict(fn)
+
   def predict_views(source, desc: dict) -> np.ndarray:
-    fn = compiled.get(source.static)
-    if fn is None:
-      def fn(inputs, d, static=source.static):
-        p, stack, limits = inputs
-        x = preprocess.prepare(device_views.patches(static, stack, limits, d), meta,
-                               tuple(meta.input_size))
-        return jax.nn.softmax(model.apply({'params': p}, x, train=False))
-      fn = compiled[source.static] = parallel.pmap_predict(fn)
+    fn = _shared(('views', model, meta, source.static), lambda: build(source.static))
     if placed[0] is not source:
       placed[:] = [source, parallel.replicate((source.stack, source.limits))]
     return parallel.predict_in_batches(fn, (params, *placed[1]), desc, batch)

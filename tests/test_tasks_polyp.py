@@ -296,3 +296,36 @@ def test_frames_are_memoised_per_example_and_task_config(monkeypatch):
   monkeypatch.setattr(example_cache, 'MAX_BYTES', 0)  # nothing fits: computed, not held
   assert polyp.Frame.from_example(ex, _config(min_box=10.0)) is not polyp.Frame.from_example(
       ex, _config(min_box=10.0))
+
+
+def test_run_intervals_by_counts_equal_resampling_the_unit_lists():
+  """`detection.report` evaluates its bootstrap as draws per unit; its intervals are those of
+  rebuilding and re-pooling every resample (`metrics.bootstrap_ci`), on a real evaluation
+  (tied scores: a coarse predictor), with `froc_mean` and PE's per-volume rates too."""
+  from medft import metrics
+  from medft.tasks import detection
+  task = _task()
+  rng = np.random.default_rng(3)
+  result = task.evaluate(lambda x: (lambda p: np.stack([1 - p, p], 1))(
+      np.round(rng.random(len(x)), 1)), 'test', n_boot=200)
+  units = result['per_unit']
+  fast = detection.report(units, (0.5, 1.0), 2.0, 200, 5, per='frame', summary_rates=(0.5, 1))
+
+  def froc(us):
+    return metrics.froc_curve(**metrics.pool_detection_units(us))
+
+  def slow(fn):
+    return metrics.bootstrap_ci(fn, units, n_boot=200, seed=5)
+
+  def auc(us):
+    return metrics.roc_auc(np.concatenate([np.asarray(u['lesion_ids']) >= 0 for u in us]),
+                           np.concatenate([u['scores'] for u in us]))
+  for key in ('value', 'low', 'high', 'n_boot'):
+    assert fast['auc_ci95'][key] == pytest.approx(slow(auc)[key], abs=1e-12)
+    for r in (0.5, 1.0):
+      want = slow(lambda us, r=r: metrics.froc_sensitivity_at(froc(us), [r])[0])
+      assert fast['sensitivity_at_fp_per_frame'][str(r)][key] == want[key]
+    want = slow(lambda us: metrics.froc_partial_area(froc(us), (0.5, 1)))
+    assert fast['froc_mean'][key] == pytest.approx(want[key], abs=1e-12)
+  assert fast['sensitivity_at_fp_per_frame']['1.0']['high'] > \
+      fast['sensitivity_at_fp_per_frame']['1.0']['low']
