@@ -131,3 +131,17 @@ def test_study_phases_account_for_the_wall_time_of_a_real_sweep():
   assert 0 < row['train_step_share'] < 1
   assert set(row['per_run_fixed_s']) == set(study.FIXED)
   assert row['per_run_fixed_share'] > 0
+
+
+def test_views_bench_rows_compare_host_and_device_paths():
+  from medft.bench import views
+  rows = []
+  views.bench_views(dataclasses.replace(core.QUICK, reps=1, warmup=1, input_size=67),
+                    rows.append)
+  by_name = {r['name'].split('/')[1]: r for r in rows}
+  assert set(by_name) == {'host', 'device', 'forward', 'cut_host', 'cut_device',
+                          'train_step_host', 'train_step_device'}
+  assert by_name['host']['patches'] == by_name['device']['patches'] > 0
+  assert by_name['device']['max_score_diff'] < 1e-3  # the same scores, to patch tolerance
+  assert by_name['forward']['vs_forward'] == 1.0
+  assert all(r['img_per_s'] > 0 for r in rows)

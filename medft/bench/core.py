@@ -128,7 +128,8 @@ def format_row(r: dict) -> str:
                      ('vs_uncached', 'time vs uncached'),
                      ('vs_train_step', 'vs train step'),
                      ('vs_one_patch_per_call', 'vs 1 patch/call'), ('vs_default', 'vs default'),
-                     ('vs_forward', 'vs forward'), ('vs_separate', 'vs separate seeds')):
+                     ('vs_forward', 'vs forward'), ('vs_separate', 'vs separate seeds'),
+                     ('vs_host', 'vs host-cut step')):
     if r.get(key) is not None:
       extra += f'  {label} {r[key]:.2f}x'
   if r.get('error'):

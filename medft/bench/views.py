@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import numpy as np
 
 from medft import parallel, trainer
@@ -93,6 +94,46 @@ def bench_views(s: Settings, log: Callable[[dict], None], arch: str = 'squeezene
                    patch_size=int(task.cfg.patch_size), input_size=s.input_size,
                    max_score_diff=diff)
     row['vs_forward'] = row['img_per_s'] / forward
+    log(row)
+    rows.append(row)
+  rows += bench_train_views(task, a, arch, s, log)
+  return rows
+
+
+def bench_train_views(task, a, arch: str, s: Settings, log: Callable[[dict], None]
+                      ) -> list[dict]:
+  """The train step fed host-cut patches (prefetched uint8) against the same step cutting
+  its patches from descriptors (`task.views_on='device'`), interleaved: what cutting in the
+  step costs where the device is the host's own cores. `vs_host` = host step / device step."""
+  from medft import tuning
+  from medft.bench.cases import optim_config
+  tx = tuning.make_optimizer(a.params, a.units, 'scratch', optim_config(), 1000)
+  host_step, _ = trainer.make_steps(a.model, tx, a.meta)
+  source = task.train_views_on_device()
+  device_step, _ = trainer.make_steps(a.model, tx, a.meta, views=source.static)
+  placed = parallel.replicate((source.stack, source.limits))
+  descs = task.train_batch(0, s.batch)
+  host_batch = parallel.to_devices(parallel.shard(
+      {'image': device_views.cut(source, descs['views']), 'label': descs['label']}))
+  device_batch = parallel.to_devices(parallel.shard(descs))
+  rng = jax.random.key(0)
+  states = {'host': parallel.replicate(trainer.TrainState.create(a.params, tx)),
+            'device': parallel.replicate(trainer.TrainState.create(a.params, tx))}
+
+  def host():
+    states['host'], m = host_step(states['host'], host_batch, rng)
+    jax.block_until_ready(m)
+
+  def device():
+    states['device'], m = device_step(states['device'], device_batch, rng, *placed)
+    jax.block_until_ready(m)
+  t = interleaved({'host': host, 'device': device}, s.reps, s.warmup)
+  rows = []
+  for name in ('host', 'device'):
+    row = make_row(f'views/train_step_{name}/{arch}', arch, 'scratch', s.batch, t[name],
+                   cpu_seconds=t[name + ':cpu'], patch_size=int(task.cfg.patch_size),
+                   input_size=s.input_size)
+    row['vs_host'] = np.median(t['host']) / np.median(t[name])
     log(row)
     rows.append(row)
   return rows
