@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medft import metrics
+from medft import metrics, progress
 from medft.errors import ConfigError
 from medft.tasks import device_views
 from medft.tasks.base import PredictFn, ViewPredictFn, positive_class_auc
@@ -121,8 +121,16 @@ class CandidateTask(abc.ABC):
     self.cfg = task_config
     self.seed = seed
     self.views = self.make_views(task_config)
-    self.items = {name: [self.make_item(src[i]) for i in range(len(src))]
-                  for name, src in splits.items()}
+    # Finding candidates can take minutes the first time in a process (cached after).
+    counter = progress.Progress(f'{self.app} candidates', f'{self.per}s',
+                                total=sum(len(src) for src in splits.values()))
+    self.items = {}
+    for name, src in splits.items():
+      self.items[name] = []
+      for i in range(len(src)):
+        self.items[name].append(self.make_item(src[i]))
+        counter.update(1)
+    counter.done()
     self.train_pool = self.pool('train', train=True)
     labels = self.train_pool[-1]
     self._class_pools = (np.flatnonzero(labels == 0), np.flatnonzero(labels == 1))
