@@ -23,6 +23,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from medft.tasks import augment
 
@@ -62,7 +63,12 @@ def stack_items(arrays: Sequence[np.ndarray], dtype) -> tuple[np.ndarray, np.nda
 
 
 def fits(stack_bytes: int) -> bool:
-  return stack_bytes <= MAX_STACK_MB * 2**20
+  """Whether a stack of `stack_bytes` may go on every device; logs why not."""
+  if stack_bytes <= MAX_STACK_MB * 2**20:
+    return True
+  logging.info('The split\'s stacked frames or cubes take %.0f MiB (> %d MiB per device): its '
+               'views are cut on the host.', stack_bytes / 2**20, MAX_STACK_MB)
+  return False
 
 
 # ---- sampling -----------------------------------------------------------------------------

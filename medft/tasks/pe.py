@@ -338,7 +338,7 @@ class PeTask(detection.CandidateTask):
 
   def view_source(self, volumes: Sequence[Volume]) -> device_views.Source | None:
     cubes = [c.cube for v in volumes for c in v.candidates]
-    if sum(c.nbytes for c in cubes) > device_views.MAX_STACK_MB * 2**20:
+    if not device_views.fits(sum(c.nbytes for c in cubes)):
       return None
     stack, limits = device_views.stack_items(cubes, np.int16)
     if not device_views.fits(stack.nbytes):
