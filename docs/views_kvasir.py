@@ -1,12 +1,13 @@
 """Test views cut on the host (scipy) vs on the device, on real Kvasir-SEG frames: the same
 scores and metrics? and their rates, side by side (interleaved repeats, best of each).
 
-  python docs/views_kvasir.py [FRAMES] [REPEATS]    # default 40 frames, 2 repeats
+  python docs/views_kvasir.py [FRAMES] [REPEATS] [VIEWS]   # default 299 frames, 1, study
 
 The study config (configs/studies/kvasir_squeezenet.py: real ImageNet SqueezeNet v1.1 from
-../shared at 131x131, fire9 arm) with the paper's 216 views per candidate (3 scales x 9
-shifts x 8 orientations) instead of the study's 2. Prints one JSON line: patches, both rates,
-their ratio, the largest score difference, both candidate AUCs and FROC sensitivities.
+../shared at 131x131, fire9 arm, untrained head) on the first FRAMES of its test split, with
+the study's 2 views per candidate (VIEWS=study) or the paper's 216 (VIEWS=paper: 3 scales x 9
+shifts x 8 orientations). Prints one JSON line: patches, both rates, their ratio, the largest
+score difference, both candidate AUCs and FROC sensitivities.
 """
 
 import json
@@ -27,15 +28,16 @@ from medft.weights import convert  # noqa: E402
 SHARED = ROOT.parent / 'shared'
 
 
-def main(n_frames: int = 40, repeats: int = 2) -> None:
+def main(n_frames: int = 299, repeats: int = 1, views: str = 'study') -> None:
   tmp = Path(tempfile.mkdtemp(prefix='views-kvasir-'))
   init = convert.convert(SHARED / 'weights' / 'squeezenet_v1.1_imagenet_notop.h5', 'keras',
                          'squeezenet1_1', tmp / 'w',
                          input_size=(kvasir_squeezenet.INPUT_SIDE,) * 2)
   c = kvasir_squeezenet.get_config(f'init={init},depth=fire9')
-  c.task.update(dict(scales=(1.0, 1.2, 1.5), shift_steps=(-1, 0, 1), orientations=8))
+  if views == 'paper':
+    c.task.update(dict(scales=(1.0, 1.2, 1.5), shift_steps=(-1, 0, 1), orientations=8))
   ds = data.load(c.data)
-  test = [ds.splits['test'][i] for i in range(n_frames)]
+  test = [ds.splits['test'][i] for i in range(min(n_frames, len(ds.splits['test'])))]
   task = tasks.get_task(ds.app, {'train': ds.splits['train'], 'test': test}, c.task, c.seed)
   model, units = trainer.build_model(c)
   params, meta = trainer.initial_params(c, model, units)
@@ -58,7 +60,7 @@ def main(n_frames: int = 40, repeats: int = 2) -> None:
   diff = max(np.abs(np.asarray(a['scores']) - np.asarray(b['scores'])).max()
              for a, b in zip(out['host']['per_unit'], out['device']['per_unit']) if a['scores'])
   print(json.dumps({
-      'frames': n_frames, 'patches': n, 'views': len(task.views), 'batch': batch,
+      'frames': len(test), 'views_setting': views, 'patches': n, 'views': len(task.views), 'batch': batch,
       'patches_per_s': {k: round(v, 1) for k, v in rate.items()},
       'device_vs_host': round(rate['device'] / rate['host'], 3),
       'max_abs_score_difference': float(diff),
@@ -69,4 +71,4 @@ def main(n_frames: int = 40, repeats: int = 2) -> None:
 
 
 if __name__ == '__main__':
-  main(*map(int, sys.argv[1:]))
+  main(*[int(a) if a.isdigit() else a for a in sys.argv[1:]])
