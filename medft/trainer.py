@@ -142,6 +142,10 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
     if not isinstance(held, dict) or 'train' not in held:
       raise InputFileError(f'{config_file} is not the config of a medft run; it was not '
                            'written by medft. Use an empty --workdir.')
+    if held != wanted and _resumes_as_before(config, held):
+      held = wanted = _config_dict(config)  # the same run, the old behaviour written out
+      if create:
+        files.write_json_atomic(config_file, wanted)
     if held != wanted:
       if not trained_anything(workdir) and files.read_marker(workdir) == 'run':
         if create:
@@ -172,6 +176,28 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
   if jax.process_index() == 0:
     files.write_marker(workdir, 'run')
     files.write_json_atomic(config_file, wanted)
+
+
+# Fields added to the configs after runs may have started, and the value that does what
+# medft did before them: a run whose config.json lacks one resumes with that value.
+ADDED_FIELDS = {'task.views_on': 'host'}
+
+
+def _resumes_as_before(config: ml_collections.ConfigDict, held: dict) -> bool:
+  """Sets in `config` the old behaviour of every `ADDED_FIELDS` entry that the run's
+  config.json (`held`) lacks, so an unfinished run of an older medft resumes as it trained;
+  True when it changed anything."""
+  flat_held, changed = _flat(held), False
+  for key, before in ADDED_FIELDS.items():
+    block, field = key.split('.')
+    if key not in flat_held and field in config.get(block, {}):
+      if config[block][field] != before:
+        logging.warning('This run was started by a medft without %s; it resumes with %s=%r, '
+                        'as it trained.', key, key, before)
+        config[block][field] = before
+      held = {**held, block: {**held.get(block, {}), field: before}}
+      changed = True
+  return changed and _config_dict(config) == held
 
 
 def _flat(d: dict, prefix: str = '') -> dict:

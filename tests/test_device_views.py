@@ -248,3 +248,27 @@ def test_training_batches_as_descriptors_cut_to_the_host_batches():
       _assert_close_levels(b['image'], device_views.cut(source, a['views']))
       part = task.train_batch(step, 16, slice(4, 8))  # a host's slice of the same batch
       np.testing.assert_array_equal(part['views']['item'], a['views']['item'][4:8])
+
+
+def test_an_unfinished_run_of_an_older_medft_resumes_with_host_views(tmp_path):
+  """config.json without task.views_on (a run started before it existed) is the same run:
+  it resumes with views cut on the host, as it trained, instead of being refused."""
+  import json
+
+  import medft
+  c = _tiny_polyp_config(tmp_path, 'host')
+  c.train.steps = 4
+  medft.train(c, tmp_path / 'run')
+  config_file = tmp_path / 'run' / 'config.json'
+  held = json.loads(config_file.read_text())
+  del held['task']['views_on']
+  config_file.write_text(json.dumps(held))
+  (tmp_path / 'run' / 'results.json').unlink()  # unfinished: its last checkpoint remains
+  resumed = _tiny_polyp_config(tmp_path, 'device')
+  resumed.train.steps = 4
+  result = medft.train(resumed, tmp_path / 'run')
+  assert result['steps'] == 4
+  assert json.loads(config_file.read_text())['task']['views_on'] == 'host'
+  resumed.train.steps = 5  # another config is still refused
+  with pytest.raises(ValueError, match=r'differs in: train.steps\)'):
+    medft.train(resumed, tmp_path / 'run')
