@@ -193,6 +193,10 @@ def source_init(config: ml_collections.ConfigDict, sweep_dir: Path,
   if config.init:
     return str(config.init)
   p = config.get('pretrain')
+  if p is not None and p.source and not needs_init:
+    logging.info('Every arm trains from scratch: no source model is pretrained '
+                 '(pretrain.source=%s is not used).', p.source)
+    return ''
   if p is not None and p.source:
     from medft import pretrain  # trains only when asked: keep the import out of plain sweeps
     workdir = sweep_dir.absolute() / SOURCE_MODEL_DIR

@@ -23,7 +23,10 @@ def _table_lines(markdown: str) -> list[str]:
 
 
 # Rebuilding the 54-run report takes about a minute on 2 cores (the report's bootstrap runs on
-# resample counts), and needs neither ../shared nor a network: it is in the default run.
+# resample counts) and needs neither ../shared nor a network; it is one of the slowest cases,
+# so it runs with the study marker (python -m pytest -q -m study tests) to keep the default
+# suite under its 15-minute budget.
+@pytest.mark.study
 @pytest.mark.skipif(not (STUDY / 'report.json').is_file(),
                     reason=f'the Kvasir study is not committed yet ({STUDY} holds no report.json; '
                     'it is committed with its runs when the sweep has finished)')
