@@ -114,6 +114,7 @@ def test_quick_bench_writes_every_row(tmp_path):
   assert by_name['dense/cimt/batch16']['max_abs_diff_vs_one'] < 1e-4
 
 
+@pytest.mark.bench
 def test_study_phases_account_for_the_wall_time_of_a_real_sweep():
   """A two-run polyp sweep (scratch at two fractions: no source model) timed by phase."""
   from medft.bench import study
@@ -133,6 +134,7 @@ def test_study_phases_account_for_the_wall_time_of_a_real_sweep():
   assert row['per_run_fixed_share'] > 0
 
 
+@pytest.mark.bench
 def test_views_bench_rows_compare_host_and_device_paths():
   from medft.bench import views
   rows = []
