@@ -165,7 +165,7 @@ def _take(tree: Any, start: int, stop: int) -> Any:
   return jax.tree.map(lambda x: x[start:stop], tree)
 
 
-def _pad_rows(tree: Any, rows: int) -> Any:
+def pad_rows(tree: Any, rows: int) -> Any:
   """Every leaf padded to `rows` rows by repeating its last row (equal shapes per call)."""
   def pad(x):
     if len(x) >= rows:
@@ -187,7 +187,7 @@ def predict_in_batches(predict_fn: Callable, params: Any, inputs: Any,
     n_proc, me = jax.process_count(), jax.process_index()
     total = _rows(inputs)
     per = -(-total // n_proc)
-    mine = _pad_rows(_take(inputs, me * per, (me + 1) * per), per)  # rows dropped below
+    mine = pad_rows(_take(inputs, me * per, (me + 1) * per), per)  # rows dropped below
     local = predict_local(predict_fn, params, mine, batch)
     gathered = np.asarray(multihost_utils.process_allgather(local, tiled=True))
     return gathered[:total]
@@ -203,7 +203,7 @@ def predict_local(predict_fn: Callable, params: Any, inputs: Any, batch: int) ->
   for start in range(0, _rows(inputs), batch):
     chunk = _take(inputs, start, start + batch)
     rows = _rows(chunk)
-    out = predict_fn(params, shard(_pad_rows(chunk, batch)))
+    out = predict_fn(params, shard(pad_rows(chunk, batch)))
     out = np.asarray(jax.device_get(out)).reshape((-1,) + out.shape[2:])
     outs.append(out[:rows])
   return np.concatenate(outs) if outs else np.zeros((0,))

@@ -60,12 +60,7 @@ def study_config(app: str, data_dir: Path, steps: int, design: str = DESIGN):
               'train.eval_every': max(1, steps // 2), 'train.checkpoint_every': steps,
               'pretrain.steps': steps, 'pretrain.eval_every': steps,
               'pretrain.checkpoint_every': steps}
-  for key, value in settings.items():
-    node = c
-    *parents, leaf = key.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(settings)
   c.sweep.report = False  # timed on its own below
   return c
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from medft import parallel
 from medft.tasks import augment
 
 # A split's stacked items may take at most this many MiB per device; a larger split is cut
@@ -169,11 +170,11 @@ def cut(source: Source, desc: dict[str, np.ndarray], chunk: int = 4096) -> np.nd
   outs = []
   for start in range(0, n, chunk):
     part = {k: v[start:start + chunk] for k, v in desc.items()}
-    pad = chunk - len(part['item']) if n > chunk else 0
-    if pad:  # one compiled shape for every chunk
-      part = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in part.items()}
+    rows = len(part['item'])
+    if n > chunk:  # one compiled shape for every chunk
+      part = parallel.pad_rows(part, chunk)
     out = np.asarray(_cut(source.static, stack, limits, part)).astype(np.uint8)
-    outs.append(out[:len(out) - pad] if pad else out)
+    outs.append(out[:rows])
   if not outs:
     return np.zeros((0, source.size, source.size, 3), np.uint8)
   return np.concatenate(outs)
