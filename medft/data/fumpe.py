@@ -6,9 +6,12 @@ returned in physical order instead: slices sorted by their position along the sl
 (the cross product of ImageOrientationPatient's row and column direction cosines, dotted with
 ImagePositionPatient), which is right for oblique and tilted series too, where
 ImagePositionPatient's z alone is not. A folder must hold one series (one SeriesInstanceUID)
-of one orientation; the mask is permuted the same way, then transposed to (z, y, x).
-Intensities are RescaleSlope * value + RescaleIntercept (HU) as int16; spacing is (slice
-step, row spacing, column spacing) mm. The binary mask becomes one integer per connected clot.
+of one orientation. The series is read by `volume_files.read_volume`, which also puts it on
+the (z, y, x) = (superior, posterior, left) axes (an axial series is already there); the mask
+is transposed to (z, y, x) and reordered exactly like the series. Intensities are
+RescaleSlope * value + RescaleIntercept (HU) as int16; spacing is the voxel size along
+(z, y, x) mm (for an axial series: slice step, row spacing, column spacing). The binary mask
+becomes one integer per connected clot.
 """
 
 from __future__ import annotations
@@ -20,77 +23,13 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medft.data import volumes
+from medft.data import volume_files, volumes
 from medft.data.base import ManualBuilder, ManualDirError, Record, register_builder
+from medft.data.volume_files import read_series, series_files, slice_positions  # noqa: F401
 from medft.errors import InputFileError
 
 _PATIENT = re.compile(r'^PAT\d+$', re.IGNORECASE)
 _PURPOSE = 'Reading FUMPE (DICOM + .mat)'
-
-
-def series_files(folder: Path) -> list[Path]:
-  """The DICOM files of one series in file-name order (the order the masks use)."""
-  files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == '.dcm']
-  if not files:  # some copies drop the extension
-    files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith('.')]
-  if not files:
-    raise ManualDirError(f'FUMPE series folder {folder} holds no DICOM files.')
-  return sorted(files, key=lambda p: p.name)
-
-
-def read_series(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Returns (HU volume in file order (z, y, x) float64, each slice's position along the slice
-  normal (mm) in file order, spacing yx)."""
-  pydicom = volumes.require('pydicom', _PURPOSE)
-  slices, positions, orientations, series, spacing = [], [], [], {}, None
-  for path in series_files(folder):
-    try:
-      ds = pydicom.dcmread(str(path))
-      pixels = ds.pixel_array.astype(np.float64)
-      slope = float(getattr(ds, 'RescaleSlope', 1.0))
-      intercept = float(getattr(ds, 'RescaleIntercept', 0.0))
-      position = np.asarray([float(v) for v in ds.ImagePositionPatient])
-      orientation = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-      row_col = [float(v) for v in ds.PixelSpacing]
-      uid = str(getattr(ds, 'SeriesInstanceUID', ''))
-    except Exception as err:  # pydicom raises many types for broken files
-      raise InputFileError(f'Cannot read DICOM slice {path}: {err}') from err
-    if position.shape != (3,) or orientation.shape != (6,):
-      raise InputFileError(f'DICOM slice {path}: ImagePositionPatient {position.tolist()} / '
-                           f'ImageOrientationPatient {orientation.tolist()} are not 3 and 6 '
-                           'numbers; the file is damaged.')
-    series.setdefault(uid, []).append(path.name)
-    if spacing is None:
-      spacing = row_col
-    orientations.append(orientation)
-    positions.append(position)
-    slices.append(pixels * slope + intercept)
-  if len(series) > 1:
-    counts = ', '.join(f'{uid or "(none)"}: {len(names)} files (e.g. {names[0]})'
-                       for uid, names in series.items())
-    raise InputFileError(f'DICOM folder {folder} mixes {len(series)} series (SeriesInstanceUID '
-                         f'{counts}); a FUMPE series folder holds one series. Move the other '
-                         'series\' files out of the folder.')
-  shapes = {s.shape for s in slices}
-  if len(shapes) != 1:
-    raise InputFileError(f'DICOM series {folder} mixes slice shapes {sorted(shapes)}.')
-  return np.stack(slices), slice_positions(np.asarray(positions), np.asarray(orientations),
-                                           folder), np.asarray(spacing)
-
-
-def slice_positions(positions: np.ndarray, orientations: np.ndarray, where: Path) -> np.ndarray:
-  """Each slice's ImagePositionPatient (n, 3) along the normal of its ImageOrientationPatient
-  (n, 6): dot(position, cross(row cosines, column cosines)). All slices must share one
-  orientation (to 1e-4)."""
-  if np.abs(orientations - orientations[0]).max(initial=0.0) > 1e-4:
-    raise InputFileError(f'DICOM series {where}: its slices have different '
-                         'ImageOrientationPatient values; a series of parallel slices is needed.')
-  normal = np.cross(orientations[0][:3], orientations[0][3:])
-  norm = np.linalg.norm(normal)
-  if not norm > 0.5:  # unit row and column cosines that are orthogonal give norm 1
-    raise InputFileError(f'DICOM series {where}: ImageOrientationPatient '
-                         f'{orientations[0].tolist()} has parallel or zero direction cosines.')
-  return positions @ (normal / norm)
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -138,22 +77,22 @@ def _read_hdf5_mat(path: Path) -> dict[str, np.ndarray]:
 def physical_order(volume_file_order: np.ndarray, mask_yxz: np.ndarray, z: np.ndarray,
                    where: Path) -> tuple[np.ndarray, np.ndarray, float]:
   """Sorts slices by position along the slice normal; returns (volume zyx, mask zyx, step)."""
+  mask = _mask_zyx(mask_yxz, volume_file_order.shape, where)
+  order, step = volume_files.slice_order(z, where)
+  return volume_file_order[order], mask[order], step
+
+
+def _mask_zyx(mask_yxz: np.ndarray, shape: tuple[int, ...], where: Path) -> np.ndarray:
+  """The (y, x, z) mask as (z, y, x) in file order, checked against the series' shape."""
   if mask_yxz.ndim != 3:
     raise InputFileError(f'Mask for {where} is {mask_yxz.ndim}-D; expected (y, x, z).')
   mask = np.transpose(mask_yxz, (2, 0, 1))
-  if mask.shape != volume_file_order.shape:
+  if mask.shape != tuple(shape):
     raise InputFileError(
         f'Mask for {where} is (y, x, z) = {mask_yxz.shape}, but the series is (z, y, x) = '
-        f'{volume_file_order.shape}.'
+        f'{tuple(shape)}.'
     )
-  order = np.argsort(z, kind='stable')
-  sorted_z = z[order]
-  steps = np.diff(sorted_z)
-  if np.any(steps == 0):
-    raise InputFileError(f'DICOM series {where} has two slices at the same position along the '
-                         'slice normal (a duplicated file?).')
-  step = float(np.median(steps)) if steps.size else 1.0
-  return volume_file_order[order], mask[order], step
+  return mask
 
 
 @register_builder
@@ -189,11 +128,11 @@ class Fumpe(ManualBuilder, skip_registration=True):
     return records
 
   def _load_example(self, record: Record) -> dict[str, Any]:
-    volume, z, row_col = read_series(record.files['series'])
-    mask = read_mask(record.files['mask'])
-    volume, mask, step = physical_order(volume, mask, z, record.files['series'])
+    scan = volume_files.read_volume(record.files['series'])
+    mask = _mask_zyx(read_mask(record.files['mask']), scan.info.stored_shape,
+                     record.files['series'])
     return {
-        'volume': volumes.to_int16(volume),
-        'spacing': np.asarray([abs(step), row_col[0], row_col[1]], dtype=np.float32),
-        'labels': volumes.clot_labels(mask != 0),
+        'volume': volumes.to_int16(scan.array),
+        'spacing': scan.spacing.astype(np.float32),
+        'labels': volumes.clot_labels(scan.info.normalise(mask) != 0),
     }
