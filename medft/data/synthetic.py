@@ -9,7 +9,10 @@ pe -> cad_pe (or fumpe), frames -> frames_folder. The images are made to be lear
 has a visible but speckled intima-media band between the written LI and MA profiles, polyps
 are textured reddish ellipses matching their masks, PE volumes have bright vessels with dark
 filling defects at the labelled voxels, informative frames are sharp and the others blurred,
-dark or washed out. Everything is a function of (app, layout, n, seed).
+dark or washed out; with `classes=K` > 2 (`--classes`, config `data.synthetic_classes`) the
+frames twin adds K - 2 sharp classes `tinted_<k>`, each with its own colour cast (as dye or
+narrow-band light would give), so every class is visible in a crop. Everything is a function of
+(app, layout, n, seed, classes).
 
 A written folder carries `.medft_synthetic.json` (app, layout, n, seed, file count). `--out`
 must be absent, empty, or such a folder (which is then replaced); any other folder is refused,
@@ -19,6 +22,7 @@ so the twin, whose file names follow the real datasets', never writes over a rea
 from __future__ import annotations
 
 import argparse
+import colorsys
 import json
 import math
 import os
@@ -40,7 +44,7 @@ APP_LAYOUTS = {
     'frames': ('frames_folder',),
 }
 DEFAULT_N = {'cimt': 24, 'polyp': 24, 'pe': 6, 'frames': 40}
-# Class map and unit regex of the synthetic frames tree.
+# Class map and unit regex of the synthetic frames tree (two classes; `frames_classes(k)`).
 FRAMES_CLASSES = {'informative': 1, 'non_informative': 0}
 FRAMES_UNIT_REGEX = r'^(vid\d+)_'
 CIMT_ANNOTATORS = ('A1', 'A2')
@@ -318,21 +322,68 @@ def pe_example(rng: np.random.Generator, shape=(48, 96, 96)):
   return np.clip(np.rint(volume), -1024, 3071).astype(np.int16), labels  # scanner range
 
 
-def write_cad_pe(out: Path, n: int, seed: int) -> None:
+# A stored layout for the NIfTI twin: stored axes (slowest first) = (x, z, y) of the
+# (z, y, x) convention, the first and last reversed, and an origin off zero.
+PE_NIFTI_LAYOUT = ((2, 0, 1), (True, False, True))
+PE_NIFTI_ORIGIN = (-120.5, 33.0, -410.25)  # LPS mm of canonical voxel (0, 0, 0)
+
+
+def pe_stored(volume: np.ndarray, spacing=PE_SPACING, layout=((0, 1, 2), (False,) * 3),
+              origin=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`volume` ((z, y, x) = superior, posterior, left; see `volume_files`) as some file would
+  store it: stored axis a is convention axis layout[0][a], reversed where layout[1][a].
+  Returns (stored array, LPS directions (3, 3): column a = one voxel step along stored axis
+  a in mm, LPS origin of stored voxel (0, 0, 0)), which reading puts back to `volume`."""
+  order, flips = layout
+  sz, sy, sx = spacing
+  canonical = np.array([[0, 0, sx], [0, sy, 0], [sz, 0, 0]], np.float64)  # columns z, y, x
+  stored = np.transpose(volume, order)
+  flipped = [a for a, f in enumerate(flips) if f]
+  stored = np.flip(stored, flipped) if flipped else stored
+  directions = canonical[:, list(order)] * np.where(flips, -1.0, 1.0)
+  start = np.asarray(origin, np.float64) + sum(
+      canonical[:, order[a]] * (volume.shape[order[a]] - 1) for a in flipped)
+  return np.ascontiguousarray(stored), directions, start
+
+
+def write_nifti(path: Path, stored: np.ndarray, directions: np.ndarray, origin) -> None:
+  """A NIfTI-1 file of `stored` (slowest axis first) with the LPS geometry of `pe_stored`."""
   from medft.data.volumes import require
 
-  nrrd = require('nrrd', 'Writing the synthetic CAD-PE twin')
+  nib = require('nibabel', 'Writing NIfTI volumes')
+  lps = np.eye(4)
+  lps[:3, :3], lps[:3, 3] = np.asarray(directions)[:, [2, 1, 0]], origin  # NIfTI: i fastest
+  ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+  image = nib.Nifti1Image(np.transpose(stored, (2, 1, 0)), ras)
+  image.set_qform(ras, code=1)
+  image.set_sform(ras, code=1)
+  nib.save(image, str(path))
+
+
+def write_nrrd(path: Path, stored: np.ndarray, directions: np.ndarray, origin) -> None:
+  """An LPS NRRD file of `stored` (slowest axis first) with the geometry of `pe_stored`."""
+  from medft.data.volumes import require
+
+  nrrd = require('nrrd', 'Writing NRRD volumes')
+  header = {'space': 'left-posterior-superior',
+            'space directions': np.asarray(directions)[:, [2, 1, 0]].T,  # rows: fastest first
+            'space origin': np.asarray(origin, np.float64)}
+  nrrd.write(str(path), stored, header, index_order='C', compression_level=1)
+
+
+def write_cad_pe(out: Path, n: int, seed: int, form: str = 'nrrd',
+                 layout=((0, 1, 2), (False,) * 3), origin=(0.0, 0.0, 0.0)) -> None:
+  """The CAD-PE layout; form='nifti' writes .nii.gz files instead of .nrrd, and `layout` /
+  `origin` (see `pe_stored`, e.g. PE_NIFTI_LAYOUT) store the volumes in another axis order."""
+  write = {'nrrd': write_nrrd, 'nifti': write_nifti}[form]
+  suffix = {'nrrd': 'nrrd', 'nifti': 'nii.gz'}[form]
   (out / 'images').mkdir(parents=True, exist_ok=True)
   (out / 'rs').mkdir(parents=True, exist_ok=True)
-  sz, sy, sx = PE_SPACING
-  header = {'space': 'left-posterior-superior',
-            'space directions': np.diag([sx, sy, sz]), 'space origin': np.zeros(3)}
   for i in range(n):
     volume, labels = pe_example(_rng(seed, 4, i))
-    nrrd.write(str(out / 'images' / f'{i + 1:03d}.nrrd'), volume, dict(header),
-               index_order='C', compression_level=1)
-    nrrd.write(str(out / 'rs' / f'{i + 1:04d}RefStd.nrrd'), labels.astype(np.int16),
-               dict(header), index_order='C', compression_level=1)
+    for path, values in ((out / 'images' / f'{i + 1:03d}.{suffix}', volume),
+                         (out / 'rs' / f'{i + 1:04d}RefStd.{suffix}', labels.astype(np.int16))):
+      write(path, *pe_stored(values, PE_SPACING, layout, origin))
 
 
 def write_dicom_series(folder: Path, volume: np.ndarray, names: list[str], z0: float,
@@ -425,17 +476,35 @@ def frame_example(rng: np.random.Generator, informative: bool, size: int = 128) 
   return _to_uint8(image)
 
 
-def write_frames(out: Path, n: int, seed: int) -> None:
-  for name in FRAMES_CLASSES:
+def frames_classes(k: int = 2) -> dict[str, int]:
+  """Class map of the frames twin with `k` classes: non_informative 0, informative 1, then
+  tinted_2 .. tinted_<k-1>."""
+  return {**FRAMES_CLASSES, **{f'tinted_{j}': j for j in range(2, k)}}
+
+
+def tinted_frame(rng: np.random.Generator, label: int, size: int = 128) -> np.ndarray:
+  """A sharp frame (as `frame_example` informative) under the colour cast of class `label`
+  (>= 2): hues spread by the golden ratio over green..purple, away from the mucosa's red."""
+  image = _mucosa(rng, size, size) + _smooth_noise(rng, (size, size, 1), 0.7, 10.0)
+  hue = 0.3 + 0.55 * (((label - 2) * 0.6180339887) % 1.0)
+  cast = np.asarray(colorsys.hsv_to_rgb(hue, 0.75, 1.0))
+  grey = image.mean(axis=-1, keepdims=True)
+  return _to_uint8(0.25 * image + 1.4 * grey * cast)
+
+
+def write_frames(out: Path, n: int, seed: int, classes: int = 2) -> None:
+  names = {label: name for name, label in frames_classes(classes).items()}
+  for name in names.values():
     (out / name).mkdir(parents=True, exist_ok=True)
   n_videos = max(3, n // 5)
   for i in range(n):
     rng = _rng(seed, 6, i)
-    informative = (i // n_videos) % 2 == 0  # every video has frames of both classes
-    image = frame_example(rng, informative)
-    class_name = 'informative' if informative else 'non_informative'
+    # Frame i is in block i // n_videos; blocks cycle informative, non-informative, tinted_2,
+    # ... so every video (with at least `classes` blocks) has frames of every class.
+    label = (1 - i // n_videos) % classes
+    image = frame_example(rng, label == 1) if label < 2 else tinted_frame(rng, label)
     file_name = f'vid{i % n_videos + 1:02d}_frame{i // n_videos + 1:04d}.jpg'
-    Image.fromarray(image, mode='RGB').save(out / class_name / file_name, quality=92)
+    Image.fromarray(image, mode='RGB').save(out / names[label] / file_name, quality=92)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,8 +521,13 @@ _WRITERS = {
 }
 
 
-def _layout(app: str, layout: str | None, n: int | None) -> tuple[str, int]:
+def _layout(app: str, layout: str | None, n: int | None,
+            classes: int = 2) -> tuple[str, int]:
   """The layout and example count, checked (ConfigError naming the bad one)."""
+  if classes != 2 and (app != 'frames' or isinstance(classes, bool)
+                       or not isinstance(classes, int) or classes < 2):
+    raise ConfigError(f'classes={classes!r}: only the frames twin has a class count, an integer '
+                      f'>= 2 (app {app!r}); leave data.synthetic_classes at 2 otherwise.')
   if app not in APP_LAYOUTS:
     raise ConfigError(f'Unknown app {app!r}; use one of {list(APP_LAYOUTS)}.')
   layout = layout or APP_LAYOUTS[app][0]
@@ -474,13 +548,15 @@ def is_synthetic(folder: Path) -> bool:
     return False
 
 
-def _write_into(folder: Path, app: str, layout: str, n: int, seed: int) -> int:
+def _write_into(folder: Path, app: str, layout: str, n: int, seed: int,
+                classes: int = 2) -> int:
   """Writes the dataset into the new, empty `folder` plus its marker; returns the file count
   (the marker not counted)."""
-  _WRITERS[layout](folder, n, seed)
+  more = {'classes': classes} if classes != 2 else {}  # two classes: as before the knob
+  _WRITERS[layout](folder, n, seed, **more)
   count = sum(1 for p in folder.rglob('*') if p.is_file())
   (folder / MARKER).write_text(json.dumps({
-      'written_by': 'medft', 'app': app, 'layout': layout, 'n': n, 'seed': seed,
+      'written_by': 'medft', 'app': app, 'layout': layout, 'n': n, 'seed': seed, **more,
       'files': count}, indent=2) + '\n')
   return count
 
@@ -495,14 +571,15 @@ def _new_sibling(out: Path) -> Path:
 
 
 def write(app: str, out: str | Path, n: int | None = None, seed: int = 0,
-          layout: str | None = None) -> Path:
+          layout: str | None = None, classes: int = 2) -> Path:
   """Writes a synthetic `app` dataset in the on-disk layout of builder `layout` into out.
 
   `out` must not exist, be empty, or hold a synthetic dataset written here (replaced as a
   whole); anything else raises NotOursError. The data is written to a temporary sibling and
-  renamed into place, so an interrupted call leaves `out` as it was.
+  renamed into place, so an interrupted call leaves `out` as it was. `classes`: the frames
+  twin's class count.
   """
-  layout, n = _layout(app, layout, n)
+  layout, n = _layout(app, layout, n, classes)
   out = Path(out)
   if out.exists() and not out.is_dir():
     raise NotOursError(f'--out={out} is a file, not a folder; choose a new folder.')
@@ -511,7 +588,7 @@ def write(app: str, out: str | Path, n: int | None = None, seed: int = 0,
                        'it is left alone. Choose a new or empty folder.')
   tmp = _new_sibling(out)
   try:
-    _write_into(tmp, app, layout, n, seed)
+    _write_into(tmp, app, layout, n, seed, classes)
     if out.is_dir():
       shutil.rmtree(out)  # empty, or a synthetic dataset written here
     os.rename(tmp, out)
@@ -521,16 +598,17 @@ def write(app: str, out: str | Path, n: int | None = None, seed: int = 0,
   return out
 
 
-def write_cached(app: str, out: Path, n: int, seed: int, layout: str) -> Path:
+def write_cached(app: str, out: Path, n: int, seed: int, layout: str,
+                 classes: int = 2) -> Path:
   """Like `write`, but only once: writes to a temporary sibling and renames it into place, so
   an interrupted run never leaves a half-written folder at `out`."""
   out = Path(out)
   if out.is_dir():
     return out
-  layout, n = _layout(app, layout, n)
+  layout, n = _layout(app, layout, n, classes)
   tmp = _new_sibling(out)
   try:
-    _write_into(tmp, app, layout, n, seed)
+    _write_into(tmp, app, layout, n, seed, classes)
     try:
       os.rename(tmp, out)
     except OSError:
@@ -550,12 +628,14 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--n', type=int, default=None, help='examples (default per app)')
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--layout', default=None, help='builder layout, e.g. kvasir_seg or fumpe')
+  parser.add_argument('--classes', type=int, default=2, help='frames: number of classes (>= 2)')
   args = parser.parse_args(argv)
   if args.n is not None and args.n < 1:
     parser.error(f'argument --n: --n={args.n}; a synthetic dataset needs at least one example '
                  f'(default for {args.app}: {DEFAULT_N[args.app]}).')
   try:
-    out = write(args.app, args.out, n=args.n, seed=args.seed, layout=args.layout)
+    out = write(args.app, args.out, n=args.n, seed=args.seed, layout=args.layout,
+                classes=args.classes)
   except UserError as e:
     print(f'python -m medft.data.synthetic: error: {e}', file=sys.stderr)
     return 1

@@ -233,7 +233,7 @@ def _whole_numbers(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _read_nifti(path: Path) -> _Stored:
-  nib = volumes.require('nibabel', 'Reading NIfTI volumes (.nii, .nii.gz)')
+  nib = volumes.require('nibabel', f'Reading the NIfTI file {path}')
   try:
     image = nib.load(str(path))
     array = np.asanyarray(image.dataobj)
@@ -263,7 +263,7 @@ def _read_nifti(path: Path) -> _Stored:
 
 def read_nrrd(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
   """The data in C order ((z, y, x) for a volume written x fastest) and the header."""
-  nrrd = volumes.require('nrrd', 'Reading NRRD volumes (.nrrd, .nhdr)')
+  nrrd = volumes.require('nrrd', f'Reading the NRRD file {path}')
   try:
     data, header = nrrd.read(str(path), index_order='C')
   except Exception as err:  # pynrrd raises many types (NRRDError, ValueError, OSError, ...)
@@ -331,7 +331,7 @@ class DicomSeries(NamedTuple):
 
 def read_dicom(folder: Path) -> DicomSeries:
   """Every slice of the one series in `folder`, in file-name order."""
-  pydicom = volumes.require('pydicom', 'Reading DICOM series')
+  pydicom = volumes.require('pydicom', f'Reading the DICOM series {folder}')
   slices, positions, orientations, series, spacing = [], [], [], {}, None
   for path in series_files(folder):
     try:
