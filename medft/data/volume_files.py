@@ -30,8 +30,9 @@ with qform and sform codes 0) is taken as stored, in (slowest .. fastest) = (z, 
 Masks: `read_mask(path, like=scan)` reads a label volume in any of the same forms and puts it on
 the volume's grid. A mask with a patient frame is normalised by its own geometry and must then
 match the volume's shape, voxel size and origin; a mask without one (or of a volume without
-one) is taken to be stored like the volume, slowest axis first, and gets the volume's own
-reordering. Values are whole numbers (int32).
+one) is taken to be stored like the volume, slowest axis first (for a DICOM series: slices in
+file-name order, as FUMPE's masks are), and gets the volume's own reordering. Values are
+whole numbers (int32).
 """
 
 from __future__ import annotations
@@ -111,7 +112,7 @@ def orientation(directions: np.ndarray, origin: np.ndarray, shape: tuple[int, ..
 # ---- what read_volume returns ----------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class VolumeInfo:
   """Where a volume came from and how it was put in the convention."""
   path: Path
