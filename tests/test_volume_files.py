@@ -120,6 +120,33 @@ def test_a_coronal_dicom_series_is_put_on_the_convention_axes(tmp_path):
   np.testing.assert_array_equal(volume_files.read_mask(path, like=scan), mask)
 
 
+def test_fumpe_puts_a_coronal_series_and_its_mat_mask_on_the_convention_axes(tmp_path):
+  pytest.importorskip('pydicom', reason=_MISSING.format('pydicom'))
+  from scipy import io as sio
+
+  from medft.data import fumpe
+  volume = _anatomy((4, 3, 5), seed=2)
+  labels = np.zeros(volume.shape, np.uint8)
+  labels[0, 1, 2] = labels[3, 2, 4] = 1  # two clots, far apart
+  sz, sy, sx = 2.0, 1.5, 0.8
+  stored = np.stack([volume[::-1, k, :] for k in range(volume.shape[1])])
+  stored_labels = np.stack([labels[::-1, k, :] for k in range(volume.shape[1])])
+  positions = np.array([[0.0, k * sy, 0.0] for k in range(len(stored))])
+  names = ['b.dcm', 'c.dcm', 'a.dcm']  # physical slice k -> names[k]
+  synthetic.write_dicom_series(tmp_path / 'CT_scans' / 'PAT001', stored, names, z0=0.0,
+                               spacing=(sy, sz, sx), orientation=(1, 0, 0, 0, 0, -1),
+                               positions=positions)
+  file_order = np.argsort(names)  # the physical slice in each file, in file-name order
+  (tmp_path / 'GroundTruth').mkdir()
+  sio.savemat(str(tmp_path / 'GroundTruth' / 'PAT001.mat'),
+              {'Mask': np.transpose(stored_labels[file_order], (1, 2, 0))})
+  builder = fumpe.Fumpe(data_dir=str(tmp_path / 'tfds'), file_format='array_record')
+  example = builder._load_example(builder._list_records(tmp_path)[0])
+  np.testing.assert_array_equal(example['volume'], volume)
+  assert np.argwhere(example['labels']).tolist() == [[0, 1, 2], [3, 2, 4]]
+  np.testing.assert_allclose(example['spacing'], (sz, sy, sx), rtol=1e-6)
+
+
 def test_an_oblique_volume_goes_to_its_nearest_axes_and_a_sheared_one_is_refused(tmp_path):
   volume = _anatomy()
   stored, directions, origin = synthetic.pe_stored(volume, SPACING)
