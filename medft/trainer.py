@@ -180,7 +180,7 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
 
 # Fields added to the configs after runs may have started, and the value that does what
 # medft did before them: a run whose config.json lacks one resumes with that value.
-ADDED_FIELDS = {'task.views_on': 'host'}
+ADDED_FIELDS = {'task.views_on': 'host', 'model.keep_head': False}
 
 
 def _resumes_as_before(config: ml_collections.ConfigDict, held: dict) -> bool:
@@ -233,7 +233,9 @@ def initial_params(config: ml_collections.ConfigDict, model, units) -> tuple[Any
   """Fresh parameters for scratch; pretrained trunk plus a fresh head for fine-tuning arms.
 
   When `init` is given, scratch still takes its input convention (size, mean, std) so that
-  every arm of a study sees the same inputs; only the parameters differ.
+  every arm of a study sees the same inputs; only the parameters differ. With
+  `model.keep_head` the head is loaded too (a fine-tuned model, e.g. an export of a run,
+  evaluated with `train.steps=0` or tuned further): its classes must be the task's.
   """
   tuning.trained_units(units, config.depth)  # validates the depth name early
   scratch = config.depth == 'scratch'
@@ -253,6 +255,13 @@ def initial_params(config: ml_collections.ConfigDict, model, units) -> tuple[Any
   fresh = jax.tree.map(np.asarray, fresh)
   if scratch:
     return fresh, meta
+  if config.model.get('keep_head', False):
+    if meta.num_source_classes != config.num_classes:
+      raise ConfigError(f'model.keep_head=True keeps the {meta.num_source_classes}-class head of '
+                        f'init={config.init}, but this task has num_classes='
+                        f'{config.num_classes}; use weights trained on this task (an export '
+                        'of its run), or model.keep_head=False for a new head.')
+    return store.merge_params(loaded, fresh, source=f'weights in init={config.init}'), meta
   params = store.merge_params(loaded, fresh, dont_load=[units[-1]],
                               source=f'weights in init={config.init}')
   return tuning.reinit_head(params, fresh, units[-1]), meta
@@ -501,6 +510,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
       _close_cache(cache, batch)
   phase.done('loop_s')
   step, early, ckpt = steps_loop.step, steps_loop.early, steps_loop.ckpt
+  if steps == 0:  # evaluation only (model.keep_head): the loaded model's validation AUC
+    early = loop.early_state(evaluate_val(pstate.params)['val_auc'], 0, 0)
 
   # ---- final evaluation ----------------------------------------------------------------
   best_params = steps_loop.best_params

@@ -199,6 +199,8 @@ RULES: dict[str, Rule] = {
     'model.init_scheme': one_of('', 'gaussian', 'xavier', 'he',
                                 fix='"" keeps the architecture\'s default'),
     'model.group_impl': one_of('auto', 'split', 'xla', fix='auto picks per backend'),
+    'model.keep_head': boolean('True loads init=\'s head too (a model fine-tuned on this '
+                               'task); needs init= and a depth other than scratch'),
     # Data (the fields of medft.data.schema.FIELDS).
     'data.name': text('the application config sets it'),
     'data.manual_dir': path('the folder holding your download of the dataset'),
@@ -384,7 +386,10 @@ def check_config(config: Any, mode: str = 'train') -> None:
 def _cross_checks(config: ml_collections.ConfigDict, leaves: dict[str, Any], mode: str) -> None:
   arch = config.get('arch')
   train = config.get('train')
-  if train is not None and mode != 'pretrain':
+  keep_head = leaves.get('model.keep_head', False)
+  if keep_head:
+    _check_keep_head(config, mode)
+  if train is not None and mode != 'pretrain' and not (keep_head and mode == 'train'):
     if train.get('steps', 1) <= 0 and train.get('epochs', 0) <= 0:
       raise ConfigError(f'config fields train.steps={train.get("steps")} and train.epochs='
                         f'{train.get("epochs")}: the run would not train at all. Fix: give '
@@ -415,6 +420,22 @@ def _cross_checks(config: ml_collections.ConfigDict, leaves: dict[str, Any], mod
       raise _fail('input_size', size, f'at least {smallest} for {arch} at model.width='
                   f'{width:g} (a smaller input leaves an empty feature map)',
                   f'set --config.input_size={smallest} or more (the paper: 227)')
+
+
+def _check_keep_head(config: ml_collections.ConfigDict, mode: str) -> None:
+  """model.keep_head loads a fine-tuned model into one run: it needs init= and a depth that
+  loads weights (train.steps=0 then only evaluates it)."""
+  if mode != 'train':
+    raise _fail('model.keep_head', True, 'False for a sweep or auto run (every arm starts '
+                'from the source model with a new head)', 'evaluate an exported model with '
+                'one run: medft.train / --mode=train')
+  if not config.get('init'):
+    raise _fail('model.keep_head', True, 'True only with init= (the model whose head is kept)',
+                'pass init=<an export of a run, python -m medft.weights.export>')
+  from medft.tuning import is_scratch  # noqa: PLC0415  (the one reading of arm names)
+  if is_scratch(str(config.get('depth', ''))):
+    raise _fail('model.keep_head', True, 'True only with a depth other than scratch (scratch '
+                'loads no weights)', 'set e.g. depth=fc8 (with train.steps=0 nothing trains)')
 
 
 def _check_arms(config: ml_collections.ConfigDict) -> None:

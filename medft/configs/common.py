@@ -126,6 +126,9 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.model.init_scheme = ''
   # Grouped convolution form: auto (split on CPU, XLA's grouped kernel elsewhere), split, xla.
   c.model.group_impl = 'auto'
+  # Load init='s head too (a fine-tuned model, e.g. an export of a run; its classes must be
+  # the task's); with train.steps=0 the run only evaluates it. False: a new head (the paper).
+  c.model.keep_head = False
 
   # Data: every field of medft.data.schema (its defaults and meanings), with the fraction of
   # the arm, and half the units held out for testing, as the paper held out (public sets are

@@ -92,7 +92,23 @@ def _dense_oi_chw(channels_from: str) -> Callable[[dict, str, Params], dict]:
                            f'channels of {channels_from}; the file is not this architecture.')
     w = w.reshape(out, channels, side, side).transpose(2, 3, 1, 0).reshape(inputs, out)
     return {'kernel': w, 'bias': _vector(p['bias'], where)}
+
+  def inverse(p: dict, converted: Params) -> dict:
+    kernel = p['kernel']
+    inputs, out = kernel.shape
+    channels = converted[channels_from]['kernel'].shape[-1]
+    side = math.isqrt(inputs // channels)
+    w = kernel.reshape(side, side, channels, out).transpose(3, 2, 0, 1).reshape(out, inputs)
+    return {'weight': w, 'bias': p['bias']}
+  layout.inverse = inverse
   return layout
+
+
+# The inverse of each layout change (Flax -> source layout; `to_source` applies them), beside
+# the change it undoes.
+_conv_oihw.inverse = lambda p, _: {'weight': p['kernel'].transpose(3, 2, 0, 1),
+                                   'bias': p['bias']}
+_dense_oi.inverse = lambda p, _: {'weight': p['kernel'].T, 'bias': p['bias']}
 
 
 # Parameter names each layout reads from a source layer.
@@ -228,6 +244,26 @@ def to_flax(layers: Layers, format: str, arch: str, src: str) -> Params:
     if not np.isfinite(value).all():
       raise InputFileError(f'{src}: {path} holds NaN or infinite values; the file is damaged.')
   return traverse_util.unflatten_dict(converted, sep='/')
+
+
+def to_source(params: Params, format: str, arch: str) -> dict[str, np.ndarray]:
+  """`TABLES[format][arch]` inverted: Flax `params` as the source's flat tensors in its own
+  names and layout (`features.0.weight`, ...), what `to_flax` reads back to `params` exactly.
+  A `ConfigError` when the format has no table of `arch`."""
+  tables = TABLES.get(format, {})
+  writable = [a for a, rows in tables.items() if all(hasattr(r.layout, 'inverse') for r in rows)]
+  if arch not in writable:
+    raise ConfigError(f'arch={arch} has no {format} naming in medft, so it cannot be written '
+                      f'in it (medft writes {", ".join(writable) or "no architecture"}).')
+  flat = traverse_util.flatten_dict(params, sep='/')
+  out = {}
+  for row in tables[arch]:
+    unit = {k[len(row.unit) + 1:]: v for k, v in flat.items() if k.startswith(row.unit + '/')}
+    if not unit:
+      continue
+    for name, value in row.layout.inverse(unit, params).items():
+      out[f'{row.source}.{name}'] = np.ascontiguousarray(value, dtype=np.float32)
+  return out
 
 
 # ---------------------------------------------------------------------------

@@ -4,8 +4,12 @@ Artifact layout (written atomically: a temporary sibling folder renamed into pla
   DIR/params/     orbax pytree in the Flax layout, top-level keys = tuning units
   DIR/meta.json   {arch, source_format, source_file, source_sha256, num_source_classes,
                    channel_order: "RGB"|"BGR", scale: 1|255, mean: [c0, c1, c2],
-                   std: [c0, c1, c2], input_size: [h, w], source_dtype, written_by: "medft"}
+                   std: [c0, c1, c2], input_size: [h, w], source_dtype, written_by: "medft",
+                   provenance: {...}}
 `mean` and `std` are per channel, in `channel_order`, on the `scale` the network expects.
+`provenance` (exports of a run, `medft.weights.export`; {} otherwise) names the run folder,
+arm, dataset, step, which checkpoint, the run's init= and the medft version; meta.json files
+written before it load with {}.
 `source_dtype` names the dtypes of the source file's tensors (e.g. "bfloat16"); params are
 always float32. `written_by` is medft's marker: `save_artifact(..., overwrite=True)` replaces
 only a folder whose meta.json carries it, never a folder medft did not write.
@@ -45,6 +49,7 @@ class Meta:
   num_source_classes: int = 0
   source_dtype: str = ''      # dtypes of the source tensors, e.g. 'bfloat16' (params: float32)
   written_by: str = MARKER    # medft's marker (what lets --overwrite replace the folder)
+  provenance: dict = dataclasses.field(default_factory=dict)  # where an export came from
 
   def to_json(self) -> dict:
     d = dataclasses.asdict(self)
@@ -61,6 +66,8 @@ class Meta:
                            f'`python -m medft.weights.convert`.')
     if d.get('channel_order', 'RGB') not in ('RGB', 'BGR'):
       raise InputFileError(f'{source}: channel_order={d["channel_order"]!r}, expected RGB or BGR.')
+    if not isinstance(d.get('provenance', {}), dict):
+      raise InputFileError(f'{source}: provenance={d["provenance"]!r}, expected an object.')
     d = dict(d)
     for key in ('mean', 'std', 'input_size'):
       if key in d:
@@ -145,10 +152,7 @@ def load_artifact(path: str | os.PathLike) -> tuple[Params, Meta]:
     raise InputFileError(f'init={path}: not a converted-weights folder (expected meta.json and '
                          f'params/ inside). Convert the original file with '
                          f'`python -m medft.weights.convert --src=FILE --format=... --out={path}`.')
-  try:
-    meta = Meta.from_json(json.loads(meta_file.read_text()), str(meta_file))
-  except json.JSONDecodeError as e:
-    raise InputFileError(f'{meta_file}: not valid JSON ({e}); re-run the converter.') from None
+  meta = read_meta(path)
   try:
     restored = _checkpointer().restore(params_dir.absolute())
   except Exception as e:  # orbax raises many types for a damaged folder.
@@ -156,6 +160,18 @@ def load_artifact(path: str | os.PathLike) -> tuple[Params, Meta]:
                          f're-run the converter.') from None
   params = jax_free_tree(restored)
   return params, meta
+
+
+def read_meta(path: str | os.PathLike) -> Meta:
+  """The meta.json of an artifact (its input convention), without reading the parameters."""
+  meta_file = Path(path) / 'meta.json'
+  if not meta_file.is_file():
+    raise MissingInputError(f'init={path}: no meta.json there. Pass the --out folder of '
+                            '`python -m medft.weights.convert`.')
+  try:
+    return Meta.from_json(json.loads(meta_file.read_text()), str(meta_file))
+  except json.JSONDecodeError as e:
+    raise InputFileError(f'{meta_file}: not valid JSON ({e}); re-run the converter.') from None
 
 
 def jax_free_tree(tree: Any) -> Params:
