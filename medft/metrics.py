@@ -149,6 +149,81 @@ def auc_placements(labels: Any, scores: Any) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
+# Several classes (one-vs-rest)
+# ---------------------------------------------------------------------------
+
+
+def _class_labels_and_scores(labels: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+  """(labels as int array (n,), scores as float64 (n, K)): K >= 2 score columns, labels in
+  0..K-1, every score finite."""
+  labels = np.asarray(labels).ravel()
+  scores = np.asarray(scores, dtype=np.float64)
+  if scores.ndim != 2 or scores.shape[1] < 2 or scores.shape[0] != labels.size:
+    raise ValueError(f'scores must be (n, K) with K >= 2 classes for {labels.size} labels; '
+                     f'got shape {scores.shape}.')
+  k = scores.shape[1]
+  if labels.size and not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f'labels must be integers 0..{k - 1}; got dtype {labels.dtype}.')
+  outside = (labels < 0) | (labels >= k)
+  if outside.any():
+    raise ValueError(f'labels must be 0..{k - 1} (one per score column); found '
+                     f'{np.unique(labels[outside])[:5].tolist()}.')
+  if not np.isfinite(scores).all():
+    raise ValueError(f'scores contain {int((~np.isfinite(scores)).sum())} NaN/inf values.')
+  return labels.astype(np.int64), scores
+
+
+def one_vs_rest_aucs(labels: Any, scores: Any) -> list[float]:
+  """ROC AUC of each class k against all others, from score column k (as
+  ``sklearn.metrics.roc_auc_score(labels == k, scores[:, k])``). ValueError when a class has
+  no example, or every example (its AUC is undefined)."""
+  labels, scores = _class_labels_and_scores(labels, scores)
+  return [roc_auc(labels == k, scores[:, k]) for k in range(scores.shape[1])]
+
+
+def macro_roc_auc(labels: Any, scores: Any) -> float:
+  """Unweighted mean of the one-vs-rest AUCs: ``sklearn.metrics.roc_auc_score(labels, scores,
+  multi_class='ovr', average='macro')`` (every class must occur, as there)."""
+  return float(np.mean(one_vs_rest_aucs(labels, scores)))
+
+
+def macro_roc_auc_present(labels: Any, scores: Any) -> float:
+  """`macro_roc_auc` over the classes that occur in `labels` but not alone (a validation set
+  may lack a rare class; early stopping still needs a number). ValueError if none does."""
+  labels, scores = _class_labels_and_scores(labels, scores)
+  present = [k for k in range(scores.shape[1]) if 0 < int((labels == k).sum()) < labels.size]
+  if not present:
+    raise ValueError(f'AUC needs two classes; the {labels.size} labels hold one only.')
+  return float(np.mean([roc_auc(labels == k, scores[:, k]) for k in present]))
+
+
+def macro_roc_auc_by_counts(labels: Sequence[Any], scores: Sequence[Any],
+                            num_classes: int) -> Callable[[np.ndarray], float]:
+  """`macro_roc_auc` of units drawn ``counts[u]`` times each (`roc_auc_by_counts` per class);
+  ``labels[u]`` (n_u,) and ``scores[u]`` (n_u, K) are unit u's."""
+  lab = [np.asarray(x, dtype=np.int64).ravel() for x in labels]
+  sc = [np.asarray(x, dtype=np.float64).reshape(len(y), num_classes)
+        for x, y in zip(scores, lab)]
+  per_class = [roc_auc_by_counts([y == k for y in lab], [s[:, k] for s in sc])
+               for k in range(num_classes)]
+  return lambda counts: float(np.mean([f(counts) for f in per_class]))
+
+
+def confusion_matrix(labels: Any, predicted: Any, num_classes: int) -> list[list[int]]:
+  """Counts [true class][predicted class] (``sklearn.metrics.confusion_matrix`` with
+  ``labels=range(num_classes)``): rows are the true classes."""
+  labels = np.asarray(labels, dtype=np.int64).ravel()
+  predicted = np.asarray(predicted, dtype=np.int64).ravel()
+  if labels.shape != predicted.shape:
+    raise ValueError(f'labels has {labels.size} entries but predicted has {predicted.size}.')
+  for name, v in (('labels', labels), ('predicted', predicted)):
+    if v.size and (v.min() < 0 or v.max() >= num_classes):
+      raise ValueError(f'{name} must be 0..{num_classes - 1}; found {v.min()}..{v.max()}.')
+  counts = np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2)
+  return counts.reshape(num_classes, num_classes).astype(int).tolist()
+
+
+# ---------------------------------------------------------------------------
 # FROC (detection)
 # ---------------------------------------------------------------------------
 
