@@ -218,6 +218,8 @@ RULES: dict[str, Rule] = {
     'data.annotator': one_of('A1', "A1'", 'A2', 'A3', fix='CUBS ships these annotators'),
     'data.classes': class_map('e.g. {"informative": 1, "non_informative": 0}'),
     'data.unit_regex': regex('its first group picks the video or patient id from a file stem'),
+    'data.synthetic_classes': integer(2, 16, fix='the frames twin\'s classes; 2 = informative '
+                                      'and non-informative'),
     # Optimizer (the paper's rules are the defaults).
     'optim.base_lr': number(0, lo_open=True, fix='the paper uses 0.001'),
     'optim.head_lr_mult': number(0, lo_open=True, fix='the paper uses 10'),
@@ -249,6 +251,8 @@ RULES: dict[str, Rule] = {
     'task.eval_patches_per_class': integer(1, fix='e.g. 30'),
     'task.patches_per_image': integer(1, fix='e.g. 300'),
     'task.fixed_pool': boolean(),
+    'task.class_balanced': boolean('True draws a class first, then a training frame of it '
+                                   '(every class equally likely); False draws frames'),
     'task.smooth_window': integer(1, fix='columns, e.g. 9'),
     'task.crop_size': integer(4, 4096, fix='pixels; the frames must be at least this large'),
     'task.crops_per_frame': integer(1, fix='the paper uses 200'),
@@ -398,6 +402,7 @@ def _cross_checks(config: ml_collections.ConfigDict, leaves: dict[str, Any], mod
   if val is not None and test is not None and val + test >= 1:
     raise ConfigError(f'config fields data.val_share={val} and data.test_share={test} leave no '
                       'training subjects (their sum must be below 1). Fix: e.g. 0.2 and 0.5.')
+  _check_num_classes(leaves)
   fp, top = leaves.get('task.fp_rates'), leaves.get('task.froc_max_fp')
   if fp and top is not None and max(fp) > top:
     raise _fail('task.froc_max_fp', top, f'at least max(task.fp_rates) = {max(fp):g}',
@@ -436,6 +441,26 @@ def _check_keep_head(config: ml_collections.ConfigDict, mode: str) -> None:
   if is_scratch(str(config.get('depth', ''))):
     raise _fail('model.keep_head', True, 'True only with a depth other than scratch (scratch '
                 'loads no weights)', 'set e.g. depth=fc8 (with train.steps=0 nothing trains)')
+
+
+def _check_num_classes(leaves: dict[str, Any]) -> None:
+  """num_classes (the network's outputs) against the classes the data will have, where the
+  config says so: a class map (data.classes) or the frames twin's data.synthetic_classes."""
+  twin = leaves.get('data.name') in ('synthetic_frames', 'synthetic_frames_folder')
+  k = leaves.get('data.synthetic_classes', 2)
+  if k != 2 and not twin:
+    raise _fail('data.synthetic_classes', k, '2 unless data.name is synthetic_frames (only the '
+                'frames twin has a class count)', 'leave data.synthetic_classes at 2')
+  classes, n = leaves.get('data.classes'), leaves.get('num_classes')
+  if classes:
+    k, source = max(classes.values()) + 1, f'data.classes ({len(classes)} names)'
+  elif twin:
+    source = 'data.synthetic_classes'
+  else:
+    return
+  if n is not None and n != k:
+    raise ConfigError(f'config field num_classes={n} but the data will have {k} classes '
+                      f'({source}). Fix: set num_classes={k} (configs/frames.py: classes={k}).')
 
 
 def _check_arms(config: ml_collections.ConfigDict) -> None:

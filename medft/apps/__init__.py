@@ -89,6 +89,12 @@ class Spec:
   ceiling_key: str = ''
   box_keys: tuple[str, ...] = ()       # per-item values drawn as box plots
   items: Callable[[Sequence[Record], str], np.ndarray] | None = None  # box plot values
+  # Optional: a table of counts from one seed's `test`, {'title', 'rows', 'columns', 'counts'
+  # ([row][column])}, or None where the test has none; the report sums it over an arm x
+  # fraction's seeds (frames with K > 2 classes: the confusion matrix).
+  counts: Callable[[Mapping], dict | None] | None = None
+  # Optional: the per-unit rule for a given `test`, where it depends on it (frames: K > 2).
+  per_unit_rule_of: Callable[[Mapping], str] | None = None
 
 
 APPS: Registry[Spec] = Registry('application', 'app', 'medft.apps')
@@ -98,6 +104,13 @@ def get(name: Any) -> Spec:
   """The declaration of application `name` (a ConfigError, a ValueError, naming the known
   ones)."""
   return APPS[name]
+
+
+def per_unit_rule(spec: Spec, test: Mapping | None) -> str:
+  """The rank test's per-unit value in words, for the runs whose `test` is given."""
+  if spec.per_unit_rule_of is not None and test:
+    return spec.per_unit_rule_of(test)
+  return spec.per_unit_rule
 
 
 def missing_keys(spec: Spec, test: Any) -> list[str]:

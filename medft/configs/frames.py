@@ -7,6 +7,11 @@ sensitivity at 10, 15 and 20% false positive rate, with 95% bootstrap intervals 
 Train one arm on the offline synthetic frames (prints validation AUC, writes results):
   python run.py --config=configs/frames.py:synthetic,depth=scratch,steps=300 --workdir=/tmp/frames
 
+Three classes on the synthetic frames (the report then shows per-class AUCs, their macro mean
+and confusion matrices):
+  python run.py --config=configs/frames.py:synthetic,classes=3,depth=scratch,steps=300 \
+      --workdir=/tmp/frames3
+
 On your own frames in a <class>/<image> folder tree (frames_folder; set the class map and the
 regex that finds the video id in a file name):
   python run.py --config=configs/frames.py:depth=fc7,init=/path/to/bvlc_alexnet_medft \
@@ -17,11 +22,19 @@ from medft.configs import common
 
 
 def get_config(arg=None):
-  arg = common.app_args(arg)
-  # Two classes: non-informative, informative.
-  c = common.app_config(arg, 2, 'synthetic_frames' if arg.synthetic else 'frames_folder')
-  # frames_folder: class folder -> label, and the regex whose first group is the video id.
-  c.data.classes = {'informative': 1, 'non_informative': 0}
+  arg = common.app_args(arg, classes=2)
+  # Classes (the network's outputs): the paper's two, non-informative 0 and informative 1; the
+  # `classes=K` argument sets K (the data must have K: a class map with labels 0..K-1, or the
+  # synthetic twin's data.synthetic_classes).
+  c = common.app_config(arg, arg.classes,
+                        'synthetic_frames' if arg.synthetic else 'frames_folder')
+  # frames_folder: class folder -> label (replace it for K > 2 classes). The synthetic twin
+  # has data.synthetic_classes classes and, for K > 2, its own map (tinted_2, ...).
+  if arg.synthetic:
+    c.data.synthetic_classes = arg.classes
+  if not arg.synthetic or arg.classes == 2:
+    c.data.classes = {'informative': 1, 'non_informative': 0}
+  # The regex whose first group is the video id in a file name.
   c.data.unit_regex = r'^(vid\d+)_'
   # A fraction counts frames of the training videos (the paper's 100/10/5/1% of frames); the
   # split, and so every test statistic, stays by video.
@@ -35,6 +48,9 @@ def get_config(arg=None):
   # Train on one fixed draw of `crops_per_frame` crops per frame (what lets
   # train.feature_cache serve repeats); False = fresh crops every step.
   c.task.fixed_pool = False
+  # Draw a class first, then a training frame of it (every class equally likely: a
+  # class-stratified training set); False = every training frame equally likely (as before).
+  c.task.class_balanced = False
   # Test: fixed random crops averaged per frame (paper: 200).
   c.task.test_crops = 200
   # Validation AUC: fixed crops per frame.

@@ -62,6 +62,9 @@ class _Source:
   def __init__(self, builder: ManualBuilder):
     self._builder_args = (type(builder), builder.data_dir_root, builder.builder_config)
     self._encoded = dict(builder.info.metadata.get('encoded_images', {}))
+    # A classification builder's class name -> label map (frames_folder, manifest), or None.
+    classes = builder.info.metadata.get('classes')
+    self.classes = {str(k): int(v) for k, v in dict(classes).items()} if classes else None
     self._data = None
     self.prepared_dir = str(builder.data_dir)
 
@@ -102,6 +105,11 @@ class SplitView(collections.abc.Sequence):
 
   def __len__(self) -> int:
     return len(self.indices)
+
+  @property
+  def classes(self) -> dict[str, int] | None:
+    """The dataset's class name -> label map (its builder's metadata `classes`), or None."""
+    return self._source.classes
 
   def __getitem__(self, i):
     if isinstance(i, slice):
@@ -180,13 +188,16 @@ def _resolve(cfg: dict[str, Any]) -> tuple[str, Path | None, Path, dict[str, Any
   app = BUILDERS[builder_name].APP
   n = int(cfg['synthetic_n'] or synthetic.DEFAULT_N[app])
   seed = int(cfg['synthetic_seed'])
-  root = data_dir / 'synthetic' / f'{builder_name}-n{n}-seed{seed}'
+  k = int(cfg['synthetic_classes'])  # the frames twin's class count (2: the paper's)
+  root = data_dir / 'synthetic' / (f'{builder_name}-n{n}-seed{seed}' + (f'-k{k}' if k != 2
+                                                                         else ''))
   if builder_name == 'frames_folder':
-    cfg['classes'] = cfg['classes'] or dict(synthetic.FRAMES_CLASSES)
+    cfg['classes'] = cfg['classes'] or synthetic.frames_classes(k)
     cfg['unit_regex'] = cfg['unit_regex'] or synthetic.FRAMES_UNIT_REGEX
   if not (root / 'raw').is_dir():
     _check_writable(data_dir, None)
-  raw = synthetic.write_cached(app, root / 'raw', n=n, seed=seed, layout=builder_name)
+  raw = synthetic.write_cached(app, root / 'raw', n=n, seed=seed, layout=builder_name,
+                               classes=k)
   return builder_name, raw, root / 'tfds', {'app': app, 'layout': builder_name, 'n': n,
                                             'seed': seed, 'raw_dir': str(raw)}
 

@@ -48,6 +48,8 @@ FIELDS: dict[str, Field] = {
     'synthetic_n': Field(0, 'Size of a synthetic twin (images/volumes); 0 = the generator\'s '
                          'default.'),
     'synthetic_seed': Field(0, 'Seed of the synthetic twin\'s generator.'),
+    'synthetic_classes': Field(2, 'Classes of the synthetic frames twin (2: informative and '
+                               'non-informative; more adds tinted classes).'),
 }
 
 

@@ -121,7 +121,20 @@ def _row(spec: apps.Spec, points: Sequence[apps.Point], runs: Sequence[RunRecord
       entry.update(sd=float(np.std(items, ddof=1)) if items.size > 1 else 0.0,
                    n_items=int(items.size))
     out['metrics'][p.key] = entry
+  counts = _summed_counts(spec, runs) if spec.counts is not None else None
+  if counts is not None:  # e.g. the confusion matrix: summed over the seeds
+    out['counts'] = counts
   return out
+
+
+def _summed_counts(spec: apps.Spec, runs: Sequence[RunRecord]) -> dict | None:
+  """`spec.counts` of every seed's test, the counts added up (None where no seed has one)."""
+  tables = [t for r in runs if r.results.get('test')
+            and (t := spec.counts(r.results['test'])) is not None]
+  if not tables:
+    return None
+  total = np.sum([np.asarray(t['counts'], dtype=np.int64) for t in tables], axis=0)
+  return {**tables[0], 'counts': total.tolist(), 'n_seeds': len(tables)}
 
 
 def _constant_output(spec: apps.Spec, run: RunRecord) -> bool:
@@ -226,7 +239,8 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
                   'higher_is_better': p.higher_is_better, 'digits': p.digits} for p in points],
       'statistics': {
           'averaging': AVERAGING.format(unit=unit), 'n_boot': n_boot, 'alpha': stats.ALPHA,
-          'rank_test': stats.RANK_TEST, 'per_unit_value': spec.per_unit_rule if spec else '',
+          'rank_test': stats.RANK_TEST,
+          'per_unit_value': apps.per_unit_rule(spec, first_test) if spec else '',
           'family': stats.FAMILY, 'correction': correction,
           'correction_name': metrics.CORRECTIONS[correction],
           'marks': ', '.join(f'{m} adjusted p < {limit:g}' for limit, m in reversed(stats.MARKS))},

@@ -162,6 +162,7 @@ def markdown(report: dict) -> str:
       + '.\n')
   _markdown_statistics(report, add)
   _markdown_points(report, add)
+  _markdown_counts(report, add)
   _markdown_pairs(report, add)
   robustness.markdown(report.get('robustness'), add, (_ci, _p))
   _markdown_auto(report, add)
@@ -233,6 +234,23 @@ def _markdown_points(report: dict, add: Callable[[str], None]) -> None:
           cells.append(f'{e["value"]:.1f} ± {e["sd"]:.1f}' if e.get('sd') is not None
                        else '–')
       add('| ' + ' | '.join(cells) + ' |')
+    add('')
+
+
+def _markdown_counts(report: dict, add: Callable[[str], None]) -> None:
+  """Each arm x fraction's table of counts (the app's `counts`, e.g. a confusion matrix)."""
+  rows = [r for r in report['rows'] if r.get('counts')]
+  if not rows:
+    return
+  add('## ' + rows[0]['counts'].get('heading', 'Counts') + '\n')
+  add(rows[0]['counts']['title'] + '.\n')
+  for r in rows:
+    t = r['counts']
+    add(f'**{r["arm"]}, fraction {r["fraction"]:g}** ({t["n_seeds"]} seed(s))\n')
+    add('| true \\ predicted | ' + ' | '.join(map(str, t['columns'])) + ' |')
+    add('|---|' + '---|' * len(t['columns']))
+    for name, counts in zip(t['rows'], t['counts']):
+      add(f'| {name} | ' + ' | '.join(str(int(c)) for c in counts) + ' |')
     add('')
 
 
