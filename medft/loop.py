@@ -80,13 +80,15 @@ class Tick(NamedTuple):
   fetched: list[dict] | None  # host metrics of the steps since the last fetch (fetch steps only)
 
 
-def run_steps(train_step: Callable, pstate: Any, batches: Iterator[dict], rng: jax.Array,
-              start: int = 0, fetch: Callable[[int], bool] = lambda step: False
-              ) -> Iterator[Tick]:
+def run_steps(train_step: Callable, pstate: Any, batches: Iterator[Any], rng: jax.Array,
+              start: int = 0, fetch: Callable[[int], bool] = lambda step: False,
+              packed: bool = False) -> Iterator[Tick]:
   """Runs `train_step(pstate, batch, rng)` over `batches` (copied to the devices two steps
-  ahead); the metrics are fetched to the host only at steps where `fetch(step)` holds."""
+  ahead); the metrics are fetched to the host only at steps where `fetch(step)` holds.
+  `packed`: each item of `batches` is a list of packed seeds' batches (`medft.packed`)."""
   pending, step = [], start
-  for batch in parallel.prefetch_to_device(batches, size=2):
+  place = parallel.shard_packed if packed else parallel.shard
+  for batch in parallel.prefetch_to_device(batches, size=2, place=place):
     pstate, metrics = train_step(pstate, batch, rng)
     step += 1
     pending.append(metrics)
@@ -135,7 +137,7 @@ def sigterm_flag() -> Iterator[list]:
       signal.signal(signal.SIGTERM, previous)
 
 
-def _stop_for_sigterm(sigterm: list, fetch_step: bool) -> bool:
+def stop_for_sigterm(sigterm: list, fetch_step: bool) -> bool:
   """Whether SIGTERM stops the run after this step: at once on one process. With several, at
   the next fetch step once any of them got it, so that all of them take part in the same
   (collective) checkpoint and stop together."""
@@ -333,33 +335,46 @@ class Loop:
 
   def _run(self, train_step, pstate, batches, rng, evaluate) -> Any:
     with sigterm_flag() as sigterm:
-      for tick in run_steps(train_step, pstate, batches, rng, self.step, self._row_step):
+      for tick in run_steps(train_step, pstate, batches, rng, self.step, self.row_step):
         pstate = tick.state
-        step = self.step = tick.step
-        self.timer.after_step(tick.metrics)
-        preempted = _stop_for_sigterm(sigterm, tick.fetched is not None)
-        eval_now = step % self.eval_every == 0 or step == self.steps
-        if tick.fetched is not None:
-          row = self._row(tick.fetched, step)
-          if eval_now and evaluate is not None:
-            row.update(self._evaluate(evaluate, pstate.params, step))
-          if jax.process_index() == 0:
-            files.append_line(self.metrics_file, json.dumps(row))
-          self.timer.reset()
-        stop = self.watch is not None and int(self.early['bad_evals']) >= self.patience
-        if (step % self.checkpoint_every == 0 or step == self.steps or stop or preempted
-            or (eval_now and self.watch is not None)):
-          self._save_latest(step, pstate)
+        preempted = stop_for_sigterm(sigterm, tick.fetched is not None)
+        stop = self.after_step(tick.step, lambda: pstate, tick.metrics, tick.fetched,
+                               evaluate, preempted)
         if preempted:
-          raise Preempted(f'SIGTERM received: {self.name} checkpoint saved at step {step} in '
-                          f'{self.ckpt.latest_dir}; repeat the same command to resume.')
+          raise Preempted(f'SIGTERM received: {self.name} checkpoint saved at step {tick.step} '
+                          f'in {self.ckpt.latest_dir}; repeat the same command to resume.')
         if stop:
-          logging.info('Early stop at step %d: no validation gain in %d evaluations.', step,
-                       self.patience)
           break
     return pstate
 
-  def _row_step(self, step: int) -> bool:
+  def after_step(self, step: int, state: Callable[[], Any], metrics: dict,
+                 fetched: list[dict] | None, evaluate: Callable | None,
+                 preempted: bool) -> bool:
+    """The bookkeeping of step `step` done: its row (with `fetched`, the host metrics since
+    the last row), evaluation, early stopping and checkpoints of the replicated train state
+    `state()` (called only when needed). True when early stopping ends the run here; the
+    caller raises `Preempted` when `preempted` (the latest checkpoint is saved by then).
+    Also what `medft.packed` calls for each seed of a packed program."""
+    self.step = step
+    self.timer.after_step(metrics)
+    eval_now = step % self.eval_every == 0 or step == self.steps
+    if fetched is not None:
+      row = self._row(fetched, step)
+      if eval_now and evaluate is not None:
+        row.update(self._evaluate(evaluate, state().params, step))
+      if jax.process_index() == 0:
+        files.append_line(self.metrics_file, json.dumps(row))
+      self.timer.reset()
+    stop = self.watch is not None and int(self.early['bad_evals']) >= self.patience
+    if (step % self.checkpoint_every == 0 or step == self.steps or stop or preempted
+        or (eval_now and self.watch is not None)):
+      self._save_latest(step, state())
+    if stop and not preempted:
+      logging.info('%s: early stop at step %d: no validation gain in %d evaluations.',
+                   self.name, step, self.patience)
+    return stop
+
+  def row_step(self, step: int) -> bool:
     """Whether `step` logs a row: every `log_every` and `eval_every` steps, and the last."""
     return step % self.log_every == 0 or step % self.eval_every == 0 or step == self.steps
 

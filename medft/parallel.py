@@ -75,12 +75,14 @@ def unreplicate(tree: Any) -> Any:
   return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
 
-def prefetch_to_device(batches: Iterator[Any], size: int = 2) -> Iterator[Any]:
-  """Shards host batches and copies them to the devices `size` steps ahead of use."""
+def prefetch_to_device(batches: Iterator[Any], size: int = 2,
+                       place: Callable[[Any], Any] = shard) -> Iterator[Any]:
+  """Shards host batches (`place`: `shard`, or `shard_packed` for lists of packed seeds'
+  batches) and copies them to the devices `size` steps ahead of use."""
   queue = collections.deque()
 
   def put(batch):
-    queue.append(to_devices(shard(batch)))
+    queue.append(to_devices(place(batch)))
 
   for batch in itertools.islice(batches, size):
     put(batch)

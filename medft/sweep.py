@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import ml_collections
 from absl import logging
 
-from medft import files, locks, trainer, tuning
+from medft import files, locks, packed, trainer, tuning
 from medft.errors import ConfigError, NonFiniteError, NotOursError
 from medft.models import ARCHS
 
@@ -77,6 +77,7 @@ def study_setting(config: ml_collections.ConfigDict, block: str, key: str) -> An
       ('sweep', 'arms'): '', ('sweep', 'fractions'): '', ('sweep', 'seeds'): '',
       ('sweep', 'shard'): '', ('sweep', 'report'): True, ('sweep', 'keep_checkpoints'): 'all',
       ('sweep', 'train_units'): '', ('sweep', 'scratch_lr_mult'): 1.0,
+      ('sweep', 'pack_seeds'): False,
       # Multiplicity correction of the report's all-pairs tables: 'holm' or 'bh'.
       ('report', 'correction'): 'holm',
       ('auto', 'tolerance'): 0.002, ('auto', 'patience'): 1,
@@ -262,12 +263,63 @@ def _run_one(config, run: Run, sweep_dir: Path, init: str) -> dict | None:
   try:
     results = trainer.train(run_config(config, run, init), workdir)
   except trainer.NonFiniteError as e:
-    logging.error('%s', e)
-    files.write_json_atomic(workdir / 'failed.json', {'error': str(e), 'time': time.time()})
+    return _record(config, workdir, e)
+  return _record(config, workdir, results)
+
+
+def _record(config, workdir: Path, outcome: dict | NonFiniteError) -> dict | None:
+  """A trained run's results, its checkpoints dropped as `sweep.keep_checkpoints` says; or
+  its failure written to failed.json (None)."""
+  if isinstance(outcome, NonFiniteError):
+    logging.error('%s', outcome)
+    files.write_json_atomic(workdir / 'failed.json', {'error': str(outcome),
+                                                      'time': time.time()})
     return None
   for name in dropped_checkpoints(config):  # frees the disk a finished run no longer needs
     shutil.rmtree(workdir / 'checkpoints' / name, ignore_errors=True)
-  return results
+  return outcome
+
+
+def _run_group(config, group: Sequence[Run], sweep_dir: Path, init: str) -> list[Run]:
+  """The seeds of one arm and fraction; the failed ones. With `sweep.pack_seeds`, the seeds
+  without a folder yet train as one packed program (`medft.packed`); the others (resumed,
+  finished, failed) and every group that cannot be packed run one after another."""
+  fresh = [r for r in group if not r.path(sweep_dir).exists()]
+  reason = ''
+  if not study_setting(config, 'sweep', 'pack_seeds') or len(fresh) < 2:
+    fresh = []
+  else:
+    reason = packed.fallback_reason(run_config(config, fresh[0], init))
+    if reason:
+      logging.info('sweep.pack_seeds: %s at fraction %s trains its seeds one after another: '
+                   '%s.', fresh[0].arm, fresh[0].fraction, reason)
+      fresh = []
+  later = [r for r in group if r not in fresh]
+  if fresh and later:
+    logging.info('sweep.pack_seeds: seeds %s of %s at fraction %s have folders already; they '
+                 'resume (or are skipped) as separate runs.', ', '.join(str(r.seed) for r in later),
+                 group[0].arm, group[0].fraction)
+  failed = [r for r in later if _run_one(config, r, sweep_dir, init) is None]
+  if fresh:
+    logging.info('Runs %s at fraction %s, seeds %s (packed) -> %s', fresh[0].arm,
+                 fresh[0].fraction, ', '.join(str(r.seed) for r in fresh),
+                 fresh[0].path(sweep_dir).parent)
+    outcomes = packed.train_seeds([run_config(config, r, init) for r in fresh],
+                                  [r.path(sweep_dir) for r in fresh])
+    failed += [r for r, outcome in zip(fresh, outcomes)
+               if _record(config, r.path(sweep_dir), outcome) is None]
+  return failed
+
+
+def groups_of(runs: Sequence[Run]) -> list[list[Run]]:
+  """The runs in plan order, the neighbouring seeds of one arm and fraction together."""
+  out: list[list[Run]] = []
+  for r in runs:
+    if out and (out[-1][0].arm, out[-1][0].fraction) == (r.arm, r.fraction):
+      out[-1].append(r)
+    else:
+      out.append([r])
+  return out
 
 
 def dropped_checkpoints(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -318,11 +370,12 @@ def sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     _write_plan(config, sweep_dir, runs, init)
     logging.info('Sweep: %d runs planned, %d in this shard (%s).', len(runs), len(mine),
                  shard or 'all')
-    failed = []
-    for k, run in enumerate(mine):
-      logging.info('---- sweep run %d/%d ----', k + 1, len(mine))
-      if _run_one(config, run, sweep_dir, init) is None:
-        failed.append(run)
+    failed, done = [], 0
+    for group in groups_of(mine):
+      logging.info('---- sweep run%s %s/%d ----', 's' if len(group) > 1 else '',
+                   f'{done + 1}-{done + len(group)}' if len(group) > 1 else done + 1, len(mine))
+      failed += _run_group(config, group, sweep_dir, init)
+      done += len(group)
     logging.info('Sweep shard done in %.0f s.', time.time() - t0)
     if mine and len(failed) == len(mine):
       raise NonFiniteError(

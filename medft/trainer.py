@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import time
@@ -409,6 +410,53 @@ def read_results(path: Path) -> dict:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
+  run = prepare(config, workdir, lock)
+  if isinstance(run, dict):
+    return run
+  return train_prepared(run)
+
+
+@dataclasses.dataclass
+class Prepared:
+  """One run set up to train (`prepare`): what its loop and final evaluation need. `_train`
+  runs it on its own (`train_prepared`); `medft.packed` steps several seeds' runs of one arm
+  as one program and finishes each (`finish`)."""
+  config: ml_collections.ConfigDict
+  workdir: Path
+  ds: Any
+  task: Task
+  model: Any
+  meta: store.Meta
+  tx: optax.GradientTransformation
+  state: TrainState  # at the resumed step (host)
+  loop: loop.Loop
+  batch: int
+  steps: int
+  steps_per_epoch: int
+  cache: feature_cache.FeatureCache | None
+  cache_start: str | None
+  train_source: Any  # device_views.Source when the train step cuts its views, else None
+  p_predict: Any
+  evaluate_val: Any  # replicated params -> {'val_auc': ...}
+  phase: 'Phases'
+  wall_start: float
+  compile_counter: collections.Counter
+  val_patches_s: float = 0.0
+  packed_seeds: list[int] | None = None  # the seeds trained with it (timing.json)
+
+  def batches(self) -> Iterator[dict]:
+    """This host's batches from the resumed step on (trunk features with the cache)."""
+    out = loop.input_pipeline(self.task, self.loop.step, self.steps, self.batch,
+                              self.config.train.workers, self.config.train.prefetch)
+    if self.cache is not None:
+      cache = self.cache
+      out = ({'features': cache.features(b['image']), 'label': b['label']} for b in out)
+    return out
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: Path, lock) -> Prepared | dict:
+  """Everything of a run before its loop: data, task, model, weights, optimizer, workdir,
+  resumed checkpoint, validation patches. A finished run's results (dict) instead."""
   _prepare_workdir(config, workdir, create=False)
   results_file = workdir / 'results.json'
   if results_file.exists():
@@ -471,21 +519,12 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
 
   phase.done('setup_s')
 
-  # ---- loop ----------------------------------------------------------------------------
+  # ---- validation ----------------------------------------------------------------------
   # Training views cut in the step (not with the feature cache: it hashes host patches).
   train_source = None
   if cache is None and hasattr(task, 'train_views_on_device'):
     train_source = task.train_views_on_device()
-  p_train_step, p_predict = make_steps(model, tx, meta, start=cache_start,
-                                       views=train_source.static if train_source else None)
-  if train_source is not None:
-    p_views_step, placed = p_train_step, parallel.replicate((train_source.stack,
-                                                              train_source.limits))
-    p_train_step = lambda state, b, rng: p_views_step(state, b, rng, *placed)  # noqa: E731
-  batches = loop.input_pipeline(task, steps_loop.step, steps, batch, config.train.workers,
-                                config.train.prefetch)
-  if cache is not None:
-    batches = ({'features': cache.features(b['image']), 'label': b['label']} for b in batches)
+  p_predict = make_predict(model, meta)
   val_patches, val_labels, _ = task.eval_patches('validation')
   val_inputs, p_val_predict = val_patches, p_predict
   if cache is not None:  # validation patches are fixed: their trunk features are too
@@ -501,22 +540,48 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
       return {'val_auc': float('nan')}
     return {'val_auc': task.patch_auc(probs, val_labels)}
 
-  val_patches_s = phase.done('validation_patches_s')
+  return Prepared(
+      config=config, workdir=workdir, ds=ds, task=task, model=model, meta=meta, tx=tx,
+      state=state, loop=steps_loop, batch=batch, steps=steps, steps_per_epoch=steps_per_epoch,
+      cache=cache, cache_start=cache_start, train_source=train_source, p_predict=p_predict,
+      evaluate_val=evaluate_val, phase=phase, wall_start=wall_start,
+      compile_counter=compile_counter,
+      val_patches_s=phase.done('validation_patches_s'))
+
+
+def train_prepared(run: Prepared) -> dict:
+  """Trains a prepared run on its own (its pmapped step) and finishes it."""
+  p_train_step, _ = make_steps(run.model, run.tx, run.meta, start=run.cache_start,
+                               views=run.train_source.static if run.train_source else None)
+  if run.train_source is not None:
+    p_views_step, placed = p_train_step, parallel.replicate((run.train_source.stack,
+                                                              run.train_source.limits))
+    p_train_step = lambda state, b, rng: p_views_step(state, b, rng, *placed)  # noqa: E731
   try:
-    pstate = steps_loop.run(p_train_step, state, batches, jax.random.key(config.seed),
-                            evaluate_val)
+    pstate = run.loop.run(p_train_step, run.state, run.batches(),
+                          jax.random.key(run.config.seed), run.evaluate_val)
   finally:
-    if cache is not None:
-      _close_cache(cache, batch)
-  phase.done('loop_s')
+    if run.cache is not None:
+      _close_cache(run.cache, run.batch)
+  run.phase.done('loop_s')
+  return finish(run, pstate.params)
+
+
+def finish(run: Prepared, params: Any) -> dict:
+  """The final evaluation of a trained run (its best parameters, else `params`, replicated
+  as the loop left them): results.json and timing.json; returns the results."""
+  config, workdir, task, ds, phase = run.config, run.workdir, run.task, run.ds, run.phase
+  model, meta, batch, p_predict = run.model, run.meta, run.batch, run.p_predict
+  steps_loop = run.loop
+  is_main = jax.process_index() == 0
   step, early, ckpt = steps_loop.step, steps_loop.early, steps_loop.ckpt
-  if steps == 0:  # evaluation only (model.keep_head): the loaded model's validation AUC
-    early = loop.early_state(evaluate_val(pstate.params)['val_auc'], 0, 0)
+  if run.steps == 0:  # evaluation only (model.keep_head): the loaded model's validation AUC
+    early = loop.early_state(run.evaluate_val(params)['val_auc'], 0, 0)
 
   # ---- final evaluation ----------------------------------------------------------------
   best_params = steps_loop.best_params
   if best_params is None:
-    best_params = parallel.unreplicate(pstate.params)
+    best_params = parallel.unreplicate(params)
   eval_params = parallel.replicate(best_params)
 
   def predict_numpy(patches):
@@ -536,7 +601,7 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
       'app': ds.app, 'arm': config.depth, 'depth': config.depth, 'arch': config.arch,
       'fraction': config.data.fraction, 'seed': config.seed, 'dataset': config.data.name,
       'init': config.init or None, 'init_source': meta.source_format if config.init else None,
-      'steps': int(step), 'total_steps': steps, 'steps_per_epoch': steps_per_epoch,
+      'steps': int(step), 'total_steps': run.steps, 'steps_per_epoch': run.steps_per_epoch,
       'best_step': int(early['best_step']), 'val_auc': float(early['best_val']),
       'test_auc': test['auc'] if test else None, 'test': test,
       # Training units kept, counted in the unit a fraction counts (data.fraction_unit).
@@ -546,16 +611,21 @@ def _train(config: ml_collections.ConfigDict, workdir: Path, lock) -> dict:
   steps_loop.close()
   phase.done('checkpoint_close_s')
   if is_main:
-    files.write_json_atomic(workdir / 'timing.json', {
-        'compile_s': steps_loop.timer.compile_s, 'wall_s': time.time() - wall_start,
-        'phases': phase.split(steps_loop.seconds, steps_loop.timer.compile_s, val_patches_s),
+    cache, compile_counter = run.cache, run.compile_counter
+    timing = {
+        'compile_s': steps_loop.timer.compile_s, 'wall_s': time.time() - run.wall_start,
+        'phases': phase.split(steps_loop.seconds, steps_loop.timer.compile_s,
+                              run.val_patches_s),
         'devices': jax.device_count(), 'backend': jax.default_backend(),
         'compile_cache': {k: _CACHE_EVENTS[k] - compile_counter[k]
                           for k in ('cache_hits', 'cache_misses')},
-        'feature_cache': cache.stats() if cache is not None else None})
-    files.write_json_atomic(results_file, results)
+        'feature_cache': cache.stats() if cache is not None else None}
+    if run.packed_seeds:
+      timing['packed_seeds'] = run.packed_seeds
+    files.write_json_atomic(workdir / 'timing.json', timing)
+    files.write_json_atomic(workdir / 'results.json', results)
   logging.info('Done: val_auc %.4f (step %d), test_auc %s -> %s', results['val_auc'],
-               results['best_step'], results['test_auc'], results_file)
+               results['best_step'], results['test_auc'], workdir / 'results.json')
   return results
 
 

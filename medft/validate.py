@@ -317,6 +317,8 @@ RULES: dict[str, Rule] = {
                                 'rate)'),
     'sweep.keep_checkpoints': one_of('all', 'best', 'none', fix='all keeps resume + best'),
     'sweep.scratch_lr_mult': number(0, lo_open=True, fix='the paper uses 1'),
+    'sweep.pack_seeds': boolean('True trains the seeds of one arm and fraction as one '
+                                'program; False one after another'),
     'auto.tolerance': number(0, fix='validation AUC gain, e.g. 0.002'),
     'auto.patience': integer(1, fix='depths in a row without gain, e.g. 1'),
     'pretrain.source': one_of('', 'pretext', 'folder', 'imagenet2012',
