@@ -292,6 +292,7 @@ class Loop:
     self.metrics_file = workdir / METRICS_FILE
     self.early = early_state(-1.0, -1, 0) if watch else None
     self.best_params = None  # host params of the best evaluation (with `watch`)
+    self.scalars = None  # medft.scalars.Writer: the rows as TensorBoard scalars (set after resume)
     self.step = 0
     self.timer: Timer | None = None  # set by `run` (compile_s: its first step)
     # Wall seconds of `run`, and the parts of it spent evaluating and checkpointing.
@@ -364,6 +365,8 @@ class Loop:
         row.update(self._evaluate(evaluate, state().params, step))
       if jax.process_index() == 0:
         files.append_line(self.metrics_file, json.dumps(row))
+        if self.scalars is not None:
+          self.scalars.write(row)
       self.timer.reset()
     stop = self.watch is not None and int(self.early['bad_evals']) >= self.patience
     if (step % self.checkpoint_every == 0 or step == self.steps or stop or preempted
@@ -441,3 +444,5 @@ class Loop:
 
   def close(self) -> None:
     self.ckpt.close()
+    if self.scalars is not None:
+      self.scalars.close()

@@ -33,6 +33,7 @@ from medft import (
   parallel,
   preprocess,
   progress,
+  scalars,
   tuning,
 )
 from medft.errors import (  # NonFiniteError is re-exported as medft.trainer.NonFiniteError
@@ -181,7 +182,7 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
 
 # Fields added to the configs after runs may have started, and the value that does what
 # medft did before them: a run whose config.json lacks one resumes with that value.
-ADDED_FIELDS = {'task.views_on': 'host', 'model.keep_head': False}
+ADDED_FIELDS = {'task.views_on': 'host', 'model.keep_head': False, 'train.tensorboard': False}
 
 
 def _resumes_as_before(config: ml_collections.ConfigDict, held: dict) -> bool:
@@ -463,6 +464,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, lock) -> Prepared 
     logging.info('%s is finished; returning its results.', workdir)
     return read_results(results_file)
   loop.read_metrics(workdir / loop.METRICS_FILE)  # a damaged row is named before any work
+  if config.train.get('tensorboard', False):
+    scalars.require()  # a missing package is named before the data or workdir is written
   is_main = jax.process_index() == 0
   wall_start = time.time()
 
@@ -516,6 +519,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, lock) -> Prepared 
       nonfinite_fix='Lower optim.base_lr, check the inputs, or set train.skip_nonfinite=True '
                     'to skip such steps.')
   state = steps_loop.resume(state)
+  if config.train.get('tensorboard', False) and is_main:  # from the resumed step on
+    steps_loop.scalars = scalars.Writer(workdir, steps_loop.step)
 
   phase.done('setup_s')
 

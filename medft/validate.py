@@ -243,6 +243,7 @@ RULES: dict[str, Rule] = {
                                 lambda v: isinstance(v, str) and v == v.strip(),
                                 'give "memory", a writable folder, or "" to turn the cache off'),
     'train.feature_cache_mb': number(0, lo_open=True, fix='MiB of features, e.g. 2048'),
+    'train.tensorboard': boolean('True writes TensorBoard scalars to <workdir>/tensorboard/'),
     # Tasks (the fields each application's config sets).
     'task.patch_size': integer(4, 4096, fix='patches are resized to the network input'),
     'task.boundary_margin': integer(0, fix='pixels, e.g. 2'),

@@ -177,6 +177,9 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.feature_cache = ''
   # Largest size of the cache in MiB; examples beyond it are computed every time.
   c.train.feature_cache_mb = 2048
+  # Also write the metrics.jsonl rows as TensorBoard scalars to <workdir>/tensorboard/
+  # (needs tensorboardX: pip install "medft[tensorboard]").
+  c.train.tensorboard = False
   return c
 
 
