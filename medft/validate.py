@@ -218,6 +218,10 @@ RULES: dict[str, Rule] = {
     'data.annotator': one_of('A1', "A1'", 'A2', 'A3', fix='CUBS ships these annotators'),
     'data.classes': class_map('e.g. {"informative": 1, "non_informative": 0}'),
     'data.unit_regex': regex('its first group picks the video or patient id from a file stem'),
+    'data.manifest': path('the .csv or .jsonl manifest of your images (data.name=manifest_<kind>)'
+                          ', or "" for none'),
+    'data.split_by': one_of('subject', 'image', fix='image only when the manifest has no subject '
+                            'column and every image is its own subject'),
     'data.synthetic_classes': integer(2, 16, fix='the frames twin\'s classes; 2 = informative '
                                       'and non-informative'),
     # Optimizer (the paper's rules are the defaults).
@@ -401,6 +405,7 @@ def _cross_checks(config: ml_collections.ConfigDict, leaves: dict[str, Any], mod
       raise ConfigError(f'config fields train.steps={train.get("steps")} and train.epochs='
                         f'{train.get("epochs")}: the run would not train at all. Fix: give '
                         'steps > 0 (e.g. steps=300) or epochs > 0.')
+  _check_data_app(config, leaves)
   val, test = leaves.get('data.val_share'), leaves.get('data.test_share')
   if val is not None and test is not None and val + test >= 1:
     raise ConfigError(f'config fields data.val_share={val} and data.test_share={test} leave no '
@@ -455,6 +460,8 @@ def _check_num_classes(leaves: dict[str, Any]) -> None:
     raise _fail('data.synthetic_classes', k, '2 unless data.name is synthetic_frames (only the '
                 'frames twin has a class count)', 'leave data.synthetic_classes at 2')
   classes, n = leaves.get('data.classes'), leaves.get('num_classes')
+  if str(leaves.get('data.name', '')).startswith('manifest_'):
+    classes = None  # a manifest's classes are its labels (checked against num_classes by the run)
   if classes:
     k, source = max(classes.values()) + 1, f'data.classes ({len(classes)} names)'
   elif twin:
@@ -464,6 +471,26 @@ def _check_num_classes(leaves: dict[str, Any]) -> None:
   if n is not None and n != k:
     raise ConfigError(f'config field num_classes={n} but the data will have {k} classes '
                       f'({source}). Fix: set num_classes={k} (configs/frames.py: classes={k}).')
+
+
+# A task field that only one application's config sets: what tells a config's application.
+APP_TASK_FIELDS = {'frames': 'crops_per_frame', 'polyp': 'generator', 'pe': 'vessel_hu',
+                   'cimt': 'roi_height_mm'}
+
+
+def _check_data_app(config: ml_collections.ConfigDict, leaves: dict[str, Any]) -> None:
+  """data.name must yield the examples of the config's application (e.g. a classification
+  manifest with configs/frames.py), or the task would meet examples it cannot read."""
+  task, name = config.get('task'), leaves.get('data.name')
+  if not name or task is None:
+    return
+  config_app = next((app for app, field in APP_TASK_FIELDS.items() if field in task), None)
+  from medft.data.dataset import app_of  # noqa: PLC0415  (the builders' registry)
+  data_app = app_of(name)
+  if config_app and data_app and config_app != data_app:
+    raise _fail('data.name', name, f'a dataset of the {config_app} application (this config is '
+                f'configs/{config_app}.py; {name} yields {data_app} examples)',
+                f'run it with --config=configs/{data_app}.py, or pick a {config_app} dataset')
 
 
 def _check_arms(config: ml_collections.ConfigDict) -> None:

@@ -167,6 +167,35 @@ def synthetic_layouts() -> list[str]:
   return [layout for layouts in synthetic.APP_LAYOUTS.values() for layout in layouts]
 
 
+def _reads_manifest(name: str) -> bool:
+  """Whether dataset `name` is a manifest dataset (`medft.data.manifest_builders`)."""
+  return name in BUILDERS and getattr(BUILDERS[name], 'READS_MANIFEST', False)
+
+
+def _check_no_manifest(cfg: dict[str, Any]) -> None:
+  """The manifest fields, refused for a dataset that would ignore them."""
+  manifests = ', '.join(n for n in BUILDERS.names() if _reads_manifest(n))
+  if cfg['manifest']:
+    raise ConfigError(f'data.manifest={cfg["manifest"]!r} is read only by the manifest datasets '
+                      f'({manifests}), not by data.name={cfg["name"]!r}; set data.name to one of '
+                      'them, or remove data.manifest.')
+  if cfg['split_by'] != 'subject':
+    raise ConfigError(f'data.split_by={cfg["split_by"]!r} applies to the manifest datasets '
+                      f'({manifests}); {cfg["name"]!r} splits by its own unit. Remove it.')
+
+
+def app_of(name: str) -> str | None:
+  """The application whose examples dataset `name` yields; None for an unknown name (which
+  `load` refuses naming the choices). Prepares nothing."""
+  if name in BUILDERS:
+    return BUILDERS[name].APP
+  target = name.removeprefix('synthetic_')
+  builder_name = TWIN_BUILDERS.get(target, target)
+  if name.startswith('synthetic_') and builder_name in BUILDERS:
+    return BUILDERS[builder_name].APP
+  return None
+
+
 def _make_builder(builder_name: str, cfg: dict[str, Any], data_dir: Path) -> ManualBuilder:
   cls = BUILDERS[builder_name]
   return cls(data_dir=str(data_dir), config=cls.config_from(cfg), file_format='array_record')
@@ -176,6 +205,10 @@ def _resolve(cfg: dict[str, Any]) -> tuple[str, Path | None, Path, dict[str, Any
   """(builder name, manual dir, data dir, synthetic description or None) for a config."""
   name = cfg['name']
   data_dir = Path(cfg['data_dir']).expanduser() if cfg['data_dir'] else default_data_dir()
+  if _reads_manifest(name):  # paths relative to the manifest: its folder is the manual dir
+    from medft.data.manifest_builders import manifest_root  # noqa: PLC0415
+    return name, manifest_root(cfg), data_dir, None
+  _check_no_manifest(cfg)
   if name in BUILDERS:
     manual = Path(cfg['manual_dir']).expanduser() if cfg['manual_dir'] else None
     return name, manual, data_dir, None
@@ -209,13 +242,22 @@ def prepare(cfg: Any) -> ManualBuilder:
   return _prepared_builder(builder_name, cfg, manual_dir, data_dir)
 
 
-def fingerprint(folder: Path) -> dict[str, Any]:
-  """Every file under `folder`: relative name, size, modification time (and their digest)."""
+def fingerprint(folder: Path, paths: Sequence[Path] | None = None) -> dict[str, Any]:
+  """Every file under `folder`: relative name, size, modification time (and their digest).
+
+  With `paths` (a manifest's files), only those files and the files of those folders, named
+  relative to `folder` where they lie inside it.
+  """
+  if paths is None:
+    found = sorted(folder.rglob('*'))
+  else:
+    found = sorted({f for p in paths for f in ([p] if p.is_file() else p.rglob('*'))})
   entries = []
-  for path in sorted(folder.rglob('*')):
+  for path in found:
     if path.is_file():
       st = path.stat()
-      entries.append([str(path.relative_to(folder)), st.st_size, st.st_mtime_ns])
+      name = path.relative_to(folder) if path.is_relative_to(folder) else path
+      entries.append([str(name), st.st_size, st.st_mtime_ns])
   digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
   return {'source_dir': str(folder.resolve()), 'files': len(entries),
           'bytes': sum(e[1] for e in entries), 'sha256': digest, 'entries': entries}
@@ -269,10 +311,17 @@ def _open_builder(builder_name, cfg, data_dir) -> ManualBuilder:
         'again from its download folder.') from e
 
 
-def _check_writable(data_dir: Path, manual_dir: Path | None) -> None:
+def _source_paths(builder: ManualBuilder, manual_dir: Path | None) -> list[Path] | None:
+  """The files a builder reads (a manifest's rows), fingerprinted instead of all of manual_dir."""
+  listed = getattr(builder, 'source_paths', None)
+  return listed(manual_dir) if listed is not None and manual_dir is not None else None
+
+
+def _check_writable(data_dir: Path, manual_dir: Path | None,
+                    paths: Sequence[Path] | None = None) -> None:
   """A read-only or full data_dir is reported before TFDS starts writing into it."""
   files.make_dirs(data_dir, 'the prepared dataset')
-  needs = fingerprint(manual_dir)['bytes'] if manual_dir and manual_dir.is_dir() else 0
+  needs = fingerprint(manual_dir, paths)['bytes'] if manual_dir and manual_dir.is_dir() else 0
   if not os.access(data_dir, os.W_OK | os.X_OK):
     raise files.resource_error(OSError(13, 'read-only'), data_dir, 'the prepared dataset', needs)
   if needs:  # the prepared copy holds the encoded images: about the download's size
@@ -283,7 +332,10 @@ def _prepare(builder_name, cfg, manual_dir, data_dir) -> ManualBuilder:
   builder = _make_builder(builder_name, cfg, data_dir)
   check_manual_dir(builder.name, manual_dir, builder.REQUIRED,
                    builder.MANUAL_DOWNLOAD_INSTRUCTIONS, prepared_dir=builder.data_dir)
-  _check_writable(data_dir, manual_dir)
+  if hasattr(builder, 'validate_source'):  # a manifest: every row decoded before writing
+    builder.validate_source(manual_dir)
+  paths = _source_paths(builder, manual_dir)
+  _check_writable(data_dir, manual_dir, paths)
   logging.info('Preparing %s from %s into %s (once; later runs read the prepared copy).',
                builder.name, manual_dir, builder.data_dir)
   counter = progress.Progress(f'preparing {builder.name}', 'examples')
@@ -306,15 +358,16 @@ def _prepare(builder_name, cfg, manual_dir, data_dir) -> ManualBuilder:
       download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
   counter.done()
   builder = _make_builder(builder_name, cfg, data_dir)
-  _write_fingerprint(Path(builder.data_dir), manual_dir)
+  _write_fingerprint(Path(builder.data_dir), manual_dir, paths)
   return builder
 
 
-def _write_fingerprint(prepared: Path, manual_dir: Path | None) -> None:
+def _write_fingerprint(prepared: Path, manual_dir: Path | None,
+                       paths: Sequence[Path] | None = None) -> None:
   if manual_dir is None:
     return
   try:
-    files.write_json_atomic(prepared / FINGERPRINT_FILE, fingerprint(manual_dir))
+    files.write_json_atomic(prepared / FINGERPRINT_FILE, fingerprint(manual_dir, paths))
   except OSError as e:  # a read-only shared copy: it stays usable, only unchecked
     logging.warning('Could not record the source fingerprint of %s (%s).', prepared, e)
 
@@ -328,7 +381,8 @@ def _prepared_builder(builder_name, cfg, manual_dir, data_dir) -> ManualBuilder:
   if manual_dir is None or not manual_dir.is_dir():
     return builder  # the prepared copy alone (the download was moved away): nothing to check
   record = prepared / FINGERPRINT_FILE
-  now = fingerprint(manual_dir)
+  paths = _source_paths(builder, manual_dir)
+  now = fingerprint(manual_dir, paths)
   try:
     held = json.loads(record.read_text()) if record.is_file() else None
   except (ValueError, UnicodeDecodeError):
@@ -336,7 +390,7 @@ def _prepared_builder(builder_name, cfg, manual_dir, data_dir) -> ManualBuilder:
   if held is None:
     logging.info('%s has no source fingerprint (prepared by an older medft); recording the '
                  'current state of %s.', prepared, manual_dir)
-    _write_fingerprint(prepared, manual_dir)
+    _write_fingerprint(prepared, manual_dir, paths)
     return builder
   if held.get('sha256') == now['sha256']:  # same files; the folder itself may have moved
     return builder
@@ -347,7 +401,8 @@ def _prepared_builder(builder_name, cfg, manual_dir, data_dir) -> ManualBuilder:
 
 def _reprepare(builder_name, cfg, manual_dir, data_dir, prepared: Path) -> ManualBuilder:
   """Prepares into a fresh folder beside the old copy, then swaps the two by renames."""
-  _check_writable(data_dir, manual_dir)
+  _check_writable(data_dir, manual_dir,
+                  _source_paths(_make_builder(builder_name, cfg, data_dir), manual_dir))
   fresh_root = Path(tempfile.mkdtemp(prefix='.medft-prepare-', dir=data_dir))
   try:
     fresh = Path(_prepare(builder_name, cfg, manual_dir, fresh_root).data_dir)

@@ -45,6 +45,11 @@ FIELDS: dict[str, Field] = {
     'classes': Field(None, 'frames_folder: class folder -> integer label.', dict),
     'unit_regex': Field(None, 'frames_folder: regex whose first group picks the unit from a '
                         'file stem (None: the stem itself).', str),
+    'manifest': Field('', 'manifest_<kind>: your CSV or JSON-lines file, one row per image or '
+                      'volume, paths relative to it (see medft.data.manifest).'),
+    'split_by': Field('subject', 'manifest_<kind>: the unit of the split, `subject` (the '
+                      'manifest\'s subject column) or `image` (each row its own unit; needed '
+                      'when there is no subject column).'),
     'synthetic_n': Field(0, 'Size of a synthetic twin (images/volumes); 0 = the generator\'s '
                          'default.'),
     'synthetic_seed': Field(0, 'Seed of the synthetic twin\'s generator.'),

@@ -85,7 +85,7 @@ def settings(finished: Sequence[RunRecord]) -> dict:
           'eval_col_stride': get('task', 'eval_col_stride'),
           'views': _box_views(get('task', 'scales'), get('task', 'shift_steps'),
                               get('task', 'orientations')),
-          'test_share': get('data', 'test_share')}
+          'test_share': get('data', 'test_share'), 'split_by': get('data', 'split_by')}
 
 
 def _box_views(scales: Any, shift_steps: Any, orientations: Any) -> dict | None:

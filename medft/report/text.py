@@ -109,6 +109,13 @@ def _depth_words(units: list[str]) -> str:
           f'it, ..., `{bottom}` = every layer')
 
 
+# Said when a manifest dataset was split by image (data.split_by=image): no subject column.
+SPLIT_BY_IMAGE = (
+    '**Split by image** (data.split_by=image): the manifest named no subjects, so each image '
+    'is its own unit. Images of one subject may be in both training and test, and the '
+    'intervals and tests, which resample images as if independent, may be optimistic.')
+
+
 def markdown(report: dict) -> str:
   md: list[str] = []
   add = md.append
@@ -125,6 +132,8 @@ def markdown(report: dict) -> str:
       'scratch versus fine-tuned layer-wise from pretrained weights ('
       + _depth_words(report.get('tuning_units') or []) + '; `scratch_<scheme>` = from '
       'scratch with that init scheme), at several training-set fractions.\n')
+  if (report.get('settings') or {}).get('split_by') == 'image':
+    add(SPLIT_BY_IMAGE + '\n')
   add('## Source weights\n')
   md.extend(line + '\n' for line in report['weights_statement'])
   demo_note = _deviation_note(report)
