@@ -246,3 +246,158 @@ def torchvision_squeezenet_name(name):
     return 'classifier.1'
   fire, branch = name.split('/')
   return f'features.{_TORCHVISION_FIRE_INDEX[int(fire[4:])]}.{_TORCHVISION_BRANCH[branch]}'
+
+
+# ---------------------------------------------------------------------------
+# ViT-B/16: timm (`vit_base_patch16_224`, PyTorch semantics) and big_vision / vit_jax (Flax)
+# ---------------------------------------------------------------------------
+
+VIT_PATCH = 16
+
+
+def layer_norm(x, scale, bias, eps=1e-6):
+  """torch.nn.LayerNorm / flax.linen.LayerNorm over the last axis (biased variance)."""
+  mean = x.mean(-1, keepdims=True)
+  var = ((x - mean) ** 2).mean(-1, keepdims=True)
+  return (x - mean) / np.sqrt(var + eps) * np.asarray(scale, np.float64) + np.asarray(bias,
+                                                                                      np.float64)
+
+
+def gelu(x):
+  """torch.nn.GELU(): x * Phi(x), the exact (erf) form."""
+  from scipy.special import erf
+  return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def softmax(x, axis=-1):
+  e = np.exp(x - x.max(axis=axis, keepdims=True))
+  return e / e.sum(axis=axis, keepdims=True)
+
+
+def vit_timm(sd, x, heads, depth=12):
+  """timm VisionTransformer.forward (eval), state_dict names `patch_embed.proj.weight`, ...;
+  x is NCHW. Attention as timm writes it: qkv reshaped to (3, n, heads, tokens, head_dim)."""
+  g = lambda name: np.asarray(sd[name], np.float64)  # noqa: E731
+  y = conv2d(x, g('patch_embed.proj.weight'), g('patch_embed.proj.bias'), stride=VIT_PATCH)
+  n, d = y.shape[:2]
+  y = y.reshape(n, d, -1).transpose(0, 2, 1)                      # flatten(2).transpose(1, 2)
+  y = np.concatenate([np.broadcast_to(g('cls_token'), (n, 1, d)), y], axis=1) + g('pos_embed')
+  t, hd = y.shape[1], d // heads
+  for i in range(depth):
+    b = f'blocks.{i}.'
+    h = layer_norm(y, g(b + 'norm1.weight'), g(b + 'norm1.bias'))
+    qkv = linear(h, g(b + 'attn.qkv.weight'), g(b + 'attn.qkv.bias'))
+    q, k, v = qkv.reshape(n, t, 3, heads, hd).transpose(2, 0, 3, 1, 4)
+    attn = softmax(q @ k.transpose(0, 1, 3, 2) * hd ** -0.5)
+    o = (attn @ v).transpose(0, 2, 1, 3).reshape(n, t, d)
+    y = y + linear(o, g(b + 'attn.proj.weight'), g(b + 'attn.proj.bias'))
+    h = layer_norm(y, g(b + 'norm2.weight'), g(b + 'norm2.bias'))
+    h = linear(gelu(linear(h, g(b + 'mlp.fc1.weight'), g(b + 'mlp.fc1.bias'))),
+               g(b + 'mlp.fc2.weight'), g(b + 'mlp.fc2.bias'))
+    y = y + h
+  y = layer_norm(y, g('norm.weight'), g('norm.bias'))
+  return linear(y[:, 0], g('head.weight'), g('head.bias'))
+
+
+def vit_big_vision(p, x, depth=12):
+  """vit_jax / big_vision VisionTransformer (classifier='token', eval) with exact GELU;
+  flat names `embedding/kernel`, ...; x is NHWC. Attention in Flax's DenseGeneral layout:
+  query kernel (hidden, heads, head_dim), out kernel (heads, head_dim, hidden)."""
+  g = lambda name: np.asarray(p[name], np.float64)  # noqa: E731
+  n, hh, ww, c = x.shape
+  gh, gw = hh // VIT_PATCH, ww // VIT_PATCH
+  patches = np.asarray(x, np.float64)[:, :gh * VIT_PATCH, :gw * VIT_PATCH].reshape(
+      n, gh, VIT_PATCH, gw, VIT_PATCH, c)
+  y = np.einsum('nahbwc,hwcd->nabd', patches, g('embedding/kernel')) + g('embedding/bias')
+  d = y.shape[-1]
+  y = np.concatenate([np.broadcast_to(g('cls'), (n, 1, d)), y.reshape(n, gh * gw, d)], axis=1)
+  y = y + g('Transformer/posembed_input/pos_embedding')
+  for i in range(depth):
+    b = f'Transformer/encoderblock_{i}/'
+    a = b + 'MultiHeadDotProductAttention_1/'
+    h = layer_norm(y, g(b + 'LayerNorm_0/scale'), g(b + 'LayerNorm_0/bias'))
+    q, k, v = (np.einsum('ntd,dhk->nthk', h, g(a + f'{m}/kernel')) + g(a + f'{m}/bias')
+               for m in ('query', 'key', 'value'))
+    hd = q.shape[-1]
+    attn = softmax(np.einsum('nqhk,nthk->nhqt', q, k) / math.sqrt(hd))
+    o = np.einsum('nhqt,nthk->nqhk', attn, v)
+    y = y + np.einsum('nqhk,hkd->nqd', o, g(a + 'out/kernel')) + g(a + 'out/bias')
+    h = layer_norm(y, g(b + 'LayerNorm_2/scale'), g(b + 'LayerNorm_2/bias'))
+    m = b + 'MlpBlock_3/'
+    h = gelu(h @ g(m + 'Dense_0/kernel') + g(m + 'Dense_0/bias'))
+    y = y + h @ g(m + 'Dense_1/kernel') + g(m + 'Dense_1/bias')
+  y = layer_norm(y, g('Transformer/encoder_norm/scale'), g('Transformer/encoder_norm/bias'))
+  return y[:, 0] @ g('head/kernel') + g('head/bias')
+
+
+def _vit_norm(rng, d):
+  return (1.0 + 0.1 * rng.standard_normal(d, dtype=np.float32),
+          0.1 * rng.standard_normal(d, dtype=np.float32))
+
+
+def random_vit_timm(rng, hidden, mlp, num_classes, tokens, depth=12):
+  """A timm ViT state_dict (flat names) with Gaussian weights scaled by 1 / sqrt(fan-in)."""
+  def dense(name, out_f, in_f):
+    sd[name + '.weight'] = (rng.standard_normal((out_f, in_f), dtype=np.float32)
+                            * np.float32(1 / math.sqrt(in_f)))
+    sd[name + '.bias'] = 0.1 * rng.standard_normal(out_f, dtype=np.float32)
+
+  def norm(name):
+    sd[name + '.weight'], sd[name + '.bias'] = _vit_norm(rng, hidden)
+
+  sd = {}
+  conv = _conv_params(rng, hidden, 3, VIT_PATCH)
+  sd['patch_embed.proj.weight'], sd['patch_embed.proj.bias'] = conv['weight'], conv['bias']
+  sd['cls_token'] = rng.standard_normal((1, 1, hidden), dtype=np.float32)
+  sd['pos_embed'] = 0.5 * rng.standard_normal((1, tokens, hidden), dtype=np.float32)
+  for i in range(depth):
+    norm(f'blocks.{i}.norm1')
+    dense(f'blocks.{i}.attn.qkv', 3 * hidden, hidden)
+    dense(f'blocks.{i}.attn.proj', hidden, hidden)
+    norm(f'blocks.{i}.norm2')
+    dense(f'blocks.{i}.mlp.fc1', mlp, hidden)
+    dense(f'blocks.{i}.mlp.fc2', hidden, mlp)
+  norm('norm')
+  dense('head', num_classes, hidden)
+  return sd
+
+
+def random_vit_big_vision(rng, hidden, heads, mlp, num_classes, tokens, depth=12):
+  """A vit_jax ViT checkpoint (flat `/` names, Flax layouts) with scaled Gaussian weights."""
+  r = lambda *shape, fan_in=1: (rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
+                                * np.float32(1 / math.sqrt(fan_in)))
+  hd = hidden // heads
+  p = {'embedding/kernel': r(VIT_PATCH, VIT_PATCH, 3, hidden, fan_in=3 * VIT_PATCH ** 2),
+       'embedding/bias': 0.1 * r(hidden), 'cls': r(1, 1, hidden),
+       'Transformer/posembed_input/pos_embedding': 0.5 * r(1, tokens, hidden)}
+  for i in range(depth):
+    b = f'Transformer/encoderblock_{i}/'
+    a = b + 'MultiHeadDotProductAttention_1/'
+    p[b + 'LayerNorm_0/scale'], p[b + 'LayerNorm_0/bias'] = _vit_norm(rng, hidden)
+    for m in ('query', 'key', 'value'):
+      p[a + f'{m}/kernel'], p[a + f'{m}/bias'] = r(hidden, heads, hd, fan_in=hidden), 0.1 * r(
+          heads, hd)
+    p[a + 'out/kernel'], p[a + 'out/bias'] = r(heads, hd, hidden, fan_in=hidden), 0.1 * r(hidden)
+    p[b + 'LayerNorm_2/scale'], p[b + 'LayerNorm_2/bias'] = _vit_norm(rng, hidden)
+    p[b + 'MlpBlock_3/Dense_0/kernel'] = r(hidden, mlp, fan_in=hidden)
+    p[b + 'MlpBlock_3/Dense_0/bias'] = 0.1 * r(mlp)
+    p[b + 'MlpBlock_3/Dense_1/kernel'] = r(mlp, hidden, fan_in=mlp)
+    p[b + 'MlpBlock_3/Dense_1/bias'] = 0.1 * r(hidden)
+  p['Transformer/encoder_norm/scale'], p['Transformer/encoder_norm/bias'] = _vit_norm(rng, hidden)
+  p['head/kernel'], p['head/bias'] = r(hidden, num_classes, fan_in=hidden), 0.1 * r(num_classes)
+  return p
+
+
+def bilinear_resize(grid, out_h, out_w):
+  """torch.nn.functional.interpolate(mode='bilinear', align_corners=False) of an (h, w, c)
+  array: source coordinate (i + 0.5) * h / out_h - 0.5, clamped at 0, between two rows."""
+  def taps(n_in, n_out):
+    src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(int), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    return lo, hi, src - lo
+  grid = np.asarray(grid, np.float64)
+  lo, hi, f = taps(grid.shape[0], out_h)
+  rows = grid[lo] * (1 - f)[:, None, None] + grid[hi] * f[:, None, None]
+  lo, hi, f = taps(grid.shape[1], out_w)
+  return rows[:, lo] * (1 - f)[None, :, None] + rows[:, hi] * f[None, :, None]

@@ -1,4 +1,5 @@
-"""Converts pretrained weights from Caffe, PyTorch, safetensors or Keras files to medft's layout.
+"""Converts pretrained weights from Caffe, PyTorch, safetensors, Keras or big_vision .npz files
+to medft's layout.
 
     python -m medft.weights.convert --src=bvlc_alexnet.caffemodel --format=caffe \
         --arch=alexnet --out=weights/alexnet_bvlc
@@ -7,7 +8,7 @@
 
 writes the artifact described in `medft.weights.store` (Flax parameters + `meta.json` with the
 input convention of the source) and prints its path. Each reader (`caffe`, `torch`,
-`safetensors`, `keras`) returns `{source layer: {source param name: array}}` in the source's
+`safetensors`, `keras`, `npz`) returns `{source layer: {source param name: array}}` in the source's
 own layout; the explicit `TABLES` below say where each source layer goes in the Flax tree and
 which layout change (`LAYOUTS`) it needs. Nothing read from a file is ever executed.
 """
@@ -30,7 +31,7 @@ from medft.weights.store import Meta, Params, describe_misfit, refuse_unless_art
 
 log = logging.getLogger(__name__)
 
-FORMATS = ('caffe', 'torch', 'safetensors', 'keras')
+FORMATS = ('caffe', 'torch', 'safetensors', 'keras', 'npz')
 Layers = dict[str, dict[str, np.ndarray]]
 
 
@@ -187,6 +188,122 @@ TABLES: dict[str, dict[str, tuple[Row, ...]]] = {
 TABLES['safetensors'] = TABLES['torch']  # same names (timm / Hugging Face exports)
 
 
+# ---------------------------------------------------------------------------
+# ViT-B/16 (medft.models.vit): timm state_dict names and big_vision / vit_jax .npz names
+# ---------------------------------------------------------------------------
+
+# Name of the one parameter of a top-level tensor (timm's `cls_token`, big_vision's `cls`):
+# the readers file such a tensor as layer `<name>` holding `{TOKEN: array}`.
+TOKEN = 'value'
+
+
+def _token(flax_name: str, source_param: str) -> Callable[[dict, str, Params], dict]:
+  """The class token (1, 1, d) or position embedding (1, 1 + patches, d), as they are."""
+  def layout(p: dict, where: str, _: Params) -> dict:
+    v = p[source_param]
+    if v.ndim != 3 or v.shape[0] != 1:
+      raise InputFileError(f'{where}: shape {v.shape}, expected (1, tokens, hidden).')
+    return {flax_name: v}
+  return layout
+
+
+def _layernorm(weight: str) -> Callable[[dict, str, Params], dict]:
+  """LayerNorm: PyTorch's `weight` or Flax's `scale`, and `bias`."""
+  def layout(p: dict, where: str, _: Params) -> dict:
+    return {'scale': _vector(p[weight], where), 'bias': _vector(p['bias'], where)}
+  return layout
+
+
+def _qkv_split(p: dict, where: str, _: Params) -> dict:
+  """timm's fused attention input (3d, d) -> Flax query, key and value kernels (d, d)."""
+  w, b = _matrix(p['weight'], where), _vector(p['bias'], where)
+  if w.shape[0] != 3 * w.shape[1] or b.shape != (w.shape[0],):
+    raise InputFileError(f'{where}: weight {w.shape} and bias {b.shape} are not a fused '
+                         'query/key/value projection (3 * hidden, hidden).')
+  d = w.shape[1]
+  return {name: {'kernel': w[i * d:(i + 1) * d].T, 'bias': b[i * d:(i + 1) * d]}
+          for i, name in enumerate(('query', 'key', 'value'))}
+
+
+def _dense_io(p: dict, where: str, _: Params) -> dict:
+  """Keras Dense: already (in, out)."""
+  if p['kernel'].ndim != 2:
+    raise InputFileError(f'{where}: kernel has shape {p["kernel"].shape}, expected (in, out).')
+  return {'kernel': p['kernel'], 'bias': _vector(p['bias'], where)}
+
+
+def _heads_in(p: dict, where: str, _: Params) -> dict:
+  """Flax MultiHeadDotProductAttention query/key/value: (d, heads, hd) -> (d, heads * hd)."""
+  k, b = p['kernel'], p['bias']
+  if k.ndim != 3 or b.shape != k.shape[1:]:
+    raise InputFileError(f'{where}: kernel {k.shape} and bias {b.shape}, expected (hidden, '
+                         'heads, head_dim) and (heads, head_dim).')
+  return {'kernel': k.reshape(k.shape[0], -1), 'bias': b.reshape(-1)}
+
+
+def _heads_out(p: dict, where: str, _: Params) -> dict:
+  """Flax MultiHeadDotProductAttention out: (heads, hd, d) -> (heads * hd, d)."""
+  k = p['kernel']
+  if k.ndim != 3:
+    raise InputFileError(f'{where}: kernel {k.shape}, expected (heads, head_dim, hidden).')
+  return {'kernel': k.reshape(-1, k.shape[-1]), 'bias': _vector(p['bias'], where)}
+
+
+_timm_cls, _timm_pos = _token('cls', TOKEN), _token('pos_embedding', TOKEN)
+_bv_cls, _bv_pos = _token('cls', TOKEN), _token('pos_embedding', 'pos_embedding')
+_ln_torch, _ln_flax = _layernorm('weight'), _layernorm('scale')
+_SOURCE_PARAMS.update({
+    _timm_cls: (TOKEN,), _timm_pos: (TOKEN,), _bv_cls: (TOKEN,), _bv_pos: ('pos_embedding',),
+    _ln_flax: ('scale', 'bias'), _heads_in: ('kernel', 'bias'), _heads_out: ('kernel', 'bias'),
+    _dense_io: ('kernel', 'bias')})
+
+
+def _vit_block(i: int) -> str:
+  """Flax path of encoder block `i` (its tuning unit: a group of three blocks)."""
+  first = i // 3 * 3
+  return f'blocks{first}_{first + 2}/block{i}'
+
+
+def _vit_rows(patch: Row, cls: Row, pos: Row, block: Callable[[int, str], tuple[Row, ...]],
+              norm: Row, head: Row) -> tuple[Row, ...]:
+  rows = [patch, cls, pos]
+  for i in range(12):
+    rows += block(i, _vit_block(i))
+  return tuple(rows) + (norm, head)
+
+
+# timm `vit_base_patch16_224` state_dict (safetensors on the Hugging Face hub, or .pth).
+TABLES['torch']['vit_b16'] = _vit_rows(
+    Row('patch_embed.proj', 'embed/patch', _conv_oihw),
+    Row('cls_token', 'embed', _timm_cls),
+    Row('pos_embed', 'embed', _timm_pos),
+    lambda i, b: (Row(f'blocks.{i}.norm1', f'{b}/norm1', _ln_torch),
+                  Row(f'blocks.{i}.attn.qkv', f'{b}/attn', _qkv_split),
+                  Row(f'blocks.{i}.attn.proj', f'{b}/attn/out', _dense_oi),
+                  Row(f'blocks.{i}.norm2', f'{b}/norm2', _ln_torch),
+                  Row(f'blocks.{i}.mlp.fc1', f'{b}/mlp/fc1', _dense_oi),
+                  Row(f'blocks.{i}.mlp.fc2', f'{b}/mlp/fc2', _dense_oi)),
+    Row('norm', 'blocks9_11/norm', _ln_torch),
+    Row('head', 'head', _dense_oi))
+# big_vision / vit_jax `.npz` checkpoints (e.g. the AugReg files timm converts from).
+_BV_BLOCK = 'Transformer/encoderblock_{}'
+_BV_ATTN = _BV_BLOCK + '/MultiHeadDotProductAttention_1'
+TABLES['npz'] = {'vit_b16': _vit_rows(
+    Row('embedding', 'embed/patch', _conv_hwio),
+    Row('cls', 'embed', _bv_cls),
+    Row('Transformer/posembed_input', 'embed', _bv_pos),
+    lambda i, b: (Row(f'{_BV_BLOCK.format(i)}/LayerNorm_0', f'{b}/norm1', _ln_flax),
+                  Row(f'{_BV_ATTN.format(i)}/query', f'{b}/attn/query', _heads_in),
+                  Row(f'{_BV_ATTN.format(i)}/key', f'{b}/attn/key', _heads_in),
+                  Row(f'{_BV_ATTN.format(i)}/value', f'{b}/attn/value', _heads_in),
+                  Row(f'{_BV_ATTN.format(i)}/out', f'{b}/attn/out', _heads_out),
+                  Row(f'{_BV_BLOCK.format(i)}/LayerNorm_2', f'{b}/norm2', _ln_flax),
+                  Row(f'{_BV_BLOCK.format(i)}/MlpBlock_3/Dense_0', f'{b}/mlp/fc1', _dense_io),
+                  Row(f'{_BV_BLOCK.format(i)}/MlpBlock_3/Dense_1', f'{b}/mlp/fc2', _dense_io)),
+    Row('Transformer/encoder_norm', 'blocks9_11/norm', _ln_flax),
+    Row('head', 'head', _dense_io))}
+
+
 def _head(arch: str) -> str:
   from medft.models import ARCHS
   return ARCHS[arch][1][-1]
@@ -238,12 +355,14 @@ def to_flax(layers: Layers, format: str, arch: str, src: str) -> Params:
     if sorted(found) != sorted(wanted):
       raise InputFileError(f'{where} holds {sorted(found)}, expected {list(wanted)}.')
     params = row.layout(found, where, converted)
-    converted[row.unit] = {k: np.ascontiguousarray(v, dtype=np.float32)
-                           for k, v in params.items()}
+    unit = converted.setdefault(row.unit, {})  # rows may share a path (ViT's cls and pos)
+    for name, value in traverse_util.flatten_dict(params, sep='/').items():  # and nest (qkv)
+      unit[name] = np.ascontiguousarray(value, dtype=np.float32)
   for path, value in traverse_util.flatten_dict(converted, sep='/').items():
     if not np.isfinite(value).all():
       raise InputFileError(f'{src}: {path} holds NaN or infinite values; the file is damaged.')
-  return traverse_util.unflatten_dict(converted, sep='/')
+  # flattened first: rows of one unit may sit at nested paths (embed and embed/patch)
+  return traverse_util.unflatten_dict(traverse_util.flatten_dict(converted, sep='/'), sep='/')
 
 
 def to_source(params: Params, format: str, arch: str) -> dict[str, np.ndarray]:
@@ -322,8 +441,9 @@ def read_weights(src: str | Path, format: str, arch: str, *, model_kwargs: dict 
   `input_size` overrides the source's training input size (it sets the fc6 shape of the
   Caffe AlexNet); `model_kwargs` go to `get_model` for the check (tests use `width`).
   """
-  from medft.weights import caffe, keras, safetensors, torch
-  readers = {'caffe': caffe, 'torch': torch, 'safetensors': safetensors, 'keras': keras}
+  from medft.weights import caffe, keras, npz, safetensors, torch
+  readers = {'caffe': caffe, 'torch': torch, 'safetensors': safetensors, 'keras': keras,
+             'npz': npz}
   if format not in readers:
     raise ConfigError(f'--format={format!r} is unknown; choose one of {", ".join(FORMATS)}.')
   from medft.models import ARCHS
@@ -349,6 +469,9 @@ def read_weights(src: str | Path, format: str, arch: str, *, model_kwargs: dict 
               source_dtype=source_dtype, **reader.INPUT[arch])
   if input_size is not None:
     meta.input_size = tuple(input_size)
+  fit = getattr(ARCHS[arch][0], 'fit_input_size', None)  # ViT: position grid to the input
+  if fit is not None:
+    params = fit(params, meta.input_size, str(path))
   check_fits(params, meta, str(path), model_kwargs)
   if source_dtype != 'float32':
     log.info('%s: source tensors are %s; converted to float32 (recorded in meta.json as '

@@ -23,7 +23,11 @@ from medft.errors import InputFileError, MissingPackageError
 
 _TORCHVISION_INPUT = dict(channel_order='RGB', scale=1.0, mean=(0.485, 0.456, 0.406),
                           std=(0.229, 0.224, 0.225), input_size=(224, 224))
-INPUT = {'alexnet_torchvision': _TORCHVISION_INPUT, 'squeezenet1_1': _TORCHVISION_INPUT}
+# timm's ViT-B/16 (AugReg, `vit_base_patch16_224`): inputs in [-1, 1] = 0..1 minus 0.5 over 0.5.
+_TIMM_VIT_INPUT = dict(channel_order='RGB', scale=1.0, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                       input_size=(224, 224))
+INPUT = {'alexnet_torchvision': _TORCHVISION_INPUT, 'squeezenet1_1': _TORCHVISION_INPUT,
+         'vit_b16': _TIMM_VIT_INPUT}
 
 # Keys under which training scripts commonly nest the state_dict in a checkpoint.
 _NESTED_KEYS = ('state_dict', 'model_state_dict', 'model')
@@ -42,16 +46,17 @@ def import_torch():
 
 def group_by_layer(tensors: dict[str, np.ndarray], src: Path) -> dict[str, dict[str, np.ndarray]]:
   """`{'features.0.weight': w}` -> `{'features.0': {'weight': w}}`; strips DataParallel's
-  `module.` prefix."""
+  `module.` prefix. A top-level tensor (timm's `cls_token`) is a layer of its own holding
+  `{'value': tensor}` (`convert.TOKEN`)."""
   if tensors and all(k.startswith('module.') for k in tensors):
     tensors = {k[len('module.'):]: v for k, v in tensors.items()}
   layers: dict[str, dict[str, np.ndarray]] = {}
   for name, value in tensors.items():
     layer, _, param = name.rpartition('.')
-    if not layer:
+    if not name or not param:
       raise InputFileError(f'{src}: tensor name {name!r} is not "<layer>.<param>"; expected a '
                            f'torchvision-style state_dict.')
-    layers.setdefault(layer, {})[param] = value
+    layers.setdefault(layer or name, {})[param if layer else 'value'] = value
   if not layers:
     raise InputFileError(f'{src}: holds no tensors; expected a state_dict.')
   return layers
