@@ -212,6 +212,17 @@ def test_synthetic_twin_classes(data_dir):
   rgb = {k: np.mean([test[i]['image'].reshape(-1, 3).mean(0) for i in np.flatnonzero(labels == k)],
                     axis=0) for k in range(3)}
   assert rgb[2][1] > rgb[2][0] and all(rgb[k][0] > rgb[k][1] for k in (0, 1))
+  # The task reads K and the names from the prepared data's class map.
+  task = get_task('frames', ds.splits, frames_config.get_config('synthetic,classes=3').task, 0)
+  assert task.num_classes == 3
+  assert task.class_names == ['non_informative', 'informative', 'tinted_2']
+
+
+def test_frames_folder_class_map_needs_labels_without_gaps():
+  from medft.data.frames_folder import FramesFolderConfig
+  assert FramesFolderConfig(classes={'a': 0, 'b': 1, 'c': 2, 'd': 2}).classes['d'] == 2
+  with pytest.raises(ConfigError, match=r'labels must be 0..K-1 with each used \(got \[0, 2\]\)'):
+    FramesFolderConfig(classes={'a': 0, 'c': 2})
 
 
 @pytest.mark.slow

@@ -1,7 +1,9 @@
 """Frames in a `<class>/<image>` folder tree (e.g. HyperKvasir) for frame classification.
 
-The class -> label map and an optional unit regex are part of the builder config, so one
-prepared copy exists per map. Only the class folders named in the map are read. Each example's
+The class -> label map (any number of classes K: labels 0..K-1, each used; several folders may
+share a label) and an optional unit regex are part of the builder config, so one prepared copy
+exists per map; the map is also the prepared data's metadata `classes`, from which the frames
+task takes K. Only the class folders named in the map are read. Each example's
 id is `<class>/<file stem>`. Its unit (the split unit: video or patient) is the first group of
 `unit_regex` searched in the file stem, or the file stem itself when there is no regex. A regex
 that does not match every file is refused (those frames would silently become units of their
@@ -35,6 +37,11 @@ class FramesFolderConfig(tfds.core.BuilderConfig):
     classes = {str(k): int(v) for k, v in sorted(dict(classes).items())}
     if not classes:
       raise ConfigError('frames_folder needs a non-empty class -> label map (config "classes").')
+    labels = sorted(set(classes.values()))
+    if labels != list(range(len(labels))):
+      raise ConfigError(f'frames_folder class map {classes}: the labels must be 0..K-1 with '
+                        f'each used (got {labels}); renumber them, e.g. '
+                        f'{dict(zip(classes, range(len(classes))))}.')
     if unit_regex:
       try:
         re.compile(unit_regex)
