@@ -372,8 +372,8 @@ def to_source(params: Params, format: str, arch: str) -> dict[str, np.ndarray]:
   tables = TABLES.get(format, {})
   writable = [a for a, rows in tables.items() if all(hasattr(r.layout, 'inverse') for r in rows)]
   if arch not in writable:
-    raise ConfigError(f'arch={arch} has no {format} naming in medft, so it cannot be written '
-                      f'in it (medft writes {", ".join(writable) or "no architecture"}).')
+    raise ConfigError(f'arch={arch} cannot be written in {format} names (medft writes '
+                      f'{", ".join(writable) or "no architecture"} in them).')
   flat = traverse_util.flatten_dict(params, sep='/')
   out = {}
   for row in tables[arch]:
