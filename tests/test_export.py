@@ -155,9 +155,11 @@ def test_bad_folders_are_refused_and_nothing_is_written(run, tmp_path, capsys):
   err = capsys.readouterr().err
   assert err.startswith('error: --workdir=') and 'Traceback' not in err
   assert sorted(p.name for p in tmp_path.iterdir()) == ['other', 'theirs.safetensors']
-  # An export of medft's own is replaced with --overwrite.
+  # An export of medft's own is replaced with --overwrite (the command line this time).
   first = export.export(workdir, tmp_path / 'mine')
-  assert export.export(workdir, first, which='latest', overwrite=True) == first
+  assert export.main([f'--workdir={workdir}', f'--out={first}', '--which=latest',
+                      '--overwrite']) == 0
+  assert capsys.readouterr().out.strip() == str(first)
   assert json.loads((first / 'meta.json').read_text())['provenance']['which'] == 'latest'
 
 
