@@ -182,7 +182,8 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
 
 # Fields added to the configs after runs may have started, and the value that does what
 # medft did before them: a run whose config.json lacks one resumes with that value.
-ADDED_FIELDS = {'task.views_on': 'host', 'model.keep_head': False, 'train.tensorboard': False}
+ADDED_FIELDS = {'task.views_on': 'host', 'model.keep_head': False, 'train.tensorboard': False,
+                'data.manifest': '', 'data.split_by': 'subject'}
 
 
 def _resumes_as_before(config: ml_collections.ConfigDict, held: dict) -> bool:

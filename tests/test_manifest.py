@@ -20,6 +20,7 @@ from configs import cimt, frames, pe, polyp
 from medft import data, validate
 from medft.data import manifest, synthetic
 from medft.errors import ConfigError, InputFileError
+from medft.report import text as report_text
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared'
 KVASIR = SHARED / 'data' / 'kvasir-seg-256'
@@ -285,7 +286,7 @@ def test_subjects_never_span_two_splits_across_seeds(tmp_path):
 
 def test_split_by_image_without_subject_column(tmp_path):
   root = tmp_path / 'mine'
-  _classification(root, n=8)
+  _classification(root, n=20)
   rows = list(csv.DictReader((root / 'manifest.csv').open()))
   path = _write_csv(root / 'nosubject.csv', ['image', 'label'],
                     [[r['image'], r['label']] for r in rows])
@@ -296,6 +297,15 @@ def test_split_by_image_without_subject_column(tmp_path):
   ds = data.load({**cfg, 'split_by': 'image'})
   units = [u for v in ds.splits.values() for u in v.units]
   assert sorted(units) == sorted(r['image'] for r in rows)  # each image its own unit
+  # A tiny run of it, and the report of its folder says how it was split.
+  from medft.report import build_report
+  from medft.sweep import run_dir
+  c = _frames_config()
+  c.data.update(dict(name='manifest_classification', manifest=str(path), split_by='image',
+                     data_dir=str(tmp_path / 'data')))
+  medft.train(c, run_dir(tmp_path / 'study', 'scratch', 1.0, 0))
+  build_report(tmp_path / 'study', n_boot=20)
+  assert report_text.SPLIT_BY_IMAGE in (tmp_path / 'study' / 'report.md').read_text()
 
 
 def test_two_manifests_never_share_a_prepared_copy(tmp_path):
@@ -464,3 +474,13 @@ def test_three_class_manifest_with_the_frames_config(tmp_path):
             ((r[0], r[1]) for r in csv.reader(three.open()) if r[0] != 'image')}
   view = ds.splits['test']
   assert [view[i]['label'] for i in range(len(view))] == [labels[i] for i in view.ids]
+
+
+def test_a_run_of_an_older_medft_without_the_manifest_fields_resumes():
+  from medft import trainer
+  c = _frames_config()
+  held = trainer._config_dict(c)
+  del held['data']['manifest'], held['data']['split_by']
+  assert trainer._resumes_as_before(c, held)
+  c.data.split_by = 'image'  # a run that did set a field is another config
+  assert not trainer._resumes_as_before(c, trainer._config_dict(_frames_config()))
