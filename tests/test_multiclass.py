@@ -274,3 +274,31 @@ def test_three_class_study_reports_per_class_and_macro_auc(tmp_path, data_dir):
   assert '| true \\ predicted | non_informative | informative | tinted_2 |' in md
   assert 'for the macro AUC, the mean of the video\'s per-class AUC values' in md
   assert any(p['file'].endswith('roc_f1.png') for p in report['plots'])
+
+
+def test_a_three_class_manifest_gives_the_task_its_classes(tmp_path):
+  """The CSV manifest builder's class map (sorted label names) is where the task takes K."""
+  import csv
+
+  from PIL import Image
+
+  from medft import data
+  from medft.data import synthetic
+  root = tmp_path / 'mine'
+  (root / 'frames').mkdir(parents=True)
+  rows = []
+  for i in range(12):
+    label = i % 3
+    rng = np.random.default_rng([4, i])
+    image = (synthetic.tinted_frame(rng, 2, size=48) if label == 2
+             else synthetic.frame_example(rng, label == 1, size=48))
+    Image.fromarray(image).save(root / f'frames/f{i:02d}.png')
+    rows.append([f'frames/f{i:02d}.png', ['blurry', 'sharp', 'stained'][label], f'p{i // 3}'])
+  with (root / 'manifest.csv').open('w', newline='') as f:
+    csv.writer(f).writerows([['image', 'label', 'subject'], *rows])
+  ds = data.load({'name': 'manifest_classification', 'manifest': str(root / 'manifest.csv'),
+                  'data_dir': str(tmp_path / 'data'), 'val_share': 0.25, 'test_share': 0.25})
+  cfg = frames_config.get_config('classes=3').task
+  cfg.crop_size = 32
+  task = get_task('frames', ds.splits, cfg, 0)
+  assert task.num_classes == 3 and task.class_names == ['blurry', 'sharp', 'stained']

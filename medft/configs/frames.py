@@ -28,11 +28,12 @@ def get_config(arg=None):
   # synthetic twin's data.synthetic_classes).
   c = common.app_config(arg, arg.classes,
                         'synthetic_frames' if arg.synthetic else 'frames_folder')
-  # frames_folder: class folder -> label (replace it for K > 2 classes). The synthetic twin
-  # has data.synthetic_classes classes and, for K > 2, its own map (tinted_2, ...).
+  # frames_folder: class folder -> label (for K > 2 classes give your own map; a manifest's
+  # labels are its map). The synthetic twin has data.synthetic_classes classes and, for K > 2,
+  # its own map (tinted_2, ...).
   if arg.synthetic:
     c.data.synthetic_classes = arg.classes
-  if not arg.synthetic or arg.classes == 2:
+  if arg.classes == 2:
     c.data.classes = {'informative': 1, 'non_informative': 0}
   # The regex whose first group is the video id in a file name.
   c.data.unit_regex = r'^(vid\d+)_'
