@@ -6,6 +6,14 @@ frozen leaves get `optax.set_to_zero()`, so they receive exactly zero updates an
 optimizer state. The defaults are the paper's rules (Tajbakhsh et al. 2016, Sec. III):
 SGD with momentum 0.9, lr 0.001 for every tuned layer, 0.01 for the new head when
 fine-tuning (0.001 from scratch), biases at twice their layer's lr, lr x 0.95 once per epoch.
+
+Layer-wise learning-rate decay (`optim.layer_decay` = f < 1; 1.0, the default, is off and
+leaves everything above exactly as it is) is the soft alternative to freezing used to
+fine-tune ViTs (BEiT, MAE): the head keeps its rate, the unit below it learns at
+base_lr x f, the next at base_lr x f^2, and so on down. It applies to the trained units of a
+fine-tuning arm (frozen units stay frozen), so the arm of the lowest unit (`embed` of
+`vit_b16`, `conv1` of AlexNet) with f < 1 is the usual decayed fine-tuning of every layer;
+scratch arms ignore it (nothing there is pretrained).
 """
 
 from __future__ import annotations
@@ -63,8 +71,15 @@ def trained_units(units: Sequence[str], depth: str) -> tuple[str, ...]:
   return tuple(units[units.index(depth):])
 
 
-def param_labels(params: Any, units: Sequence[str], depth: str) -> Any:
-  """Label tree: `frozen`, or `<unit>/{weight,bias}` role names for the optimizer."""
+def layer_decay(optim: Any, depth: str) -> float:
+  """The arm's layer-wise lr decay factor: `optim.layer_decay`, 1.0 (off) when the config
+  has none and for scratch arms."""
+  return 1.0 if depth == SCRATCH else float(optim.get('layer_decay', 1.0))
+
+
+def param_labels(params: Any, units: Sequence[str], depth: str, per_unit: bool = False) -> Any:
+  """Label tree: `frozen`, or `{body,head}_{weight,bias}` role names for the optimizer;
+  with `per_unit` (layer decay) each trained body unit has its own `<unit>_{weight,bias}`."""
   trained = trained_units(units, depth)
   head = units[-1]
   flat = traverse_util.flatten_dict(params, sep='/')
@@ -78,19 +93,25 @@ def param_labels(params: Any, units: Sequence[str], depth: str) -> Any:
       labels[path] = FROZEN
     else:
       kind = 'bias' if path.endswith('bias') else 'weight'
-      labels[path] = f'{"head" if unit == head else "body"}_{kind}'
+      role = 'head' if unit == head else (unit if per_unit else 'body')
+      labels[path] = f'{role}_{kind}'
   return traverse_util.unflatten_dict(labels, sep='/')
 
 
-def learning_rates(optim: Any, depth: str) -> dict[str, float]:
-  """Per-label base learning rates from the config's paper rules."""
+def learning_rates(optim: Any, depth: str, units: Sequence[str] = ()) -> dict[str, float]:
+  """Per-label base learning rates from the config's paper rules; with layer decay
+  (`layer_decay` < 1 and the architecture's `units`) one rate per body unit instead of
+  `body_*`: base_lr x decay^k for the unit k places below the head."""
   head = optim.base_lr * (optim.head_lr_mult if depth != 'scratch' else 1.0)
-  return {
-      'body_weight': optim.base_lr,
-      'body_bias': optim.base_lr * optim.bias_lr_mult,
-      'head_weight': head,
-      'head_bias': head * optim.bias_lr_mult,
-  }
+  rates = {'head_weight': head, 'head_bias': head * optim.bias_lr_mult}
+  decay = layer_decay(optim, depth)
+  if decay == 1.0 or not units:
+    return {'body_weight': optim.base_lr, 'body_bias': optim.base_lr * optim.bias_lr_mult,
+            **rates}
+  for k, unit in enumerate(reversed(units[:-1]), start=1):
+    lr = optim.base_lr * decay ** k
+    rates.update({f'{unit}_weight': lr, f'{unit}_bias': lr * optim.bias_lr_mult})
+  return rates
 
 
 def lr_schedule(lr: float, decay: float, steps_per_decay: int) -> optax.Schedule:
@@ -105,11 +126,16 @@ def make_optimizer(params: Any, units: Sequence[str], depth: str, optim: Any,
                    steps_per_epoch: int) -> optax.GradientTransformation:
   """SGD + momentum per label group; weight decay on weights only (BVLC decay_mult 0 on biases).
 
-  The learning rate is multiplied by `optim.lr_decay_per_epoch` once per epoch (staircase).
+  The learning rate is multiplied by `optim.lr_decay_per_epoch` once per epoch (staircase);
+  with `optim.layer_decay` < 1 each trained unit has its own rate (`learning_rates`).
   """
-  labels = param_labels(params, units, depth)
+  per_unit = layer_decay(optim, depth) != 1.0
+  labels = param_labels(params, units, depth, per_unit)
+  present = set(jax.tree.leaves(labels))
   transforms = {FROZEN: optax.set_to_zero()}
-  for label, lr in learning_rates(optim, depth).items():
+  for label, lr in learning_rates(optim, depth, units if per_unit else ()).items():
+    if per_unit and label not in present:  # a frozen unit's rate
+      continue
     schedule = lr_schedule(lr, optim.lr_decay_per_epoch, steps_per_epoch)
     parts = []
     if label.endswith('weight') and optim.weight_decay:
@@ -119,9 +145,11 @@ def make_optimizer(params: Any, units: Sequence[str], depth: str, optim: Any,
   return optax.multi_transform(transforms, labels)
 
 
-def log_labels(params: Any, units: Sequence[str], depth: str) -> None:
-  """Logs the label of every parameter once, so a frozen layer is visible in the log."""
-  flat = traverse_util.flatten_dict(param_labels(params, units, depth), sep='/')
+def log_labels(params: Any, units: Sequence[str], depth: str, optim: Any = None) -> None:
+  """Logs the label of every parameter once, so a frozen layer is visible in the log (and
+  with layer decay, each unit's own label)."""
+  per_unit = optim is not None and layer_decay(optim, depth) != 1.0
+  flat = traverse_util.flatten_dict(param_labels(params, units, depth, per_unit), sep='/')
   for path, label in flat.items():
     logging.info('param %-32s %s', path, label)
 

@@ -231,6 +231,8 @@ RULES: dict[str, Rule] = {
     'optim.momentum': number(0, 1, hi_open=True, fix='the paper uses 0.9'),
     'optim.weight_decay': number(0, fix='BVLC uses 5e-4'),
     'optim.lr_decay_per_epoch': number(0, 1, lo_open=True, fix='the paper uses 0.95'),
+    'optim.layer_decay': number(0, 1, lo_open=True,
+                                fix='1.0 = off (the paper); 0.65 is usual for ViT-B'),
     # Training loop.
     'train.batch': integer(1, fix='e.g. batch=32'),
     'train.batch_per_device': integer(0, fix='0 = use train.batch'),

@@ -129,6 +129,7 @@ LAST_MAP = {
     'alexnet': lambda s: _pools((s - 11) // 4 + 1, 3, 'caffe'),
     'alexnet_torchvision': lambda s: _pools((s + 4 - 11) // 4 + 1, 3, 'floor'),
     'squeezenet1_1': lambda s: _pools((s - 3) // 2 + 1, 3, 'floor'),
+    'vit_b16': lambda s: s // 16,  # the 16x16 patch grid
 }
 
 

@@ -149,6 +149,10 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 5e-4
   # lr multiplied by this once per epoch (paper: 0.95).
   c.optim.lr_decay_per_epoch = 0.95
+  # Layer-wise lr decay of fine-tuning arms, in (0, 1]: each trained unit below the head
+  # learns at this times the unit above (BEiT/MAE-style ViT fine-tuning, e.g. 0.65); 1.0 =
+  # off, the paper's rules. See medft/tuning.py.
+  c.optim.layer_decay = 1.0
 
   c.train = ml_collections.ConfigDict()
   # Global batch over all devices (must divide by the device count).
