@@ -173,6 +173,13 @@ def test_three_class_test_block():
   counts = [int((np.ravel(u['labels']) == 0).sum()) for u in records]
   assert np.average(per_class[0], weights=counts) == pytest.approx(
       result['class_auc']['dark']['value'])
+  # The plot's per-class panels are the one-vs-rest ROCs (scikit-learn's), none for K = 2.
+  grid = np.linspace(0, 0.5, 11)
+  panels = apps.get('frames').panels(result)
+  assert [t for t, _ in panels] == ['dark vs rest', 'mid vs rest', 'bright vs rest']
+  fpr, tpr, _ = sklearn.metrics.roc_curve(labels == 1, scores[:, 1])
+  np.testing.assert_allclose(panels[1][1](records, grid), np.interp(grid, fpr, tpr))
+  assert apps.get('frames').panels({'num_classes': 2}) == []
   by_counts = points['auc'].by_counts(records)(np.ones(len(records)))
   assert by_counts == pytest.approx(result['auc'], abs=1e-12)
   # Validation AUC: the macro one over the patches.
@@ -273,7 +280,7 @@ def test_three_class_study_reports_per_class_and_macro_auc(tmp_path, data_dir):
   assert '## Confusion matrices' in md
   assert '| true \\ predicted | non_informative | informative | tinted_2 |' in md
   assert 'for the macro AUC, the mean of the video\'s per-class AUC values' in md
-  assert any(p['file'].endswith('roc_f1.png') for p in report['plots'])
+  assert {'plots/roc_f1.png', 'plots/roc_panels_f1.png'} <= {p['file'] for p in report['plots']}
 
 
 def test_a_three_class_manifest_gives_the_task_its_classes(tmp_path):

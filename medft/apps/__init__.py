@@ -95,6 +95,10 @@ class Spec:
   counts: Callable[[Mapping], dict | None] | None = None
   # Optional: the per-unit rule for a given `test`, where it depends on it (frames: K > 2).
   per_unit_rule_of: Callable[[Mapping], str] | None = None
+  # Optional: further curves on `curve_axis`, one panel each, for a given `test`: [(title,
+  # curve(records, grid))] (frames with K > 2 classes: each class's one-vs-rest ROC).
+  panels: Callable[[Mapping], Sequence[tuple[str, Callable[[Sequence[Record], np.ndarray],
+                                                           np.ndarray]]]] | None = None
 
 
 APPS: Registry[Spec] = Registry('application', 'app', 'medft.apps')

@@ -12,7 +12,8 @@ its K mean probabilities) every class is scored one-vs-rest (class k = positive,
 k) by the same rules: AUC per class and sensitivity per class at each FPR; `auc` is their
 macro mean (the primary point), whose per-video value is the mean over classes of the video's
 per-class AUC value (classes it has no frame of left out). The ROC drawn is the macro average
-of the per-class ROCs; the report adds each arm's confusion matrix (argmax of the mean
+of the per-class ROCs, and each class's ROC gets a panel of its own (`panels`); the report
+adds each arm's confusion matrix (argmax of the mean
 probabilities against the labels, counts summed over seeds).
 """
 
@@ -90,11 +91,21 @@ def _roc_on_grid(records: Sequence[Mapping], grid: np.ndarray) -> np.ndarray:
     fpr, tpr, _ = metrics.roc_curve(*_pooled(records))
     return np.interp(grid, fpr, tpr)
   k_all = _class_scores(records[0])[1].shape[1]
-  curves = []
-  for k in range(k_all):
+  return np.mean([_class_roc(k)(records, grid) for k in range(k_all)], axis=0)
+
+
+def _class_roc(k: int) -> Callable[[Sequence[Mapping], np.ndarray], np.ndarray]:
+  def curve(records, grid):
     fpr, tpr, _ = metrics.roc_curve(*_pooled(records, _one_vs_rest(k)))
-    curves.append(np.interp(grid, fpr, tpr))
-  return np.mean(curves, axis=0)
+    return np.interp(grid, fpr, tpr)
+  return curve
+
+
+def class_panels(test: Mapping) -> list[tuple[str, Callable]]:
+  """K > 2: each class's one-vs-rest ROC as a panel of its own (none for two classes)."""
+  if not _is_multiclass(test):
+    return []
+  return [(f'{name} vs rest', _class_roc(k)) for k, name in enumerate(test['classes'])]
 
 
 def _is_multiclass(test: Mapping) -> bool:
@@ -182,4 +193,4 @@ SPEC = APPS.register('frames', Spec(
     plots=('roc',), curve_axis=Axis('linear', 0.0, 0.5, '1 - specificity (false positive '
                                                            'rate)'),
     curve=_roc_on_grid, curve_marks=lambda test: [float(f) for f in test['fprs']],
-    curve_ylabel='sensitivity (true positive rate)', counts=confusion))
+    curve_ylabel='sensitivity (true positive rate)', counts=confusion, panels=class_panels))

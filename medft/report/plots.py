@@ -5,6 +5,8 @@
                           FP/frame for polyps as Fig. 2a, 0..10 FP/volume for PE as Fig. 4; ROC
                           to 1 - specificity 0.5 as Fig. 6), 95% bands over test units, the
                           operating points and the candidate-recall ceiling marked
+  roc_panels_f<f>.png     the app's further curves, one panel each (frames with K > 2 classes:
+                          each class's one-vs-rest ROC), one line per arm
   box_f<f>.png            box plots of per-image values with mean and SD per box (Fig. 9)
   convergence_f<f>.png    validation AUC vs mini-batches on a log axis: the deepest
                           fine-tuning arm against each scratch arm (init scheme) (Fig. 10)
@@ -71,6 +73,8 @@ def make_all(plots_dir: Path, spec: apps.Spec | None, points: Sequence[apps.Poin
     units = {a: u for a, u in units.items() if u}
     if units and spec.curve is not None and spec.curve_axis is not None:
       draw(_curve_plot, plots_dir, spec, f, units, rows, groups, out)
+    if units and spec.panels is not None and spec.curve_axis is not None:
+      draw(_panels_plot, plots_dir, spec, f, units, groups, out)
     if units and spec.box_keys:
       draw(_box_plot, plots_dir, spec, points, f, units, out)
     draw(_convergence_plot, plots_dir, f, present, groups, rows, out)
@@ -183,6 +187,38 @@ def _curve_plot(plots_dir: Path, spec: apps.Spec, f: float, units: dict, rows: S
   name = f'{kind.lower()}_f{_ftag(f)}.png'
   _save(fig, plots_dir, name, f'{kind} curves per arm on the paper\'s axis ({axis.scale} '
         f'{axis.low:g}..{axis.high:g}; fraction {f:g})', out)
+
+
+def _panels_plot(plots_dir: Path, spec: apps.Spec, f: float, units: dict, groups: dict,
+                 out: list) -> None:
+  """`spec.panels`: one panel per further curve (e.g. per class), one line per arm (the mean
+  over seeds, no band)."""
+  first = next(r.results['test'] for a in units for r in groups[(f, a)] if r.results.get('test'))
+  panels = list(spec.panels(first))
+  if not panels:
+    return
+  axis = spec.curve_axis
+  grid = (np.geomspace(axis.low, axis.high, GRID_POINTS) if axis.scale == 'log'
+          else np.linspace(axis.low, axis.high, GRID_POINTS))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+  for ax, (title, curve) in zip(axes[0], panels):
+    for k, (arm, us) in enumerate(units.items()):
+      try:
+        y = np.mean([curve([u[s] for u in us], grid) for s in range(len(us[0]))], axis=0)
+      except ValueError:  # e.g. no frame of this class in the test split
+        continue
+      ax.plot(grid, y, color=f'C{k}', label=arm)
+    ax.set_xscale(axis.scale)
+    ax.set_xlim(axis.low, axis.high)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel(axis.label)
+    ax.set_ylabel(spec.curve_ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which='both')
+    ax.legend(fontsize=8, loc='lower right')
+  fig.suptitle(f'Per-class curves per arm, training fraction {f:g} (mean over seeds)', y=1.02)
+  _save(fig, plots_dir, f'roc_panels_f{_ftag(f)}.png',
+        f'Per-class curves per arm ({", ".join(t for t, _ in panels)}; fraction {f:g})', out)
 
 
 def _box_plot(plots_dir: Path, spec: apps.Spec, points: Sequence[apps.Point], f: float,
