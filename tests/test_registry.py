@@ -16,7 +16,8 @@ from medft.tasks import TASKS, base
     (TASKS, 'app', 'cimt, frames, pe, polyp'),
     (apps.APPS, 'app', 'cimt, frames, pe, polyp'),
     (data_base.BUILDERS, 'data.name',
-     'cad_pe, cubs, cvc_clinicdb, frames_folder, fumpe, kvasir_seg'),
+     'cad_pe, cubs, cvc_clinicdb, frames_folder, fumpe, kvasir_seg, manifest_cimt, '
+     'manifest_classification, manifest_detection, manifest_volumes'),
 ])
 def test_an_unknown_name_names_the_value_and_every_known_one(registry, field, known):
   for bad in ('vgg16', 'augment', 3):  # `augment` is a module of medft.tasks, but no task
