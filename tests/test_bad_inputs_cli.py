@@ -160,6 +160,17 @@ CASES = [
         '--config.data.manual_dir={inputs.fumpe_bad}'),
          _names('{inputs.fumpe_bad}/GroundTruth/PAT002.mat', 'not a MATLAB .mat file'),
          'replace this file'),
+    Case('manifest_bad_rows', _data(
+        'configs/frames.py:depth=scratch', '--config.data.name=manifest_classification',
+        '--config.data.manifest={case}/mine/frames.csv'),
+         _names('{case}/mine/frames.csv', "line 2: image 'nope.png': no such file",
+                'line 3: empty subject'), 'Fix these rows',
+         setup=_write('mine/frames.csv', b'image,label,subject\nnope.png,a,s1\nnope.png,b,\n')),
+    Case('manifest_of_another_app', _run(
+        'configs/polyp.py:depth=scratch', '--config.data.name=manifest_classification',
+        '--config.data.manifest={case}/frames.csv'),
+         _names("data.name='manifest_classification'", 'yields frames examples'),
+         '--config=configs/frames.py'),
     # ---- the other command lines: never write over what medft did not write ---------------
     Case('synthetic_n_zero', _args('--app=cimt', '--out={case}/twin', '--n=0'),
          _names('--n=0'), 'at least one example', tool='synthetic'),
