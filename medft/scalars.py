@@ -7,9 +7,10 @@ field `val_<name>` and `train/<name>` otherwise (`train/loss`, `train/lr`, `val/
 Only process 0 writes, as it alone writes metrics.jsonl. TensorBoard keeps scalars as float32.
 
 Resume: the rows logged after the checkpoint a run resumes from are dropped from metrics.jsonl
-(`loop.truncate_metrics`). The event files are append-only, so the resumed run's writer opens
-with `purge_step` = resumed step + 1: TensorBoard then discards the earlier events from that
-step on (the same rows), and the curves hold each step once, as metrics.jsonl does.
+(`loop.truncate_metrics`). Event files are not rewritten: the resumed run's new event file
+starts with a SessionLog START at the resumed step + 1 (what tensorboardX's `purge_step`
+writes), and TensorBoard then discards the earlier events from that step on (the same rows),
+so the curves hold each step once, as metrics.jsonl does.
 """
 
 from __future__ import annotations
@@ -62,26 +63,37 @@ def _is_number(value: Any) -> bool:
 
 
 class Writer:
-  """The event writer of one run folder (`<workdir>/tensorboard/`), from step `resumed` on."""
+  """The event writer of one run folder (`<workdir>/tensorboard/`), from step `resumed` on.
+
+  Events are written synchronously, one record per row, and flushed at once (tensorboardX's
+  SummaryWriter queues them for a background thread, which a killed run would lose), so
+  the event file holds what metrics.jsonl holds."""
 
   def __init__(self, workdir: str | Path, resumed: int):
     require()
-    from tensorboardX import SummaryWriter  # noqa: PLC0415
+    from tensorboardX.event_file_writer import EventsWriter  # noqa: PLC0415
+    from tensorboardX.proto import event_pb2  # noqa: PLC0415
+    self._pb = event_pb2
     folder = Path(workdir) / FOLDER
-    # A folder from before a restart may hold events after the resumed step: purge them.
-    purge = int(resumed) + 1 if folder.exists() else None
+    existed = folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
     self.folder = folder
     # tensorboardX names a file by the second and the host; the suffix keeps a writer opened
     # within the same second (a quick resume) from replacing the last one's file, and sorts
     # after it (TensorBoard reads a folder's files in name order).
-    self._writer = SummaryWriter(logdir=str(folder), purge_step=purge, flush_secs=10**6,
-                                 filename_suffix=f'.{time.time_ns()}')
+    self._writer = EventsWriter(str(folder / 'events'), f'.{time.time_ns()}')
+    if existed:  # events after the resumed step may be there: TensorBoard drops them
+      self._writer.write_event(self._pb.Event(
+          wall_time=time.time(), step=int(resumed) + 1,
+          session_log=self._pb.SessionLog(status=self._pb.SessionLog.START)))
+    self._writer.flush()
 
   def write(self, row: dict) -> None:
-    """One metrics.jsonl row, flushed at once (a killed run keeps what metrics.jsonl keeps)."""
-    step = int(row['step'])
-    for name, value in scalars(row):
-      self._writer.add_scalar(name, value, global_step=step)
+    """One metrics.jsonl row as one event of all its scalars, flushed at once."""
+    from tensorboardX.proto.summary_pb2 import Summary  # noqa: PLC0415
+    values = [Summary.Value(tag=name, simple_value=value) for name, value in scalars(row)]
+    self._writer.write_event(self._pb.Event(wall_time=time.time(), step=int(row['step']),
+                                            summary=Summary(value=values)))
     self._writer.flush()
 
   def close(self) -> None:

@@ -14,7 +14,7 @@ import pytest
 import tiny
 
 import medft
-from medft import scalars
+from medft import loop, scalars
 from medft.errors import MissingPackageError
 
 
@@ -62,19 +62,36 @@ def expected(rows):
           for tag, value in scalars.scalars(row)}
 
 
-def test_run_writes_every_metrics_row_as_scalars(cimt_data_dir, tmp_path):
+def test_run_writes_every_metrics_row_as_scalars_also_after_a_kill(cimt_data_dir, tmp_path,
+                                                                    monkeypatch):
   config = tiny.config(cimt_data_dir, steps=10)
   config.data.test_share = 0.0  # no test split: this test is about the training curves
-  config.train.tensorboard = True
-  medft.train(config, tmp_path / 'run')
+  config.train.tensorboard, config.train.log_every = True, 2  # rows 2, 4, ..., 10
+  # The process dies after step 7: rows up to 6 are written, the latest checkpoint is step 5.
+  after_step = loop.Loop.after_step
+
+  def dies_after_step_7(self, step, *args, **kwargs):
+    out = after_step(self, step, *args, **kwargs)
+    if step == 7:
+      raise KeyboardInterrupt('killed')
+    return out
+  monkeypatch.setattr(loop.Loop, 'after_step', dies_after_step_7)
+  with pytest.raises(KeyboardInterrupt):
+    medft.train(config, tmp_path / 'run')
+  monkeypatch.undo()
+  events = tmp_path / 'run' / scalars.FOLDER
+  assert ('train/loss', 6) in scalar_values(read_events(events))
+  medft.train(config, tmp_path / 'run')  # resumes at step 5: metrics.jsonl drops row 6
+
   rows = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text()
           .splitlines()]
-  assert [r['step'] for r in rows] == [5, 10] and 'val_auc' in rows[-1]
-  got = scalar_values(read_events(tmp_path / 'run' / scalars.FOLDER))
+  assert [r['step'] for r in rows] == [2, 4, 6, 8, 10] and 'val_auc' in rows[-1]
+  assert len(list(events.iterdir())) == 2  # one event file per process that wrote rows
+  got = scalar_values(read_events(events))
   want = expected(rows)
   assert {'train/loss', 'train/accuracy', 'train/lr', 'train/img_per_s', 'val/auc'} <= {
       tag for tag, _ in want}
-  assert got == want
+  assert got == want  # the old row 6 purged: each step once, as in metrics.jsonl
 
 
 def test_resumed_writer_purges_the_rows_metrics_jsonl_dropped(tmp_path):
