@@ -82,19 +82,27 @@ def _write_nrrd(path: Path, array: np.ndarray, spacing) -> None:
 
 
 def _volumes(root: Path, n: int = 6, shape=(32, 64, 64)) -> tuple[Path, list]:
-  """PE-like volumes as NIfTI (even rows) and NRRD (odd rows); one subject per volume."""
+  """PE-like volumes as NIfTI (even rows), NRRD (odd rows) and one DICOM series (the last);
+  one subject per volume."""
   pytest.importorskip('nibabel')
   pytest.importorskip('nrrd')
+  pytest.importorskip('pydicom')
   (root / 'ct').mkdir(parents=True, exist_ok=True)
   rows, truth = [], []
   for i in range(n):
     volume, labels = synthetic.pe_example(_rng(4, i), shape)
     suffix = 'nii.gz' if i % 2 == 0 else 'nrrd'
     write = _write_nifti if i % 2 == 0 else _write_nrrd
-    write(root / 'ct' / f'{i}.{suffix}', volume, synthetic.PE_SPACING)
+    if i == n - 1:  # a DICOM series folder (axial, origin 0) with a NIfTI mask on its grid
+      synthetic.write_dicom_series(root / 'ct' / f'{i}_series', volume,
+                                   [f'{k:03d}.dcm' for k in range(shape[0])], z0=0.0)
+      image = f'ct/{i}_series'
+    else:
+      write(root / 'ct' / f'{i}.{suffix}', volume, synthetic.PE_SPACING)
+      image = f'ct/{i}.{suffix}'
     write(root / 'ct' / f'{i}_clots.{suffix}', (labels > 0).astype(np.uint8),
           synthetic.PE_SPACING)
-    rows.append([f'ct/{i}.{suffix}', f'ct/{i}_clots.{suffix}', f'p{i}'])
+    rows.append([image, f'ct/{i}_clots.{suffix}', f'p{i}'])
     truth.append((volume, labels))
   return _write_csv(root / 'volumes.csv', ['volume', 'mask', 'subject'], rows), truth
 
@@ -189,7 +197,7 @@ def test_detection_manifest_boxes_from_masks_and_trains(tmp_path):
   assert result['app'] == 'polyp' and result['test']['num_lesions'] > 0
 
 
-def test_volumes_manifest_nifti_and_nrrd_and_trains(tmp_path):
+def test_volumes_manifest_nifti_nrrd_dicom_and_trains(tmp_path):
   path, truth = _volumes(tmp_path / 'mine')
   ds = data.load(_data_config('manifest_volumes', path, tmp_path / 'data'))
   assert ds.app == 'pe'
@@ -197,7 +205,7 @@ def test_volumes_manifest_nifti_and_nrrd_and_trains(tmp_path):
   for view in ds.splits.values():
     for i in range(len(view)):
       ex = view[i]
-      volume, labels = truth[int(Path(ex['id']).name.split('.')[0])]
+      volume, labels = truth[int(Path(ex['id']).name.split('.')[0].split('_')[0])]
       np.testing.assert_array_equal(ex['volume'], volume)  # same voxels, either form
       np.testing.assert_allclose(ex['spacing'], synthetic.PE_SPACING, rtol=1e-6)
       # The binary mask's connected components: one id per clot.
@@ -484,3 +492,20 @@ def test_a_run_of_an_older_medft_without_the_manifest_fields_resumes():
   assert trainer._resumes_as_before(c, held)
   c.data.split_by = 'image'  # a run that did set a field is another config
   assert not trainer._resumes_as_before(c, trainer._config_dict(_frames_config()))
+
+
+def test_a_volume_mask_off_its_grid_is_named_by_line(tmp_path):
+  pytest.importorskip('nibabel')
+  root = tmp_path / 'mine'
+  root.mkdir()
+  volume = np.full((6, 8, 8), 40, np.int16)
+  _write_nifti(root / 'ct.nii.gz', volume, (1.0, 1.0, 1.0))
+  _write_nifti(root / 'mask.nii.gz', np.zeros((6, 8, 9), np.uint8), (1.0, 1.0, 1.0))
+  (root / 'notct.nii.gz').write_bytes(b'not a volume')
+  path = _write_csv(root / 'v.csv', ['volume', 'mask', 'subject'],
+                    [['ct.nii.gz', 'mask.nii.gz', 'a'], ['notct.nii.gz', 'mask.nii.gz', 'b']])
+  with pytest.raises(InputFileError) as e:
+    data.load(_data_config('manifest_volumes', path, tmp_path / 'data'))
+  assert 'line 2: Mask' in str(e.value) and 'is (6, 8, 9)' in str(e.value)
+  assert 'line 3: Cannot read NIfTI file' in str(e.value)
+  assert not (tmp_path / 'data').exists()

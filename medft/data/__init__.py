@@ -6,7 +6,10 @@
 
 Builders: cubs (CIMT), cvc_clinicdb and kvasir_seg (polyps), cad_pe and fumpe (PE),
 frames_folder (frame classification); `synthetic_<app>` or `synthetic_<builder>` reads a
-synthetic twin through the same builder. See `medft.data.dataset` for splits and fractions,
+synthetic twin through the same builder. Your own data: manifest_classification,
+manifest_detection, manifest_volumes and manifest_cimt read the files a CSV/JSON-lines manifest
+lists (`data.manifest`; `medft.data.manifest` for the format, `manifest_builders` for the
+builders). See `medft.data.dataset` for splits and fractions,
 `medft.data.schema` for the fields of a data config.
 """
 
