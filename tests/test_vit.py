@@ -175,3 +175,36 @@ def test_convert_table_names_every_timm_tensor_once():
   assert len(names) == 3 + 12 * 6 + 2
   assert {'cls_token', 'pos_embed', 'blocks.11.attn.qkv', 'norm', 'head'} <= names
   assert len(convert.TABLES['npz']['vit_b16']) == 3 + 12 * 8 + 2
+
+
+@pytest.mark.slow  # compiling the 12 blocks' train and predict steps: ~50 s on 2 busy cores
+def test_converted_timm_weights_fine_tune_with_layer_decay_end_to_end(timm_file, cimt_data_dir,
+                                                                      tmp_path):
+  """The real path: a timm file converted, then one arm of the tiny CIMT study through
+  `medft.train` (depth blocks6_8, optim.layer_decay=0.65): units below the depth keep the
+  file's values bit for bit, the others train, and the run writes its results."""
+  import tiny
+
+  import medft
+  src, _ = timm_file
+  init = convert.convert(src, 'safetensors', 'vit_b16', tmp_path / 'w',
+                         model_kwargs={'width': WIDTH}, input_size=(SIDE, SIDE))
+  source, _ = load_artifact(init)
+  config = tiny.config(cimt_data_dir, steps=4, depth='blocks6_8', init=str(init))
+  config.arch, config.model.width, config.model.dropout = 'vit_b16', WIDTH, 0.0
+  config.optim.layer_decay = 0.65
+  config.train.eval_every = 4
+  results = medft.train(config, tmp_path / 'run')
+  assert np.isfinite(results['val_auc'])
+  import orbax.checkpoint as ocp
+  mngr = ocp.CheckpointManager((tmp_path / 'run' / 'checkpoints' / 'latest').absolute())
+  params = mngr.restore(mngr.latest_step())['state']['params']
+  flat = traverse_util.flatten_dict(jax.tree.map(np.asarray, params), sep='/')
+  before = traverse_util.flatten_dict(source, sep='/')
+  for path, value in before.items():
+    unit = path.split('/')[0]
+    if unit in ('embed', 'blocks0_2', 'blocks3_5'):
+      assert flat[path].tobytes() == value.tobytes(), f'{path} must stay frozen'
+  assert not np.array_equal(flat['blocks6_8/block6/attn/query/kernel'],
+                            before['blocks6_8/block6/attn/query/kernel'])
+  assert not np.array_equal(flat['blocks9_11/norm/scale'], before['blocks9_11/norm/scale'])
