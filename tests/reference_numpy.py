@@ -249,6 +249,281 @@ def torchvision_squeezenet_name(name):
 
 
 # ---------------------------------------------------------------------------
+# BatchNorm networks: torchvision ResNet / DenseNet (eval mode), Keras ResNet50 / DenseNet121
+# ---------------------------------------------------------------------------
+
+TORCH_BN_EPS = 1e-5     # torch.nn.BatchNorm2d
+KERAS_BN_EPS = 1.001e-5  # keras.applications' BatchNormalization(epsilon=1.001e-5)
+
+
+def batch_norm(x, p, eps=TORCH_BN_EPS):
+  """Inference-mode BatchNorm (NCHW) with torch's names weight/bias/running_mean/running_var."""
+  shape = (1, -1, 1, 1) if x.ndim == 4 else (1, -1)
+  f = lambda k: np.asarray(p[k], np.float64).reshape(shape)  # noqa: E731
+  return (x - f('running_mean')) / np.sqrt(f('running_var') + eps) * f('weight') + f('bias')
+
+
+def keras_batch_norm(x, p, eps=KERAS_BN_EPS):
+  """Keras BatchNormalization in inference mode: gamma/beta/moving_mean/moving_variance."""
+  return batch_norm(x, {'weight': p['gamma'], 'bias': p['beta'], 'running_mean':
+                        p['moving_mean'], 'running_var': p['moving_variance']}, eps)
+
+
+def max_pool_padded(x, window, stride, pad, value=-np.inf):
+  """torch MaxPool2d(padding=pad) (value -inf) or Keras ZeroPadding2D + MaxPooling2D (0)."""
+  x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=value)
+  return max_pool(x, window, stride, 'floor')
+
+
+def avg_pool2(x):
+  """torch AvgPool2d(2, 2) / Keras AveragePooling2D(2, strides=2) (floor mode)."""
+  n, c, h, w = x.shape
+  x = x[:, :, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(n, c, h // 2, 2, w // 2, 2).mean(axis=(3, 5))
+
+
+def _nobias(weight):
+  return np.zeros(weight.shape[0])
+
+
+def torchvision_resnet(params, x, blocks, bottleneck):
+  """torchvision.models.ResNet in eval mode (v1.5 Bottleneck: stride on conv2), names
+  conv1, bn1, layer1.0.conv1, ..., layer1.0.downsample.0/1, fc. `acts` holds the output of
+  each stage ('stem' after the max pool, 'layer1' ... 'layer4')."""
+  acts = {}
+
+  def conv(name, y, stride, pad):
+    w = params[name]['weight']
+    return conv2d(y, w, _nobias(w), stride, pad)
+
+  bn = lambda name, y: batch_norm(y, params[name])  # noqa: E731
+  y = relu(bn('bn1', conv('conv1', x, 2, 3)))
+  y = acts['stem'] = max_pool_padded(y, 3, 2, 1)
+  for stage, count in enumerate(blocks, start=1):
+    for b in range(count):
+      p = f'layer{stage}.{b}'
+      stride = 2 if stage > 1 and b == 0 else 1
+      if bottleneck:
+        out = relu(bn(f'{p}.bn1', conv(f'{p}.conv1', y, 1, 0)))
+        out = relu(bn(f'{p}.bn2', conv(f'{p}.conv2', out, stride, 1)))
+        out = bn(f'{p}.bn3', conv(f'{p}.conv3', out, 1, 0))
+      else:
+        out = relu(bn(f'{p}.bn1', conv(f'{p}.conv1', y, stride, 1)))
+        out = bn(f'{p}.bn2', conv(f'{p}.conv2', out, 1, 1))
+      if f'{p}.downsample.0' in params:
+        y = bn(f'{p}.downsample.1', conv(f'{p}.downsample.0', y, stride, 0))
+      y = relu(out + y)
+    acts[f'layer{stage}'] = y
+  y = y.mean(axis=(2, 3))
+  acts['fc'] = linear(y, params['fc']['weight'], params['fc']['bias'])
+  return acts['fc'], acts
+
+
+def keras_resnet50(params, x):
+  """keras.applications.ResNet50 (v1: stride on the first 1x1 conv; convs with biases),
+  inference mode, Keras names conv1_conv, conv2_block1_0_conv, ..., predictions; Keras
+  layouts (conv kernel (kh, kw, in, out), dense (in, out)). Input NCHW as the rest here."""
+  acts = {}
+
+  def conv(name, y, stride, pad):
+    k = np.asarray(params[name]['kernel'], np.float64)
+    return conv2d(y, k.transpose(3, 2, 0, 1), params[name]['bias'], stride, pad)
+
+  bn = lambda name, y: keras_batch_norm(y, params[name])  # noqa: E731
+  y = relu(bn('conv1_bn', conv('conv1_conv', x, 2, 3)))        # ZeroPadding2D(3), valid conv
+  y = acts['stem'] = max_pool_padded(y, 3, 2, 1, value=0.0)   # ZeroPadding2D(1), MaxPool
+  for stage, count in zip((2, 3, 4, 5), (3, 4, 6, 3)):
+    for b in range(1, count + 1):
+      p = f'conv{stage}_block{b}'
+      stride = 2 if stage > 2 and b == 1 else 1
+      if b == 1:
+        shortcut = bn(f'{p}_0_bn', conv(f'{p}_0_conv', y, stride, 0))
+      else:
+        shortcut = y
+      out = relu(bn(f'{p}_1_bn', conv(f'{p}_1_conv', y, stride, 0)))
+      out = relu(bn(f'{p}_2_bn', conv(f'{p}_2_conv', out, 1, 1)))  # padding='same'
+      out = bn(f'{p}_3_bn', conv(f'{p}_3_conv', out, 1, 0))
+      y = relu(shortcut + out)
+    acts[f'layer{stage - 1}'] = y
+  y = y.mean(axis=(2, 3))
+  acts['fc'] = y @ params['predictions']['kernel'] + params['predictions']['bias']
+  return acts['fc'], acts
+
+
+def torchvision_densenet(params, x, block_config=(6, 12, 24, 16)):
+  """torchvision.models.DenseNet in eval mode, names features.conv0, features.norm0,
+  features.denseblock1.denselayer1.norm1/conv1/norm2/conv2, features.transition1.norm/conv,
+  features.norm5, classifier. `acts`: 'stem', 'block1' ... 'block4' (after norm5 and ReLU)."""
+  acts = {}
+  f = lambda name: params[f'features.{name}']  # noqa: E731
+
+  def conv(name, y, pad=0):
+    return conv2d(y, f(name)['weight'], _nobias(f(name)['weight']), 1, pad)
+
+  w0 = f('conv0')['weight']
+  y = relu(batch_norm(conv2d(x, w0, _nobias(w0), 2, 3), f('norm0')))
+  y = acts['stem'] = max_pool_padded(y, 3, 2, 1)
+  for i, layers in enumerate(block_config, start=1):
+    for j in range(1, layers + 1):
+      p = f'denseblock{i}.denselayer{j}'
+      out = conv(f'{p}.conv1', relu(batch_norm(y, f(f'{p}.norm1'))))
+      out = conv(f'{p}.conv2', relu(batch_norm(out, f(f'{p}.norm2'))), pad=1)
+      y = np.concatenate([y, out], axis=1)
+    if i < len(block_config):
+      y = avg_pool2(conv(f'transition{i}.conv', relu(batch_norm(y, f(f'transition{i}.norm')))))
+    else:
+      y = relu(batch_norm(y, f('norm5')))
+    acts[f'block{i}'] = y
+  acts['classifier'] = linear(y.mean(axis=(2, 3)), params['classifier']['weight'],
+                              params['classifier']['bias'])
+  return acts['classifier'], acts
+
+
+def keras_densenet121(params, x, block_config=(6, 12, 24, 16)):
+  """keras.applications.DenseNet121 in inference mode, Keras names conv1/conv, conv1/bn,
+  conv2_block1_0_bn, conv2_block1_1_conv, ..., pool2_bn, pool2_conv, bn, predictions."""
+  acts = {}
+
+  def conv(name, y, stride=1, pad=0):
+    k = np.asarray(params[name]['kernel'], np.float64).transpose(3, 2, 0, 1)
+    return conv2d(y, k, _nobias(k), stride, pad)
+
+  bn = lambda name, y: keras_batch_norm(y, params[name])  # noqa: E731
+  y = relu(bn('conv1/bn', conv('conv1/conv', x, 2, 3)))
+  y = acts['stem'] = max_pool_padded(y, 3, 2, 1, value=0.0)
+  for i, layers in enumerate(block_config, start=1):
+    for j in range(1, layers + 1):
+      p = f'conv{i + 1}_block{j}'
+      out = conv(f'{p}_1_conv', relu(bn(f'{p}_0_bn', y)))
+      out = conv(f'{p}_2_conv', relu(bn(f'{p}_1_bn', out)), pad=1)
+      y = np.concatenate([y, out], axis=1)
+    if i < len(block_config):
+      y = avg_pool2(conv(f'pool{i + 1}_conv', relu(bn(f'pool{i + 1}_bn', y))))
+    else:
+      y = relu(bn('bn', y))
+    acts[f'block{i}'] = y
+  acts['classifier'] = (y.mean(axis=(2, 3)) @ params['predictions']['kernel']
+                        + params['predictions']['bias'])
+  return acts['classifier'], acts
+
+
+def _bn_params(rng, c):
+  return {'weight': rng.uniform(0.5, 1.5, c).astype(np.float32),
+          'bias': (rng.standard_normal(c) * 0.1).astype(np.float32),
+          'running_mean': (rng.standard_normal(c) * 0.1).astype(np.float32),
+          'running_var': rng.uniform(0.5, 1.5, c).astype(np.float32)}
+
+
+def _conv_weight(rng, out_c, in_c, k):
+  return {'weight': _conv_params(rng, out_c, in_c, k)['weight']}
+
+
+def random_torchvision_resnet(rng, blocks=(2, 2, 2, 2), bottleneck=False,
+                              planes=(64, 128, 256, 512), stem=64, num_classes=1000):
+  """torchvision ResNet state_dict (floating tensors) with random weights and BN statistics."""
+  params = {'conv1': _conv_weight(rng, stem, 3, 7), 'bn1': _bn_params(rng, stem)}
+  channels, expansion = stem, 4 if bottleneck else 1
+  for stage, (count, width) in enumerate(zip(blocks, planes), start=1):
+    for b in range(count):
+      p, stride = f'layer{stage}.{b}', 2 if stage > 1 and b == 0 else 1
+      if bottleneck:
+        shapes = [(width, channels, 1), (width, width, 3), (width * 4, width, 1)]
+      else:
+        shapes = [(width, channels, 3), (width, width, 3)]
+      for i, (o, c, k) in enumerate(shapes, start=1):
+        params[f'{p}.conv{i}'] = _conv_weight(rng, o, c, k)
+        params[f'{p}.bn{i}'] = _bn_params(rng, o)
+      if stride != 1 or channels != width * expansion:
+        params[f'{p}.downsample.0'] = _conv_weight(rng, width * expansion, channels, 1)
+        params[f'{p}.downsample.1'] = _bn_params(rng, width * expansion)
+      channels = width * expansion
+  params['fc'] = _dense_params(rng, num_classes, channels)
+  return params
+
+
+def random_torchvision_densenet(rng, block_config=(6, 12, 24, 16), growth=32, stem=64,
+                                bn_size=4, num_classes=1000):
+  """torchvision DenseNet state_dict with random weights and BN statistics."""
+  params = {'features.conv0': _conv_weight(rng, stem, 3, 7), 'features.norm0':
+            _bn_params(rng, stem)}
+  channels = stem
+  for i, layers in enumerate(block_config, start=1):
+    for j in range(1, layers + 1):
+      p = f'features.denseblock{i}.denselayer{j}'
+      params[f'{p}.norm1'] = _bn_params(rng, channels)
+      params[f'{p}.conv1'] = _conv_weight(rng, bn_size * growth, channels, 1)
+      params[f'{p}.norm2'] = _bn_params(rng, bn_size * growth)
+      params[f'{p}.conv2'] = _conv_weight(rng, growth, bn_size * growth, 3)
+      channels += growth
+    if i < len(block_config):
+      params[f'features.transition{i}.norm'] = _bn_params(rng, channels)
+      params[f'features.transition{i}.conv'] = _conv_weight(rng, channels // 2, channels, 1)
+      channels //= 2
+  params['features.norm5'] = _bn_params(rng, channels)
+  params['classifier'] = _dense_params(rng, num_classes, channels)
+  return params
+
+
+def _keras_conv(rng, out_c, in_c, k, bias):
+  w = _conv_params(rng, out_c, in_c, k)
+  d = {'kernel': np.ascontiguousarray(w['weight'].transpose(2, 3, 1, 0))}
+  if bias:
+    d['bias'] = w['bias']
+  return d
+
+
+def _keras_bn(rng, c):
+  p = _bn_params(rng, c)
+  return {'gamma': p['weight'], 'beta': p['bias'], 'moving_mean': p['running_mean'],
+          'moving_variance': p['running_var']}
+
+
+def random_keras_resnet50(rng, planes=(64, 128, 256, 512), stem=64, num_classes=1000):
+  """keras.applications.ResNet50 layers {name: {kernel, bias | gamma, beta, moving_*}}."""
+  params = {'conv1_conv': _keras_conv(rng, stem, 3, 7, True), 'conv1_bn': _keras_bn(rng, stem)}
+  channels = stem
+  for stage, count, width in zip((2, 3, 4, 5), (3, 4, 6, 3), planes):
+    for b in range(1, count + 1):
+      p = f'conv{stage}_block{b}'
+      if b == 1:
+        params[f'{p}_0_conv'] = _keras_conv(rng, 4 * width, channels, 1, True)
+        params[f'{p}_0_bn'] = _keras_bn(rng, 4 * width)
+      for i, (o, c, k) in enumerate([(width, channels, 1), (width, width, 3),
+                                     (4 * width, width, 1)], start=1):
+        params[f'{p}_{i}_conv'] = _keras_conv(rng, o, c, k, True)
+        params[f'{p}_{i}_bn'] = _keras_bn(rng, o)
+      channels = 4 * width
+  dense = _dense_params(rng, num_classes, channels)
+  params['predictions'] = {'kernel': np.ascontiguousarray(dense['weight'].T),
+                           'bias': dense['bias']}
+  return params
+
+
+def random_keras_densenet121(rng, block_config=(6, 12, 24, 16), growth=32, stem=64, bn_size=4,
+                             num_classes=1000):
+  """keras.applications.DenseNet121 layers (no conv biases)."""
+  params = {'conv1/conv': _keras_conv(rng, stem, 3, 7, False), 'conv1/bn': _keras_bn(rng, stem)}
+  channels = stem
+  for i, layers in enumerate(block_config, start=1):
+    for j in range(1, layers + 1):
+      p = f'conv{i + 1}_block{j}'
+      params[f'{p}_0_bn'] = _keras_bn(rng, channels)
+      params[f'{p}_1_conv'] = _keras_conv(rng, bn_size * growth, channels, 1, False)
+      params[f'{p}_1_bn'] = _keras_bn(rng, bn_size * growth)
+      params[f'{p}_2_conv'] = _keras_conv(rng, growth, bn_size * growth, 3, False)
+      channels += growth
+    if i < len(block_config):
+      params[f'pool{i + 1}_bn'] = _keras_bn(rng, channels)
+      params[f'pool{i + 1}_conv'] = _keras_conv(rng, channels // 2, channels, 1, False)
+      channels //= 2
+  params['bn'] = _keras_bn(rng, channels)
+  dense = _dense_params(rng, num_classes, channels)
+  params['predictions'] = {'kernel': np.ascontiguousarray(dense['weight'].T),
+                           'bias': dense['bias']}
+  return params
+
+
+# ---------------------------------------------------------------------------
 # ViT-B/16: timm (`vit_base_patch16_224`, PyTorch semantics) and big_vision / vit_jax (Flax)
 # ---------------------------------------------------------------------------
 

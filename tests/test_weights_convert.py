@@ -63,8 +63,8 @@ def test_unknown_format_and_arch(squeezenet_file, tmp_path, capsys):
   with pytest.raises(ValueError, match=r"--format='onnx' is unknown; choose one of caffe, torch, "
                                        r'safetensors, keras'):
     convert.convert(squeezenet_file[0], 'onnx', 'squeezenet1_1', tmp_path / 'out')
-  with pytest.raises(ValueError, match=r"--arch='resnet50' is unknown"):
-    convert.convert(squeezenet_file[0], 'safetensors', 'resnet50', tmp_path / 'out')
+  with pytest.raises(ValueError, match=r"--arch='vgg16' is unknown"):
+    convert.convert(squeezenet_file[0], 'safetensors', 'vgg16', tmp_path / 'out')
 
 
 def test_cli_reports_wrong_architecture(squeezenet_file, tmp_path, capsys):

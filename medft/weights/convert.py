@@ -112,9 +112,58 @@ _conv_oihw.inverse = lambda p, _: {'weight': p['kernel'].transpose(3, 2, 0, 1),
 _dense_oi.inverse = lambda p, _: {'weight': p['kernel'].T, 'bias': p['bias']}
 
 
+def _conv_oihw_nobias(p: dict, where: str, _: Params) -> dict:
+  """torchvision ResNet/DenseNet conv (no bias): (out, in, kh, kw) -> Flax (kh, kw, in, out)."""
+  w = p['weight']
+  if w.ndim != 4:
+    raise InputFileError(f'{where}: weight has shape {w.shape}, expected (out, in, kh, kw).')
+  return {'kernel': w.transpose(2, 3, 1, 0)}
+
+
+def _conv_hwio_nobias(p: dict, where: str, _: Params) -> dict:
+  """Keras conv without bias (DenseNet121): already (kh, kw, in, out)."""
+  if p['kernel'].ndim != 4:
+    raise InputFileError(f'{where}: kernel has shape {p["kernel"].shape}, expected '
+                         '(kh, kw, in, out).')
+  return {'kernel': p['kernel']}
+
+
+def _dense_io(p: dict, where: str, _: Params) -> dict:
+  """Keras Dense: already (in, out)."""
+  if p['kernel'].ndim != 2:
+    raise InputFileError(f'{where}: kernel has shape {p["kernel"].shape}, expected (in, out).')
+  return {'kernel': p['kernel'], 'bias': _vector(p['bias'], where)}
+
+
+def _batch_norm(scale: str, bias: str, mean: str, var: str) -> Callable[[dict, str, Params],
+                                                                         dict]:
+  """BatchNorm: the source's four vectors -> Flax `scale`, `bias` (params) and `mean`, `var`
+  (the `batch_stats` collection; `to_variables` moves them there, `BATCH_STATS`)."""
+  def layout(p: dict, where: str, _: Params) -> dict:
+    vectors = {k: _vector(p[k], where) for k in (scale, bias, mean, var)}
+    if len({v.shape for v in vectors.values()}) != 1:
+      raise InputFileError(f'{where}: BatchNorm vectors of different lengths '
+                           f'{ {k: v.shape[0] for k, v in vectors.items()} }.')
+    if (vectors[var] < 0).any():
+      raise InputFileError(f'{where}: {var} has negative entries; the file is damaged.')
+    return {'scale': vectors[scale], 'bias': vectors[bias], 'mean': vectors[mean],
+            'var': vectors[var]}
+  layout.source_params = (scale, bias, mean, var)
+  return layout
+
+
+# torch: num_batches_tracked is an integer buffer, which the readers skip.
+_bn_torch = _batch_norm('weight', 'bias', 'running_mean', 'running_var')
+_bn_keras = _batch_norm('gamma', 'beta', 'moving_mean', 'moving_variance')
+# Leaves of a BatchNorm layer that belong to the `batch_stats` collection, not to params.
+BATCH_STATS = ('mean', 'var')
+
+
 # Parameter names each layout reads from a source layer.
 _SOURCE_PARAMS = {_conv_oihw: ('weight', 'bias'), _conv_hwio: ('kernel', 'bias'),
-                  _dense_oi: ('weight', 'bias')}
+                  _dense_oi: ('weight', 'bias'), _conv_oihw_nobias: ('weight',),
+                  _conv_hwio_nobias: ('kernel',), _dense_io: ('kernel', 'bias'),
+                  _bn_torch: _bn_torch.source_params, _bn_keras: _bn_keras.source_params}
 
 
 class Row(NamedTuple):
@@ -143,6 +192,74 @@ def _squeezenet_rows(conv_layout, conv1: str, fire: Callable[[int, str], str],
   return tuple(rows) + (Row(conv10, 'conv10', conv_layout),)
 
 
+def _resnet_rows(blocks: Sequence[int], bottleneck: bool) -> tuple[Row, ...]:
+  """torchvision / timm ResNet state_dict names (`layer1.0.conv1`, `layer2.0.downsample.0`)."""
+  rows = [Row('conv1', 'stem/conv1', _conv_oihw_nobias), Row('bn1', 'stem/bn1', _bn_torch)]
+  for stage, count in enumerate(blocks, start=1):
+    for b in range(count):
+      src, dst = f'layer{stage}.{b}', f'layer{stage}/block{b}'
+      for i in range(1, 4 if bottleneck else 3):
+        rows += [Row(f'{src}.conv{i}', f'{dst}/conv{i}', _conv_oihw_nobias),
+                 Row(f'{src}.bn{i}', f'{dst}/bn{i}', _bn_torch)]
+      if b == 0 and (bottleneck or stage > 1):  # projection shortcut
+        rows += [Row(f'{src}.downsample.0', f'{dst}/downsample_conv', _conv_oihw_nobias),
+                 Row(f'{src}.downsample.1', f'{dst}/downsample_bn', _bn_torch)]
+  return tuple(rows) + (Row('fc', 'fc', _dense_oi),)
+
+
+def _keras_resnet50_rows() -> tuple[Row, ...]:
+  """keras.applications.ResNet50 layer names (`conv2_block1_0_conv` is the projection)."""
+  rows = [Row('conv1_conv', 'stem/conv1', _conv_hwio), Row('conv1_bn', 'stem/bn1', _bn_keras)]
+  for stage, count in enumerate((3, 4, 6, 3), start=1):
+    for b in range(count):
+      src, dst = f'conv{stage + 1}_block{b + 1}', f'layer{stage}/block{b}'
+      if b == 0:
+        rows += [Row(f'{src}_0_conv', f'{dst}/downsample_conv', _conv_hwio),
+                 Row(f'{src}_0_bn', f'{dst}/downsample_bn', _bn_keras)]
+      for i in (1, 2, 3):
+        rows += [Row(f'{src}_{i}_conv', f'{dst}/conv{i}', _conv_hwio),
+                 Row(f'{src}_{i}_bn', f'{dst}/bn{i}', _bn_keras)]
+  return tuple(rows) + (Row('predictions', 'fc', _dense_io),)
+
+
+DENSENET121_BLOCKS = (6, 12, 24, 16)
+
+
+def _densenet_rows(conv, bn, dense, names: Callable[[str, int, int], str]) -> tuple[Row, ...]:
+  """DenseNet-121 rows; `names(kind, block, layer)` gives the source's layer name."""
+  rows = [Row(names('conv0', 0, 0), 'stem/conv0', conv),
+          Row(names('norm0', 0, 0), 'stem/norm0', bn)]
+  for i, layers in enumerate(DENSENET121_BLOCKS, start=1):
+    for j in range(1, layers + 1):
+      dst = f'block{i}/denselayer{j}'
+      rows += [Row(names(kind, i, j), f'{dst}/{kind}', layout)
+               for kind, layout in (('norm1', bn), ('conv1', conv), ('norm2', bn), ('conv2', conv))]
+    if i < len(DENSENET121_BLOCKS):
+      rows += [Row(names('transition_norm', i, 0), f'block{i}/transition_norm', bn),
+               Row(names('transition_conv', i, 0), f'block{i}/transition_conv', conv)]
+  rows.append(Row(names('norm5', 0, 0), f'block{len(DENSENET121_BLOCKS)}/norm5', bn))
+  return tuple(rows) + (Row(names('classifier', 0, 0), 'classifier', dense),)
+
+
+def _torchvision_densenet_name(kind: str, block: int, layer: int) -> str:
+  if kind == 'classifier':
+    return 'classifier'
+  if kind.startswith('transition_'):
+    return f'features.transition{block}.{kind[len("transition_"):]}'
+  if block and layer:
+    return f'features.denseblock{block}.denselayer{layer}.{kind}'
+  return f'features.{kind}'
+
+
+def _keras_densenet_name(kind: str, block: int, layer: int) -> str:
+  fixed = {'conv0': 'conv1/conv', 'norm0': 'conv1/bn', 'norm5': 'bn', 'classifier': 'predictions',
+           'transition_norm': f'pool{block + 1}_bn', 'transition_conv': f'pool{block + 1}_conv'}
+  if kind in fixed:
+    return fixed[kind]
+  suffix = {'norm1': '0_bn', 'conv1': '1_conv', 'norm2': '1_bn', 'conv2': '2_conv'}[kind]
+  return f'conv{block + 1}_block{layer}_{suffix}'
+
+
 TABLES: dict[str, dict[str, tuple[Row, ...]]] = {
     'caffe': {
         # BVLC models/bvlc_alexnet (Caffe names = the paper's names).
@@ -161,6 +278,12 @@ TABLES: dict[str, dict[str, tuple[Row, ...]]] = {
                                           'conv10'),
     },
     'torch': {
+        # torchvision.models.resnet18 / resnet50 (v1.5; timm's resnet50 uses the same names)
+        # and densenet121 state_dicts.
+        'resnet18': _resnet_rows((2, 2, 2, 2), bottleneck=False),
+        'resnet50': _resnet_rows((3, 4, 6, 3), bottleneck=True),
+        'densenet121': _densenet_rows(_conv_oihw_nobias, _bn_torch, _dense_oi,
+                                      _torchvision_densenet_name),
         # torchvision.models.alexnet state_dict (layer = name without '.weight' / '.bias').
         'alexnet_torchvision': (
             Row('features.0', 'conv1', _conv_oihw),
@@ -179,6 +302,11 @@ TABLES: dict[str, dict[str, tuple[Row, ...]]] = {
             'classifier.1'),
     },
     'keras': {
+        # keras.applications ResNet50 (v1, conv biases) and DenseNet121: the layout of the
+        # ImageNet and RadImageNet .h5 files.
+        'resnet50_keras': _keras_resnet50_rows(),
+        'densenet121': _densenet_rows(_conv_hwio_nobias, _bn_keras, _dense_io,
+                                      _keras_densenet_name),
         # Keras 2 SqueezeNet ports (rcmalli/keras-squeezenet); the reader normalises layer
         # names 'fire2_squeeze1x1' to 'fire2/squeeze1x1'.
         'squeezenet1_1': _squeezenet_rows(_conv_hwio, 'conv1', lambda i, b: f'fire{i}/{b}',
@@ -225,13 +353,6 @@ def _qkv_split(p: dict, where: str, _: Params) -> dict:
           for i, name in enumerate(('query', 'key', 'value'))}
 
 
-def _dense_io(p: dict, where: str, _: Params) -> dict:
-  """Keras Dense: already (in, out)."""
-  if p['kernel'].ndim != 2:
-    raise InputFileError(f'{where}: kernel has shape {p["kernel"].shape}, expected (in, out).')
-  return {'kernel': p['kernel'], 'bias': _vector(p['bias'], where)}
-
-
 def _heads_in(p: dict, where: str, _: Params) -> dict:
   """Flax MultiHeadDotProductAttention query/key/value: (d, heads, hd) -> (d, heads * hd)."""
   k, b = p['kernel'], p['bias']
@@ -254,8 +375,7 @@ _bv_cls, _bv_pos = _token('cls', TOKEN), _token('pos_embedding', 'pos_embedding'
 _ln_torch, _ln_flax = _layernorm('weight'), _layernorm('scale')
 _SOURCE_PARAMS.update({
     _timm_cls: (TOKEN,), _timm_pos: (TOKEN,), _bv_cls: (TOKEN,), _bv_pos: ('pos_embedding',),
-    _ln_flax: ('scale', 'bias'), _heads_in: ('kernel', 'bias'), _heads_out: ('kernel', 'bias'),
-    _dense_io: ('kernel', 'bias')})
+    _ln_flax: ('scale', 'bias'), _heads_in: ('kernel', 'bias'), _heads_out: ('kernel', 'bias')})
 
 
 def _vit_block(i: int) -> str:
@@ -325,7 +445,14 @@ def guess_arch(format: str, layers: Layers) -> tuple[str, str] | None:
 
 
 def to_flax(layers: Layers, format: str, arch: str, src: str) -> Params:
-  """Applies `TABLES[format][arch]` to the layers read from `src`."""
+  """Applies `TABLES[format][arch]` to the layers read from `src`: the parameters (a network
+  with BatchNorm also has statistics: `to_variables`)."""
+  return to_variables(layers, format, arch, src)[0]
+
+
+def to_variables(layers: Layers, format: str, arch: str, src: str) -> tuple[Params, Params]:
+  """`(params, batch_stats)` of the layers read from `src` (`TABLES[format][arch]`);
+  batch_stats is {} for a network without BatchNorm."""
   tables = TABLES[format]
   guess, looks_like = guess_arch(format, layers), ''
   if guess and guess != (format, arch):
@@ -358,11 +485,14 @@ def to_flax(layers: Layers, format: str, arch: str, src: str) -> Params:
     unit = converted.setdefault(row.unit, {})  # rows may share a path (ViT's cls and pos)
     for name, value in traverse_util.flatten_dict(params, sep='/').items():  # and nest (qkv)
       unit[name] = np.ascontiguousarray(value, dtype=np.float32)
-  for path, value in traverse_util.flatten_dict(converted, sep='/').items():
+  flat = traverse_util.flatten_dict(converted, sep='/')
+  for path, value in flat.items():
     if not np.isfinite(value).all():
       raise InputFileError(f'{src}: {path} holds NaN or infinite values; the file is damaged.')
-  # flattened first: rows of one unit may sit at nested paths (embed and embed/patch)
-  return traverse_util.unflatten_dict(traverse_util.flatten_dict(converted, sep='/'), sep='/')
+  stats = {k: v for k, v in flat.items() if k.rpartition('/')[2] in BATCH_STATS}
+  params = {k: v for k, v in flat.items() if k not in stats}
+  return (traverse_util.unflatten_dict(params, sep='/'),
+          traverse_util.unflatten_dict(stats, sep='/'))
 
 
 def to_source(params: Params, format: str, arch: str) -> dict[str, np.ndarray]:
@@ -390,8 +520,10 @@ def to_source(params: Params, format: str, arch: str) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------
 
 
-def check_fits(params: Params, meta: Meta, src: str, model_kwargs: dict | None = None) -> None:
-  """Raises a readable ValueError unless `params` fit `get_model(meta.arch, ...)`'s tree.
+def check_fits(params: Params, meta: Meta, src: str, model_kwargs: dict | None = None,
+               batch_stats: Params | None = None) -> None:
+  """Raises a readable ValueError unless `params` (and `batch_stats`, when given) fit
+  `get_model(meta.arch, ...)`'s tree.
 
   The head may be absent (a "notop" file); everything else must be there with the shape the
   model builds for `meta.input_size` (and `model_kwargs`, e.g. `width` in tests).
@@ -402,16 +534,21 @@ def check_fits(params: Params, meta: Meta, src: str, model_kwargs: dict | None =
   from medft.models import get_model
   module, units = get_model(meta.arch, max(1, meta.num_source_classes), **(model_kwargs or {}))
   x = jax.ShapeDtypeStruct((1, *meta.input_size, 3), jnp.float32)
-  expected = jax.eval_shape(module.init, jax.random.key(0), x)['params']
-  flat_expected = traverse_util.flatten_dict(expected, sep='/')
-  flat = traverse_util.flatten_dict(params, sep='/')
+  variables = jax.eval_shape(module.init, jax.random.key(0), x)
   has_head = units[-1] in params
-  missing = sorted(k for k in flat_expected
-                   if k not in flat and (has_head or not k.startswith(units[-1] + '/')))
-  unexpected = sorted(k for k in flat if k not in flat_expected)
-  misshaped = sorted(f'{k}: converted {flat[k].shape}, {meta.arch} expects '
-                     f'{tuple(flat_expected[k].shape)}' for k in flat
-                     if k in flat_expected and flat[k].shape != tuple(flat_expected[k].shape))
+  missing, unexpected, misshaped = [], [], []
+  trees = [(params, variables['params'], '')]
+  if batch_stats is not None:
+    trees.append((batch_stats, variables.get('batch_stats', {}), 'batch_stats: '))
+  for tree, expected, label in trees:
+    flat_expected = traverse_util.flatten_dict(expected, sep='/')
+    flat = traverse_util.flatten_dict(tree, sep='/')
+    missing += sorted(label + k for k in flat_expected
+                      if k not in flat and (has_head or not k.startswith(units[-1] + '/')))
+    unexpected += sorted(label + k for k in flat if k not in flat_expected)
+    misshaped += sorted(f'{label}{k}: converted {flat[k].shape}, {meta.arch} expects '
+                        f'{tuple(flat_expected[k].shape)}' for k in flat
+                        if k in flat_expected and flat[k].shape != tuple(flat_expected[k].shape))
   if missing or unexpected or misshaped:
     raise InputFileError(describe_misfit(
         f'{src}: the converted weights do not fit {meta.arch} '
@@ -436,7 +573,18 @@ def _digests(path: Path) -> tuple[str, str]:
 
 def read_weights(src: str | Path, format: str, arch: str, *, model_kwargs: dict | None = None,
                  input_size: tuple[int, int] | None = None) -> tuple[Params, Meta]:
-  """Reads `src` and returns `(params, meta)` in medft's layout, checked against the model.
+  """Reads `src` and returns `(params, meta)` in medft's layout, checked against the model
+  (`read_variables` also returns the BatchNorm statistics of networks that have them)."""
+  params, _, meta = read_variables(src, format, arch, model_kwargs=model_kwargs,
+                                   input_size=input_size)
+  return params, meta
+
+
+def read_variables(src: str | Path, format: str, arch: str, *,
+                   model_kwargs: dict | None = None, input_size: tuple[int, int] | None = None
+                   ) -> tuple[Params, Params, Meta]:
+  """Reads `src` and returns `(params, batch_stats, meta)` in medft's layout, checked against
+  the model; batch_stats is {} for a network without BatchNorm.
 
   `input_size` overrides the source's training input size (it sets the fc6 shape of the
   Caffe AlexNet); `model_kwargs` go to `get_model` for the check (tests use `width`).
@@ -457,7 +605,8 @@ def read_weights(src: str | Path, format: str, arch: str, *, model_kwargs: dict 
   layers = reader.read_layers(path)
   source_dtype = ','.join(sorted({str(np.asarray(v).dtype) for d in layers.values()
                                   for v in d.values()}))
-  params = to_flax(layers, format, arch, str(path))  # float32 whatever the source dtype
+  # float32 whatever the source dtype
+  params, batch_stats = to_variables(layers, format, arch, str(path))
   if format == 'caffe':
     caffe.log_provenance(path, sha1, arch)
   if arch == 'squeezenet1_1' and format != 'keras':
@@ -469,16 +618,17 @@ def read_weights(src: str | Path, format: str, arch: str, *, model_kwargs: dict 
               source_dtype=source_dtype, **reader.INPUT[arch])
   if input_size is not None:
     meta.input_size = tuple(input_size)
-  fit = getattr(ARCHS[arch][0], 'fit_input_size', None)  # ViT: position grid to the input
+  fit = getattr(ARCHS[arch][0], 'fit_input_size', None)  # ViT: position grid <-> input size
   if fit is not None:
-    params = fit(params, meta.input_size, str(path))
-  check_fits(params, meta, str(path), model_kwargs)
+    params, size = fit(params, input_size, str(path))
+    meta.input_size = tuple(size)
+  check_fits(params, meta, str(path), model_kwargs, batch_stats)
   if source_dtype != 'float32':
     log.info('%s: source tensors are %s; converted to float32 (recorded in meta.json as '
              'source_dtype).', path, source_dtype)
   log.info('%s: %d parameter arrays converted to %s (%s, %d source classes).', path,
            len(traverse_util.flatten_dict(params)), arch, format, meta.num_source_classes)
-  return params, meta
+  return params, batch_stats, meta
 
 
 def convert(src: str | Path, format: str, arch: str, out: str | Path, *,
@@ -490,9 +640,9 @@ def convert(src: str | Path, format: str, arch: str, out: str | Path, *,
     raise NotOursError(f'--out={out} already exists; choose another folder or remove it.')
   if out.exists():  # checked before reading --src: a refused --out costs nothing
     refuse_unless_artifact(out)
-  params, meta = read_weights(src, format, arch, model_kwargs=model_kwargs,
-                              input_size=input_size)
-  return save_artifact(out, params, meta, overwrite=overwrite)
+  params, batch_stats, meta = read_variables(src, format, arch, model_kwargs=model_kwargs,
+                                             input_size=input_size)
+  return save_artifact(out, params, meta, overwrite=overwrite, batch_stats=batch_stats)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,6 +30,20 @@ from medft.errors import InputFileError, MissingPackageError
 INPUT = {'squeezenet1_1': dict(channel_order='BGR', scale=255.0, mean=(104.0, 117.0, 123.0),
                                std=(1.0, 1.0, 1.0), input_size=(227, 227))}
 
+# keras.applications' own conventions (`keras.applications.<net>.preprocess_input`):
+# ResNet50 'caffe' mode (BGR, 0..255 minus the ImageNet BGR mean), DenseNet121 'torch' mode
+# (RGB, 0..1, ImageNet mean/std). RadImageNet's published fine-tuning code feeds both
+# networks `imagenet_utils.preprocess_input` (caffe mode) of 0..255 pixels and then rescales
+# by 1/255 (ImageDataGenerator applies `preprocessing_function` before `rescale`): BGR,
+# 0..255 pixels minus (103.939, 116.779, 123.68), divided by 255, i.e. `RADIMAGENET`.
+# The file does not say which it was trained with; medft records the keras.applications one.
+INPUT['resnet50_keras'] = dict(channel_order='BGR', scale=255.0, mean=(103.939, 116.779, 123.68),
+                               std=(1.0, 1.0, 1.0), input_size=(224, 224))
+INPUT['densenet121'] = dict(channel_order='RGB', scale=1.0, mean=(0.485, 0.456, 0.406),
+                            std=(0.229, 0.224, 0.225), input_size=(224, 224))
+RADIMAGENET = dict(channel_order='BGR', scale=255.0, mean=(103.939, 116.779, 123.68),
+                   std=(255.0, 255.0, 255.0), input_size=(224, 224))
+
 
 class _NotKerasWeights(ValueError):
   """A readable file that is not what medft expects (as opposed to a damaged one)."""

@@ -2,6 +2,9 @@
 
 Artifact layout (written atomically: a temporary sibling folder renamed into place):
   DIR/params/     orbax pytree in the Flax layout, top-level keys = tuning units
+  DIR/batch_stats/  (networks with BatchNorm only) orbax pytree of the running statistics
+                  (`mean`, `var` of each BatchNorm layer, Flax's `batch_stats` collection),
+                  same top-level keys; an artifact without it loads with {} (`load_batch_stats`)
   DIR/meta.json   {arch, source_format, source_file, source_sha256, num_source_classes,
                    channel_order: "RGB"|"BGR", scale: 1|255, mean: [c0, c1, c2],
                    std: [c0, c1, c2], input_size: [h, w], source_dtype, written_by: "medft",
@@ -94,9 +97,10 @@ def _checkpointer(this_process_only: bool = False):
 
 
 def save_artifact(out_dir: str | os.PathLike, params: Params, meta: Meta,
-                  overwrite: bool = False) -> Path:
-  """Writes `params` and `meta` to `out_dir`; never leaves a half-written folder. In a
-  multi-process job one process calls it (its orbax checkpointer waits for no other)."""
+                  overwrite: bool = False, batch_stats: Params | None = None) -> Path:
+  """Writes `params` (and `batch_stats`, when not empty) and `meta` to `out_dir`; never
+  leaves a half-written folder. In a multi-process job one process calls it (its orbax
+  checkpointer waits for no other)."""
   out = Path(out_dir).absolute()
   if out.exists() and not overwrite:
     raise NotOursError(f'{out} already exists; choose another --out or remove it first.')
@@ -106,11 +110,13 @@ def save_artifact(out_dir: str | os.PathLike, params: Params, meta: Meta,
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
   try:
-    numpy_params = {k: np.asarray(v) for k, v in
-                    traverse_util.flatten_dict(params, sep='/').items()}
     ckpt = _checkpointer(this_process_only=True)
-    ckpt.save(tmp / 'params', traverse_util.unflatten_dict(numpy_params, sep='/'))
-    ckpt.wait_until_finished()
+    for folder, tree in (('params', params), ('batch_stats', batch_stats)):
+      if folder == 'params' or tree:
+        numpy_tree = {k: np.asarray(v) for k, v in
+                      traverse_util.flatten_dict(tree, sep='/').items()}
+        ckpt.save(tmp / folder, traverse_util.unflatten_dict(numpy_tree, sep='/'))
+        ckpt.wait_until_finished()
     (tmp / 'meta.json').write_text(json.dumps(meta.to_json(), indent=2) + '\n')
     if out.exists():
       shutil.rmtree(out)
@@ -160,6 +166,20 @@ def load_artifact(path: str | os.PathLike) -> tuple[Params, Meta]:
                          f're-run the converter.') from None
   params = jax_free_tree(restored)
   return params, meta
+
+
+def load_batch_stats(path: str | os.PathLike) -> Params:
+  """The BatchNorm running statistics of an artifact (`DIR/batch_stats/`); {} when it has
+  none (a network without BatchNorm, or an artifact written before they were stored)."""
+  stats_dir = Path(path) / 'batch_stats'
+  if not stats_dir.is_dir():
+    return {}
+  try:
+    restored = _checkpointer().restore(stats_dir.absolute())
+  except Exception as e:  # orbax raises many types for a damaged folder.
+    raise InputFileError(f'{stats_dir}: cannot read the BatchNorm statistics '
+                         f'({type(e).__name__}: {e}); re-run the converter.') from None
+  return jax_free_tree(restored)
 
 
 def read_meta(path: str | os.PathLike) -> Meta:

@@ -28,6 +28,8 @@ _TIMM_VIT_INPUT = dict(channel_order='RGB', scale=1.0, mean=(0.5, 0.5, 0.5), std
                        input_size=(224, 224))
 INPUT = {'alexnet_torchvision': _TORCHVISION_INPUT, 'squeezenet1_1': _TORCHVISION_INPUT,
          'vit_b16': _TIMM_VIT_INPUT}
+# torchvision's ResNet-18/50 and DenseNet-121 ImageNet weights (timm's resnet50 too).
+INPUT.update({arch: _TORCHVISION_INPUT for arch in ('resnet18', 'resnet50', 'densenet121')})
 
 # Keys under which training scripts commonly nest the state_dict in a checkpoint.
 _NESTED_KEYS = ('state_dict', 'model_state_dict', 'model')

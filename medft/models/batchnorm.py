@@ -1,0 +1,71 @@
+"""BatchNorm of the study networks (ResNet, DenseNet): which units normalise with batch
+statistics, and how they are averaged across devices.
+
+A network with BatchNorm holds two attributes that the trainer sets per arm
+(`bn_settings`):
+  `bn_train`      units whose BatchNorm uses batch statistics (and updates its running
+                  averages in the `batch_stats` collection) when called with `train=True`;
+                  None = every unit (plain Flax behaviour, e.g. for a direct `apply`).
+  `bn_axis_name`  the pmap axis whose devices average the batch statistics (`'batch'` in
+                  the trainer, `medft.parallel.AXIS`); None outside pmap.
+With `train=False`, and in a unit not in `bn_train`, BatchNorm runs in inference mode with
+its running statistics: a frozen unit is a fixed function of its input, so its parameters and
+statistics stay bit-identical and the feature cache of a frozen trunk stays exact.
+
+`model.bn_mode` (configs) picks `bn_train` for the trained units of an arm:
+  `train` (default): batch statistics, running averages updated, as torchvision's
+      fine-tuning recipe and a scratch network need (a scratch ResNet in inference-mode
+      BatchNorm would train with its initial statistics, i.e. unnormalised);
+  `frozen`: running statistics even in trained units, for per-step batches too small for
+      stable batch statistics (the affine scale/bias still train).
+Frozen units run in inference mode under either mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+BN_MODES = ('train', 'frozen')
+# torchvision's BatchNorm2d: momentum 0.1 (Flax counts the other way: 0.9), eps 1e-5.
+MOMENTUM = 0.9
+EPSILON = 1e-5
+
+
+def uses_batch_stats(bn_train: Sequence[str] | None, unit: str, train: bool) -> bool:
+  """Whether `unit`'s BatchNorm normalises with batch statistics in this call."""
+  return train and (bn_train is None or unit in bn_train)
+
+
+def batch_norm(module: nn.Module, batch: bool, name: str) -> nn.BatchNorm:
+  """BatchNorm layer `name` of `module` (a block with `bn_epsilon`, `bn_axis_name` and `dtype`
+  fields): batch statistics averaged over `bn_axis_name` when `batch`, else running ones."""
+  return nn.BatchNorm(use_running_average=not batch, momentum=MOMENTUM,
+                      epsilon=module.bn_epsilon, axis_name=module.bn_axis_name if batch else None,
+                      dtype=module.dtype, param_dtype=jnp.float32, name=name)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+  """Whether `model` is a study network with BatchNorm (it has the `bn_train` attribute)."""
+  return any(f.name == 'bn_train' for f in dataclasses.fields(model))
+
+
+def bn_settings(trained: Sequence[str], bn_mode: str, axis_name: str | None) -> dict:
+  """Model kwargs for an arm training `trained` units under `model.bn_mode`."""
+  if bn_mode not in BN_MODES:
+    raise ValueError(f'model.bn_mode={bn_mode!r}: expected one of {", ".join(BN_MODES)}.')
+  return dict(bn_train=tuple(trained) if bn_mode == 'train' else (), bn_axis_name=axis_name)
+
+
+def split_variables(variables: dict) -> tuple[dict, dict]:
+  """(params, batch_stats) of a Flax variables dict; batch_stats is {} without BatchNorm."""
+  return variables['params'], variables.get('batch_stats', {})
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  """Mean over H and W in float32 (NHWC -> NC)."""
+  return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
