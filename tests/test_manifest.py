@@ -166,7 +166,7 @@ def _polyp_config():
 # ---- each kind, built and trained ------------------------------------------------------------
 
 
-def test_classification_manifest_builds_with_class_names_and_trains(tmp_path):
+def test_classification_manifest_builds_with_class_names(tmp_path):
   path = _classification(tmp_path / 'mine')
   ds = data.load(_data_config('manifest_classification', path, tmp_path / 'data'))
   assert ds.app == 'frames'
@@ -178,9 +178,8 @@ def test_classification_manifest_builds_with_class_names_and_trains(tmp_path):
   row = next(r for r in csv.DictReader(path.open()) if r['image'] == ex['id'])
   assert ex['label'] == {'blurry': 0, 'sharp': 1}[row['label']] and ex['unit'] == row['subject']
   np.testing.assert_array_equal(ex['image'], np.asarray(Image.open(path.parent / ex['id'])))
-  result = _train(_frames_config(), 'manifest_classification', path, tmp_path)
-  assert result['app'] == 'frames' and result['steps'] == 6
-  assert result['dataset'] == 'manifest_classification' and 0 <= result['test_auc'] <= 1
+  # Trained end to end: test_split_by_image_without_subject_column (synthetic frames, and its
+  # report) and test_real_kvasir_frames_through_a_manifest (real frames, by subject).
 
 
 def test_detection_manifest_boxes_from_masks_and_trains(tmp_path):
@@ -311,7 +310,9 @@ def test_split_by_image_without_subject_column(tmp_path):
   c = _frames_config()
   c.data.update(dict(name='manifest_classification', manifest=str(path), split_by='image',
                      data_dir=str(tmp_path / 'data')))
-  medft.train(c, run_dir(tmp_path / 'study', 'scratch', 1.0, 0))
+  result = medft.train(c, run_dir(tmp_path / 'study', 'scratch', 1.0, 0))
+  assert result['app'] == 'frames' and result['steps'] == 6
+  assert result['dataset'] == 'manifest_classification' and 0 <= result['test_auc'] <= 1
   build_report(tmp_path / 'study', n_boot=20)
   assert report_text.SPLIT_BY_IMAGE in (tmp_path / 'study' / 'report.md').read_text()
 
@@ -459,6 +460,8 @@ def test_config_fields_are_checked(tmp_path):
                        ({'split_by': 'image'}, 'applies to the manifest datasets')):
     with pytest.raises(ConfigError, match=match):
       data.load({'name': 'synthetic_frames', 'data_dir': str(tmp_path / 'd'), **extra})
+  with pytest.raises(ConfigError, match="Unknown dataset 'synthetic_manifest_cimt'"):
+    data.load({'name': 'synthetic_manifest_cimt', 'data_dir': str(tmp_path / 'd')})
   with pytest.raises(ConfigError, match=r'needs data\.manifest'):
     data.load({'name': 'manifest_cimt', 'data_dir': str(tmp_path / 'd')})
   with pytest.raises(ConfigError, match=r'remove data\.manual_dir'):

@@ -191,7 +191,8 @@ def app_of(name: str) -> str | None:
     return BUILDERS[name].APP
   target = name.removeprefix('synthetic_')
   builder_name = TWIN_BUILDERS.get(target, target)
-  if name.startswith('synthetic_') and builder_name in BUILDERS:
+  if name.startswith('synthetic_') and builder_name in BUILDERS and not _reads_manifest(
+      builder_name):
     return BUILDERS[builder_name].APP
   return None
 
@@ -214,7 +215,8 @@ def _resolve(cfg: dict[str, Any]) -> tuple[str, Path | None, Path, dict[str, Any
     return name, manual, data_dir, None
   target = name.removeprefix('synthetic_')
   builder_name = TWIN_BUILDERS.get(target, target)
-  if not name.startswith('synthetic_') or builder_name not in BUILDERS:
+  if (not name.startswith('synthetic_') or builder_name not in BUILDERS
+      or _reads_manifest(builder_name)):  # a manifest dataset has no synthetic twin
     raise ConfigError(f'Unknown dataset {name!r}; use one of {dataset_names()}.')
   if cfg['manual_dir']:
     raise ConfigError(f'{name!r} writes its own raw data; remove manual_dir={cfg["manual_dir"]!r}.')

@@ -201,9 +201,9 @@ def _number(text: str) -> float | None:
   return value if math.isfinite(value) else None
 
 
-def _classes(labels: list[tuple[int, str]]) -> tuple[dict[str, int] | None, str]:
+def _classes(labels: list[str]) -> tuple[dict[str, int] | None, str]:
   """Class name -> integer of the labels seen; (None, reason) when they cannot be mapped."""
-  names = sorted({label for _, label in labels})
+  names = sorted(set(labels))
   if len(names) < 2:
     return None, (f'has {len(names)} class ({", ".join(names)}); classification needs at '
                   'least 2')
@@ -242,7 +242,7 @@ def read(value: str, kind_name: str, split_by: str = 'subject') -> Manifest:
     reasons = []
     for column in (*kind.columns, *((SUBJECT,) if split_by == 'subject' else ())):
       if not values.get(column, ''):
-        reasons.append(f'empty {column}')
+        reasons.append(f'empty {column}' if column in values else f'no {column} value')
     paths = {}
     for column in kind.paths:
       if not values.get(column):
@@ -272,7 +272,7 @@ def read(value: str, kind_name: str, split_by: str = 'subject') -> Manifest:
   bad.raise_if_any()
   classes = None
   if kind.name == 'classification':
-    classes, reason = _classes([(r.line, r.values['label']) for r in rows])
+    classes, reason = _classes([r.values['label'] for r in rows])
     if classes is None:
       raise InputFileError(f'Manifest {path} {reason}.')
   return Manifest(path=path, sha256=hashlib.sha256(raw).hexdigest(), kind=kind,
