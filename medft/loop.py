@@ -18,7 +18,8 @@ What every kind of training does the same way lives here, so that the copies can
                to any of them stops all at the next log step.
 
 Callers keep what differs: `medft.trainer` (validation AUC, the feature cache, results.json),
-`medft.pretrain` (held-out accuracy, the artifact), `medft.step_trace` (the bare `run_steps`).
+`medft.pretrain` (held-out accuracy, the artifact), `medft.step_trace` (the bare `run_steps`),
+`medft.packed` (one `Loop` per seed of a packed program, each fed its slice by `after_step`).
 """
 
 from __future__ import annotations

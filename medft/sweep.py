@@ -18,6 +18,11 @@ repeating the command; a run that was interrupted resumes from its own latest ch
 spread over processes or hosts sharing the folder; the report is rebuilt from whatever is
 finished each time a shard ends.
 
+`config.sweep.pack_seeds=True` trains the seeds of one arm and fraction that have no folder
+yet as one vmapped program (`medft.packed`); each still writes its own run folder, so resume,
+the report and `auto` see separate runs. Seeds with a folder (an interrupted packed sweep)
+resume or are skipped one by one, as above.
+
 Automatic depth (`auto_tune`): fc8 first, then one unit deeper at a time; stop when the
 validation AUC of a depth does not beat the best shallower depth by more than
 `config.auto.tolerance` (`config.auto.patience` times in a row); the choice is the best depth

@@ -19,7 +19,7 @@ TINY = {
     'model.width': 0.125, 'input_size': 67, 'task.patch_size': 32, 'model.init_scheme': 'he',
     'optim.base_lr': 0.01, 'train.batch': 8, 'train.steps': 6, 'train.eval_every': 2,
     'train.log_every': 2, 'train.checkpoint_every': 2, 'train.patience': 1,
-    'task.eval_patches_per_class': 4, 'task.eval_col_stride': 24,
+    'task.eval_patches_per_class': 4, 'task.eval_col_stride': 64, 'data.test_share': 0.25,
     'task.patches_per_image': 4, 'train.workers': 1,
 }
 ARG = 'synthetic,arms=scratch,fractions=1.0,seeds=0+1'
