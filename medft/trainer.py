@@ -490,7 +490,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, lock) -> Prepared 
   # ---- model and weights ---------------------------------------------------------------
   model, units = build_model(config)
   params, meta = initial_params(config, model, units)
-  tuning.log_labels(params, units, config.depth)
+  tuning.log_labels(params, units, config.depth, config.optim)
 
   # ---- optimizer -----------------------------------------------------------------------
   tx = tuning.make_optimizer(params, units, config.depth, config.optim, steps_per_epoch)

@@ -152,6 +152,11 @@ def log_labels(params: Any, units: Sequence[str], depth: str, optim: Any = None)
   flat = traverse_util.flatten_dict(param_labels(params, units, depth, per_unit), sep='/')
   for path, label in flat.items():
     logging.info('param %-32s %s', path, label)
+  if per_unit:
+    present = set(flat.values())
+    for label, lr in learning_rates(optim, depth, units).items():
+      if label in present:
+        logging.info('layer_decay %s: lr %-24s %.4g', optim.layer_decay, label, lr)
 
 
 def reinit_head(params: Any, fresh: Any, head: str) -> Any:

@@ -27,7 +27,7 @@ def test_peak_table_knows_accelerators_and_not_cpus():
 def test_torch_twins_have_the_units_of_the_medft_models():
   pytest.importorskip('torch')
   s = core.QUICK
-  for arch in core.Settings().archs:
+  for arch in core.Settings().archs + ('vit_b16',):
     _, units = models.get_model(arch, core.NUM_CLASSES)
     _, torch_units = torch_twin.torch_net(arch, s)
     assert tuple(torch_units) == units

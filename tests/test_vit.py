@@ -165,6 +165,11 @@ def test_position_grid_is_resized_bilinearly(timm_file, tmp_path):
     vit.resize_grid(np.zeros((1, 7, 4)), (2, 2))
   # the resized weights run at the new size
   assert _logits(params, _image(np.random.default_rng(6), side=48)).shape == (2, CLASSES)
+  # without --input_size: the source's own size, from its grid (2 x 16), weights as they are
+  same, meta = convert.read_weights(src, 'safetensors', 'vit_b16',
+                                    model_kwargs={'width': WIDTH})
+  assert meta.input_size == (SIDE, SIDE)
+  np.testing.assert_array_equal(same['embed']['pos_embedding'], sd['pos_embed'])
 
 
 def test_convert_table_names_every_timm_tensor_once():

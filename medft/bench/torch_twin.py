@@ -1,9 +1,10 @@
 """The PyTorch twin: the same networks (layout, widths, frozen units) as medft's, in torch.
 
-`torch_net` builds AlexNet (Caffe and torchvision forms) and SqueezeNet 1.1 in NCHW with the
-units of `medft.models`; `torch_train_step` and `torch_predict` time it as the JAX cases are
-timed, on the GPU when JAX uses one (bf16 autocast when the JAX cases run bf16), else on the
-CPU with as many threads as JAX has cores. torch is imported only when a twin is built.
+`torch_net` builds AlexNet (Caffe and torchvision forms), SqueezeNet 1.1 and ViT-B/16 in NCHW
+with the units of `medft.models`; `torch_train_step` and `torch_predict` time it as the JAX
+cases are timed, on the GPU when JAX uses one (bf16 autocast when the JAX cases run bf16),
+else on the CPU with as many threads as JAX has cores. torch is imported only when a twin is
+built.
 """
 
 from __future__ import annotations
@@ -120,9 +121,64 @@ def torch_net(arch: str, s: Settings):
     units['conv10'] = conv(channels, NUM_CLASSES, 1)
     net = nn.Sequential(*layers, nn.Dropout(), units['conv10'], nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+  elif arch == 'vit_b16':
+    net = _torch_vit(s, units)
   else:
     raise ValueError(f'no PyTorch reference for arch={arch!r}.')
   return net, units
+
+
+def _torch_vit(s: Settings, units: dict):
+  """ViT-B/16 as timm builds it (pre-LN blocks, fused qkv through nn.MultiheadAttention,
+  exact GELU), with medft's units: embed, the four groups of three blocks (the last one ends
+  with the final LayerNorm on the class token), head."""
+  import torch
+  from torch import nn
+
+  from medft.models.vit import DEPTH, GROUP, LN_EPS, PATCH, UNITS, sizes
+  hidden, heads, mlp = sizes(s.width)
+  tokens = 1 + (s.input_size // PATCH) ** 2
+
+  class Embed(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.patch = nn.Conv2d(3, hidden, PATCH, PATCH)
+      self.cls = nn.Parameter(torch.zeros(1, 1, hidden))
+      self.pos = nn.Parameter(torch.randn(1, tokens, hidden) * 0.02)
+
+    def forward(self, x):
+      x = self.patch(x).flatten(2).transpose(1, 2)
+      return torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+
+  class Block(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.norm1 = nn.LayerNorm(hidden, eps=LN_EPS)
+      self.attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
+      self.norm2 = nn.LayerNorm(hidden, eps=LN_EPS)
+      self.mlp = nn.Sequential(nn.Linear(hidden, mlp), nn.GELU(), nn.Linear(mlp, hidden))
+
+    def forward(self, x):
+      h = self.norm1(x)
+      x = x + self.attn(h, h, h, need_weights=False)[0]
+      return x + self.mlp(self.norm2(x))
+
+  class Group(nn.Module):
+    def __init__(self, last: bool):
+      super().__init__()
+      self.blocks = nn.Sequential(*(Block() for _ in range(GROUP)))
+      self.norm = nn.LayerNorm(hidden, eps=LN_EPS) if last else None
+
+    def forward(self, x):
+      x = self.blocks(x)
+      return x if self.norm is None else self.norm(x[:, 0])
+
+  units['embed'] = Embed()
+  groups = UNITS[1:-1]
+  for i, name in enumerate(groups):
+    units[name] = Group(last=(i + 1) * GROUP == DEPTH)
+  units['head'] = nn.Linear(hidden, NUM_CLASSES)
+  return nn.Sequential(*(units[u] for u in UNITS[:-1]), nn.Dropout(0.0), units['head'])
 
 
 def torch_train_step(arch: str, depth: str, s: Settings, batch: int) -> Callable[[], None]:

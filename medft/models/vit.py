@@ -22,7 +22,9 @@ frozen-trunk feature cache keeps).
 Input size: any side >= 16; the patch grid is floor(side / 16) (a conv without padding drops
 the last side mod 16 pixels), and the position embedding is built for that grid. Weights of
 another input size are fitted by `fit_input_size` (bilinear resize of the position grid,
-as timm and big_vision do when fine-tuning at a new resolution); the converter applies it.
+as timm and big_vision do when fine-tuning at a new resolution); the converter applies it
+for `--input_size`, and without one records the source's own size (224, or 384 for a
+384-px file).
 `width` < 1 shrinks hidden size, heads and MLP, for tests only; depth stays 12 so that every
 unit exists.
 """
@@ -160,18 +162,25 @@ class BlockGroup(nn.Module):
     return x
 
 
+def grid_side(pos: np.ndarray, where: str = 'pos_embedding') -> int:
+  """Side of the square patch grid of a (1, 1 + side^2, d) position embedding."""
+  pos = np.asarray(pos)
+  if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[1] < 2:
+    raise InputFileError(f'{where}: shape {pos.shape}, expected (1, 1 + patches, hidden).')
+  side = math.isqrt(pos.shape[1] - 1)
+  if side * side != pos.shape[1] - 1:
+    raise InputFileError(f'{where}: {pos.shape[1] - 1} patch positions are not a square grid; '
+                         'medft reads square grids only.')
+  return side
+
+
 def resize_grid(pos: np.ndarray, grid: tuple[int, int], where: str = 'pos_embedding'
                 ) -> np.ndarray:
   """A (1, 1 + gh * gw, d) position embedding resized to `grid`: bilinear (half-pixel
   centres, no antialiasing: PyTorch's `interpolate(mode='bilinear', align_corners=False)`)
   on the square patch grid; the class token's entry is kept as it is."""
   pos = np.asarray(pos)
-  if pos.ndim != 3 or pos.shape[0] != 1:
-    raise InputFileError(f'{where}: shape {pos.shape}, expected (1, 1 + patches, hidden).')
-  side = math.isqrt(pos.shape[1] - 1)
-  if side * side != pos.shape[1] - 1:
-    raise InputFileError(f'{where}: {pos.shape[1] - 1} patch positions are not a square grid; '
-                         'medft resizes square grids only.')
+  side = grid_side(pos, where)
   if (side, side) == tuple(grid):
     return pos
   d = pos.shape[2]
@@ -209,13 +218,18 @@ class ViT(nn.Module):
     return x
 
   @staticmethod
-  def fit_input_size(params: dict[str, Any], input_size: tuple[int, int],
-                     where: str = 'weights') -> dict[str, Any]:
-    """`params` for a network at `input_size`: the position embedding resized to its patch
-    grid (`resize_grid`); everything else is independent of the input size."""
+  def fit_input_size(params: dict[str, Any], input_size: tuple[int, int] | None,
+                     where: str = 'weights') -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """`(params, input size)`: with an `input_size`, the position embedding resized to its
+    patch grid (`resize_grid`; nothing else depends on the input size); with None, the
+    source's own size (16 x its grid side, e.g. 224 for 197 tokens, 384 for 577) and
+    `params` as they are."""
     embed = params.get('embed')
     if not embed or 'pos_embedding' not in embed:
-      return params
-    pos = resize_grid(embed['pos_embedding'], grid_of(input_size),
-                      f'{where}: embed/pos_embedding')
-    return {**params, 'embed': {**embed, 'pos_embedding': pos}}
+      return params, input_size
+    where = f'{where}: embed/pos_embedding'
+    if input_size is None:
+      side = PATCH * grid_side(embed['pos_embedding'], where)
+      return params, (side, side)
+    pos = resize_grid(embed['pos_embedding'], grid_of(input_size), where)
+    return {**params, 'embed': {**embed, 'pos_embedding': pos}}, tuple(input_size)
