@@ -12,7 +12,8 @@ from medft.tasks import TASKS, base
 
 
 @pytest.mark.parametrize('registry, field, known', [
-    (models.ARCHS, 'arch', 'alexnet, alexnet_torchvision, squeezenet1_1'),
+    (models.ARCHS, 'arch', 'alexnet, alexnet_torchvision, densenet121, resnet18, resnet50, '
+                           'resnet50_keras, squeezenet1_1, vit_b16'),
     (TASKS, 'app', 'cimt, frames, pe, polyp'),
     (apps.APPS, 'app', 'cimt, frames, pe, polyp'),
     (data_base.BUILDERS, 'data.name',
