@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,11 +53,14 @@ def fallback_reason(config: ml_collections.ConfigDict) -> str:
   return ''
 
 
-def train_seeds(configs: Sequence[ml_collections.ConfigDict],
-                workdirs: Sequence[str | Path]) -> list[Outcome]:
+def train_seeds(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str | Path],
+                on_outcome: Callable[[int, Outcome], None] = lambda i, outcome: None
+                ) -> list[Outcome]:
   """Trains runs that differ only in `seed` as one packed program; per run its results, or
-  the NonFiniteError it failed with. A finished run returns its results; runs that cannot
-  be packed (resumed, or not alike) train separately, one after another."""
+  the NonFiniteError it failed with, each also passed to `on_outcome(index, outcome)` as soon
+  as it is known (before a later `Preempted`, so a failure is recorded). A finished run
+  returns its results; runs that cannot be packed (resumed, or not alike) train separately,
+  one after another."""
   from medft import validate  # here, so that `python -m medft.validate` runs it fresh
   for c in configs:
     validate.check_config(c, 'train')
@@ -67,7 +70,14 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict],
     for c, w in zip(configs, workdirs):
       lock = held.enter_context(trainer.held_workdir(w))
       runs.append(trainer.prepare(c, w, lock))
-    outcomes: list[Outcome | None] = [r if isinstance(r, dict) else None for r in runs]
+    outcomes: list[Outcome | None] = [None] * len(runs)
+
+    def done(i: int, outcome: Outcome) -> None:
+      outcomes[i] = outcome
+      on_outcome(i, outcome)
+    for i, r in enumerate(runs):
+      if isinstance(r, dict):
+        done(i, r)
     pack = [i for i, r in enumerate(runs) if isinstance(r, trainer.Prepared)]
     first = runs[pack[0]] if pack else None
     alone = [i for i in pack if _unlike(runs[i], first)]
@@ -77,10 +87,9 @@ def train_seeds(configs: Sequence[ml_collections.ConfigDict],
     for i in alone:
       logging.info('%s trains on its own (%s).', workdirs[i], _unlike(runs[i], first)
                    or 'the only seed of its group to train')
-      outcomes[i] = _separately(runs[i])
+      done(i, _separately(runs[i]))
     if pack:
-      for i, outcome in zip(pack, _train_packed([runs[i] for i in pack])):
-        outcomes[i] = outcome
+      _train_packed([runs[i] for i in pack], lambda k, outcome: done(pack[k], outcome))
     return outcomes
 
 
@@ -111,8 +120,9 @@ def _unlike(run: trainer.Prepared, first: trainer.Prepared) -> str:
   return ''
 
 
-def _train_packed(runs: list[trainer.Prepared]) -> list[Outcome]:
-  """The packed loop: one program, each seed's `Loop.after_step` on its slice."""
+def _train_packed(runs: list[trainer.Prepared], done: Callable[[int, Outcome], None]) -> None:
+  """The packed loop: one program, each seed's `Loop.after_step` on its slice; `done(k,
+  outcome)` as each seed finishes or fails."""
   first, seeds = runs[0], [int(r.config.seed) for r in runs]
   logging.info('Seeds %s of arm %s at fraction %s train as one packed program.',
                ', '.join(map(str, seeds)), first.config.depth, first.config.data.fraction)
@@ -131,7 +141,6 @@ def _train_packed(runs: list[trainer.Prepared]) -> list[Outcome]:
     r.packed_seeds = seeds
     r.loop.name = f'{r.loop.name} seed {r.config.seed}'
     r.loop.timer = loop.Timer(r.batch)
-  outcomes: list[Outcome | None] = [None] * len(runs)
   active = list(range(len(runs)))
   start = time.time()
   with loop.sigterm_flag() as sigterm:
@@ -149,15 +158,15 @@ def _train_packed(runs: list[trainer.Prepared]) -> list[Outcome]:
           stop = run.loop.after_step(tick.step, state, tick.metrics, fetched,
                                      run.evaluate_val, preempted)
         except NonFiniteError as e:
-          outcomes[i] = e
           active.remove(i)
           run.loop.close()
+          done(i, e)
           continue
         if not preempted and (stop or tick.step >= run.steps):
           run.loop.seconds['loop_s'] += time.time() - start
           run.phase.done('loop_s')
-          outcomes[i] = trainer.finish(run, state().params)
           active.remove(i)
+          done(i, trainer.finish(run, state().params))
       if preempted:
         raise loop.Preempted(
             f'SIGTERM received: the packed seeds {", ".join(str(seeds[i]) for i in active)} '
@@ -167,4 +176,3 @@ def _train_packed(runs: list[trainer.Prepared]) -> list[Outcome]:
         break
   if active:  # the batches ended early: not expected (the pipeline yields every step)
     raise RuntimeError(f'packed seeds {seeds}: the input ended before step {first.steps}.')
-  return outcomes

@@ -290,7 +290,6 @@ def _run_group(config, group: Sequence[Run], sweep_dir: Path, init: str) -> list
   without a folder yet train as one packed program (`medft.packed`); the others (resumed,
   finished, failed) and every group that cannot be packed run one after another."""
   fresh = [r for r in group if not r.path(sweep_dir).exists()]
-  reason = ''
   if not study_setting(config, 'sweep', 'pack_seeds') or len(fresh) < 2:
     fresh = []
   else:
@@ -309,10 +308,12 @@ def _run_group(config, group: Sequence[Run], sweep_dir: Path, init: str) -> list
     logging.info('Runs %s at fraction %s, seeds %s (packed) -> %s', fresh[0].arm,
                  fresh[0].fraction, ', '.join(str(r.seed) for r in fresh),
                  fresh[0].path(sweep_dir).parent)
-    outcomes = packed.train_seeds([run_config(config, r, init) for r in fresh],
-                                  [r.path(sweep_dir) for r in fresh])
-    failed += [r for r, outcome in zip(fresh, outcomes)
-               if _record(config, r.path(sweep_dir), outcome) is None]
+
+    def record(k: int, outcome: dict | NonFiniteError) -> None:  # as each seed ends
+      if _record(config, fresh[k].path(sweep_dir), outcome) is None:
+        failed.append(fresh[k])
+    packed.train_seeds([run_config(config, r, init) for r in fresh],
+                       [r.path(sweep_dir) for r in fresh], record)
   return failed
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from configs import cimt
-from medft import loop, trainer
+from medft import loop, packed, trainer
 from medft.errors import ConfigError
-from medft.sweep import run_dir, sweep
+from medft.sweep import Run, run_config, run_dir, sweep
 
 # Width-reduced network, 6 steps, validation every 2 with patience 1 (early stopping can
 # end a seed before the others), on the session's synthetic CIMT data.
@@ -152,3 +152,14 @@ def test_pack_seeds_value_is_checked_before_anything_is_written(cimt_data_dir, t
   with pytest.raises(ConfigError, match=r'sweep\.pack_seeds.*yes.*True or False'):
     sweep(c, tmp_path / 'study')
   assert not (tmp_path / 'study').exists()
+
+
+def test_feature_cache_arms_train_their_seeds_separately():
+  """The cached step trains from one run's trunk features: such arms are not packed (the
+  sweep logs why and runs the seeds one after another); scratch and conv1 cache nothing."""
+  c = cimt.get_config(ARG)
+  c.train.feature_cache = 'memory'
+  reasons = {arm: packed.fallback_reason(run_config(c, Run(arm, 1.0, 0), '')) for arm in
+             ('scratch', 'conv1', 'fc7')}
+  assert reasons['scratch'] == reasons['conv1'] == ''
+  assert 'train.feature_cache' in reasons['fc7']
