@@ -1,10 +1,11 @@
 """The PyTorch twin: the same networks (layout, widths, frozen units) as medft's, in torch.
 
-`torch_net` builds AlexNet (Caffe and torchvision forms), SqueezeNet 1.1 and ViT-B/16 in NCHW
-with the units of `medft.models`; `torch_train_step` and `torch_predict` time it as the JAX
-cases are timed, on the GPU when JAX uses one (bf16 autocast when the JAX cases run bf16),
-else on the CPU with as many threads as JAX has cores. torch is imported only when a twin is
-built.
+`torch_net` builds AlexNet (Caffe and torchvision forms), SqueezeNet 1.1, ViT-B/16, ResNet-18/50
+(and Keras' v1 ResNet50) and DenseNet-121 in NCHW with the units of `medft.models`;
+`torch_train_step` and `torch_predict` time it as the JAX cases are timed, on the GPU when JAX
+uses one (bf16 autocast when the JAX cases run bf16), else on the CPU with as many threads as
+JAX has cores (frozen units in eval mode: BatchNorm with running statistics, as in medft).
+torch is imported only when a twin is built.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ def torch_net(arch: str, s: Settings):
                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
   elif arch == 'vit_b16':
     net = _torch_vit(s, units)
+  elif arch in ('resnet18', 'resnet50', 'resnet50_keras'):
+    net = _torch_resnet(arch, s, units)
+  elif arch == 'densenet121':
+    net = _torch_densenet(s, units)
   else:
     raise ValueError(f'no PyTorch reference for arch={arch!r}.')
   return net, units
@@ -181,6 +186,91 @@ def _torch_vit(s: Settings, units: dict):
   return nn.Sequential(*(units[u] for u in UNITS[:-1]), nn.Dropout(0.0), units['head'])
 
 
+def _torch_resnet(arch: str, s: Settings, units: dict):
+  """torchvision's ResNet (BasicBlock / v1.5 Bottleneck; Keras v1: stride on the first 1x1
+  conv, conv biases) in plain torch, with medft's units stem, layer1 ... layer4, fc."""
+  import torch
+  from torch import nn
+  bottleneck, keras = arch != 'resnet18', arch == 'resnet50_keras'
+  w = lambda n: max(2, int(n * s.width))  # noqa: E731
+  conv = lambda i, o, k, st=1: nn.Conv2d(i, o, k, st, k // 2, bias=keras)  # noqa: E731
+
+  class Block(nn.Module):
+    def __init__(self, i, planes, stride):
+      super().__init__()
+      out = 4 * planes if bottleneck else planes
+      if bottleneck:
+        s1, s3 = (stride, 1) if keras else (1, stride)
+        layers = [conv(i, planes, 1, s1), nn.BatchNorm2d(planes), nn.ReLU(),
+                  conv(planes, planes, 3, s3), nn.BatchNorm2d(planes), nn.ReLU(),
+                  conv(planes, out, 1), nn.BatchNorm2d(out)]
+      else:
+        layers = [conv(i, planes, 3, stride), nn.BatchNorm2d(planes), nn.ReLU(),
+                  conv(planes, planes, 3), nn.BatchNorm2d(planes)]
+      self.body = nn.Sequential(*layers)
+      self.down = (nn.Sequential(conv(i, out, 1, stride), nn.BatchNorm2d(out))
+                   if stride != 1 or i != out else nn.Identity())
+
+    def forward(self, x):
+      return torch.relu(self.body(x) + self.down(x))
+
+  units['stem'] = nn.Sequential(conv(3, w(64), 7, 2), nn.BatchNorm2d(w(64)), nn.ReLU(),
+                                nn.MaxPool2d(3, 2, 1))
+  channels = w(64)
+  blocks = (3, 4, 6, 3) if bottleneck else (2, 2, 2, 2)
+  for i, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks), start=1):
+    layers = []
+    for b in range(count):
+      layers.append(Block(channels, w(planes), 2 if i > 1 and b == 0 else 1))
+      channels = w(planes) * (4 if bottleneck else 1)
+    units[f'layer{i}'] = nn.Sequential(*layers)
+  units['fc'] = nn.Linear(channels, NUM_CLASSES)
+  return nn.Sequential(*(units[f'layer{i}'] if i else units['stem'] for i in range(5)),
+                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), units['fc'])
+
+
+def _torch_densenet(s: Settings, units: dict):
+  """torchvision's DenseNet-121 in plain torch, with medft's units stem, block1 ... block4
+  (dense block + transition; the last with norm5 and ReLU), classifier."""
+  import torch
+  from torch import nn
+
+  from medft.models.densenet import DenseNet121
+  d = DenseNet121(NUM_CLASSES)
+  w = lambda n: max(2, int(n * s.width))  # noqa: E731
+  growth, bn_size = w(d.growth_rate), d.bn_size
+
+  class Layer(nn.Module):
+    def __init__(self, i):
+      super().__init__()
+      self.f = nn.Sequential(nn.BatchNorm2d(i), nn.ReLU(), nn.Conv2d(i, bn_size * growth, 1,
+                                                                     bias=False),
+                             nn.BatchNorm2d(bn_size * growth), nn.ReLU(),
+                             nn.Conv2d(bn_size * growth, growth, 3, 1, 1, bias=False))
+
+    def forward(self, x):
+      return torch.cat([x, self.f(x)], 1)
+
+  channels = w(d.init_features)
+  units['stem'] = nn.Sequential(nn.Conv2d(3, channels, 7, 2, 3, bias=False),
+                                nn.BatchNorm2d(channels), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+  for i, count in enumerate(d.block_config, start=1):
+    layers = []
+    for _ in range(count):
+      layers.append(Layer(channels))
+      channels += growth
+    if i < len(d.block_config):
+      layers += [nn.BatchNorm2d(channels), nn.ReLU(), nn.Conv2d(channels, channels // 2, 1,
+                                                                bias=False), nn.AvgPool2d(2, 2)]
+      channels //= 2
+    else:
+      layers += [nn.BatchNorm2d(channels), nn.ReLU()]
+    units[f'block{i}'] = nn.Sequential(*layers)
+  units['classifier'] = nn.Linear(channels, NUM_CLASSES)
+  return nn.Sequential(*(units[u] for u in ('stem', 'block1', 'block2', 'block3', 'block4')),
+                       nn.AdaptiveAvgPool2d(1), nn.Flatten(), units['classifier'])
+
+
 def torch_train_step(arch: str, depth: str, s: Settings, batch: int) -> Callable[[], None]:
   """One SGD step of the torch twin; frozen units have requires_grad=False."""
   import torch
@@ -191,6 +281,9 @@ def torch_train_step(arch: str, depth: str, s: Settings, batch: int) -> Callable
   for name, unit in units.items():
     unit.requires_grad_(name in trained)
   net.to(device).train()
+  for name, unit in units.items():  # frozen units' BatchNorm in inference mode, as in medft
+    if name not in trained:
+      unit.eval()
   opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1e-3,
                         momentum=0.9, weight_decay=5e-4)
   x = torch.randn(batch, 3, s.input_size, s.input_size, device=device)

@@ -24,7 +24,7 @@ Frozen units run in inference mode under either mode.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,24 @@ def bn_settings(trained: Sequence[str], bn_mode: str, axis_name: str | None) -> 
 def split_variables(variables: dict) -> tuple[dict, dict]:
   """(params, batch_stats) of a Flax variables dict; batch_stats is {} without BatchNorm."""
   return variables['params'], variables.get('batch_stats', {})
+
+
+# What the trainer evaluates, keeps as its best checkpoint and caches trunk features of (its
+# "weights"): for a network without BatchNorm the parameter tree itself (top-level keys =
+# tuning units, as before), with BatchNorm Flax's variables {'params', 'batch_stats'}. No
+# tuning unit is called 'params', so the two cannot be confused.
+def weights_tree(params: Any, batch_stats: Any) -> Any:
+  """The weights of a network: `params`, or with BatchNorm statistics both as variables."""
+  return {'params': params, 'batch_stats': batch_stats} if batch_stats else params
+
+
+def is_variables(weights: Any) -> bool:
+  return isinstance(weights, Mapping) and 'params' in weights
+
+
+def as_variables(weights: Any) -> dict:
+  """Flax variables for `model.apply` from weights (`weights_tree`) or a plain params tree."""
+  return dict(weights) if is_variables(weights) else {'params': weights}
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:

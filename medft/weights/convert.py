@@ -572,19 +572,24 @@ def _digests(path: Path) -> tuple[str, str]:
 
 
 def read_weights(src: str | Path, format: str, arch: str, *, model_kwargs: dict | None = None,
-                 input_size: tuple[int, int] | None = None) -> tuple[Params, Meta]:
+                 input_size: tuple[int, int] | None = None, convention: str = ''
+                 ) -> tuple[Params, Meta]:
   """Reads `src` and returns `(params, meta)` in medft's layout, checked against the model
   (`read_variables` also returns the BatchNorm statistics of networks that have them)."""
   params, _, meta = read_variables(src, format, arch, model_kwargs=model_kwargs,
-                                   input_size=input_size)
+                                   input_size=input_size, convention=convention)
   return params, meta
 
 
 def read_variables(src: str | Path, format: str, arch: str, *,
-                   model_kwargs: dict | None = None, input_size: tuple[int, int] | None = None
-                   ) -> tuple[Params, Params, Meta]:
+                   model_kwargs: dict | None = None, input_size: tuple[int, int] | None = None,
+                   convention: str = '') -> tuple[Params, Params, Meta]:
   """Reads `src` and returns `(params, batch_stats, meta)` in medft's layout, checked against
   the model; batch_stats is {} for a network without BatchNorm.
+
+  `convention` names another input convention the weights were trained with than the
+  format's own (`reader.CONVENTIONS`, e.g. `radimagenet` for the RadImageNet Keras files,
+  which keras.applications' `preprocess_input` does not describe).
 
   `input_size` overrides the source's training input size (it sets the fc6 shape of the
   Caffe AlexNet); `model_kwargs` go to `get_model` for the check (tests use `width`).
@@ -601,6 +606,12 @@ def read_variables(src: str | Path, format: str, arch: str, *,
   if not path.is_file():
     raise MissingInputError(f'--src={src}: no such file.')
   reader = readers[format]
+  conventions = getattr(reader, 'CONVENTIONS', {})
+  if convention and arch not in conventions.get(convention, {}):
+    known = [f'{c} ({", ".join(a)})' for c, a in conventions.items()]
+    raise ConfigError(f'--convention={convention!r} is not known for --format={format} '
+                      f'--arch={arch}; known: {"; ".join(known) or "none"}. Leave it out for '
+                      "the format's own convention.")
   sha1, sha256 = _digests(path)
   layers = reader.read_layers(path)
   source_dtype = ','.join(sorted({str(np.asarray(v).dtype) for d in layers.values()
@@ -615,7 +626,8 @@ def read_variables(src: str | Path, format: str, arch: str, *,
   head = params.get(_head(arch))
   meta = Meta(arch=arch, source_format=format, source_file=path.name, source_sha256=sha256,
               num_source_classes=int(head['kernel'].shape[-1]) if head else 0,
-              source_dtype=source_dtype, **reader.INPUT[arch])
+              source_dtype=source_dtype,
+              **(conventions[convention][arch] if convention else reader.INPUT[arch]))
   if input_size is not None:
     meta.input_size = tuple(input_size)
   fit = getattr(ARCHS[arch][0], 'fit_input_size', None)  # ViT: position grid <-> input size
@@ -633,7 +645,7 @@ def read_variables(src: str | Path, format: str, arch: str, *,
 
 def convert(src: str | Path, format: str, arch: str, out: str | Path, *,
             overwrite: bool = False, model_kwargs: dict | None = None,
-            input_size: tuple[int, int] | None = None) -> Path:
+            input_size: tuple[int, int] | None = None, convention: str = '') -> Path:
   """Converts `src` and writes the artifact to `out`; returns its path."""
   out = Path(out)
   if out.exists() and not overwrite:
@@ -641,7 +653,7 @@ def convert(src: str | Path, format: str, arch: str, out: str | Path, *,
   if out.exists():  # checked before reading --src: a refused --out costs nothing
     refuse_unless_artifact(out)
   params, batch_stats, meta = read_variables(src, format, arch, model_kwargs=model_kwargs,
-                                             input_size=input_size)
+                                             input_size=input_size, convention=convention)
   return save_artifact(out, params, meta, overwrite=overwrite, batch_stats=batch_stats)
 
 
@@ -656,6 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
   parser.add_argument('--input_size', type=int, default=0, metavar='SIDE',
                       help="network input side in pixels (default: the source's own)")
+  parser.add_argument('--convention', default='', metavar='NAME',
+                      help="the input convention the weights were trained with when it is not "
+                           "the format's own: radimagenet (RadImageNet's Keras ResNet50 / "
+                           'DenseNet121: BGR, 0..255 minus the ImageNet BGR mean, over 255)')
   args = parser.parse_args(argv)
   if args.input_size < 0:
     parser.error(f'--input_size={args.input_size}: expected a side in pixels > 0 (or leave it '
@@ -663,7 +679,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')
   try:
     out = convert(args.src, args.format, args.arch, args.out, overwrite=args.overwrite,
-                  input_size=(args.input_size,) * 2 if args.input_size > 0 else None)
+                  input_size=(args.input_size,) * 2 if args.input_size > 0 else None,
+                  convention=args.convention)
   except (ValueError, OSError, ImportError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

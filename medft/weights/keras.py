@@ -43,6 +43,8 @@ INPUT['densenet121'] = dict(channel_order='RGB', scale=1.0, mean=(0.485, 0.456, 
                             std=(0.229, 0.224, 0.225), input_size=(224, 224))
 RADIMAGENET = dict(channel_order='BGR', scale=255.0, mean=(103.939, 116.779, 123.68),
                    std=(255.0, 255.0, 255.0), input_size=(224, 224))
+# Other input conventions the converter can record (`--convention=NAME`), by network.
+CONVENTIONS = {'radimagenet': {'resnet50_keras': RADIMAGENET, 'densenet121': RADIMAGENET}}
 
 
 class _NotKerasWeights(ValueError):
