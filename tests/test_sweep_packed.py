@@ -93,6 +93,10 @@ def test_packed_sweep_equals_separate_runs(separate, cimt_data_dir, tmp_path, mo
     run = run_dir(folder, 'scratch', 1.0, seed)
     _assert_same_run(run_dir(separate, 'scratch', 1.0, seed), run)
     assert json.loads((run / 'timing.json').read_text())['packed_seeds'] == list(SEEDS)
+  # Seed 0 stops early (patience 1) while seed 1 trains on: per-seed early stopping.
+  steps = [json.loads((run_dir(folder, 'scratch', 1.0, s) / 'results.json').read_text())['steps']
+           for s in SEEDS]
+  assert steps == [4, 6], steps
   assert report['rows'] and (folder / 'report.md').exists()
   assert '| scratch ' in (folder / 'report.md').read_text()
 
