@@ -38,9 +38,10 @@ def _best(run) -> dict:
   import orbax.checkpoint as ocp
   folder = run / 'checkpoints' / 'best'
   with ocp.CheckpointManager(folder.absolute()) as manager:
-    tree = manager.restore(manager.latest_step())
-  return {'/'.join(str(k) for k in path): np.asarray(v)
-          for path, v in _leaves(tree)}
+    tree = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
+  out = {'/'.join(str(k) for k in path): np.asarray(v) for path, v in _leaves(tree)}
+  assert len(out) > 10, out.keys()  # every layer's kernel and bias
+  return out
 
 
 def _leaves(tree, path=()):
