@@ -82,7 +82,7 @@ def study_setting(config: ml_collections.ConfigDict, block: str, key: str) -> An
       ('sweep', 'arms'): '', ('sweep', 'fractions'): '', ('sweep', 'seeds'): '',
       ('sweep', 'shard'): '', ('sweep', 'report'): True, ('sweep', 'keep_checkpoints'): 'all',
       ('sweep', 'train_units'): '', ('sweep', 'scratch_lr_mult'): 1.0,
-      ('sweep', 'pack_seeds'): False,
+      ('sweep', 'pack_seeds'): False, ('sweep', 'layer_decay'): 0.65,
       # Multiplicity correction of the report's all-pairs tables: 'holm' or 'bh'.
       ('report', 'correction'): 'holm',
       ('auto', 'tolerance'): 0.002, ('auto', 'patience'): 1,
@@ -174,7 +174,8 @@ def run_config(config: ml_collections.ConfigDict, run: Run,
                init: str) -> ml_collections.ConfigDict:
   """The config of one run: the study blocks removed, arm/fraction/seed/init set (a
   `scratch_<scheme>` arm is depth scratch with model.init_scheme=<scheme>; a scratch arm's
-  optim.base_lr is times sweep.scratch_lr_mult)."""
+  optim.base_lr is times sweep.scratch_lr_mult; the `layerwise` arm trains every unit, depth
+  the lowest, with optim.layer_decay=sweep.layer_decay)."""
   d = config.to_dict()
   for key in STUDY_FIELDS:
     d.pop(key, None)
@@ -183,6 +184,9 @@ def run_config(config: ml_collections.ConfigDict, run: Run,
   c.depth, c.seed, c.init = depth, int(run.seed), init
   if scheme is not None:
     c.model.init_scheme = scheme
+  if run.arm == tuning.LAYERWISE:
+    c.depth = units_of(config)[0]
+    c.optim.layer_decay = float(study_setting(config, 'sweep', 'layer_decay'))
   if depth == tuning.SCRATCH:
     c.optim.base_lr = float(config.optim.base_lr) * float(study_setting(config, 'sweep',
                                                                         'scratch_lr_mult'))

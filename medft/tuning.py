@@ -33,6 +33,9 @@ FROZEN = 'frozen'
 
 
 SCRATCH = 'scratch'
+# The layer-decay arm of a sweep: every unit trains (depth = the lowest unit) under
+# optim.layer_decay = sweep.layer_decay (`medft.sweep.run_config`); not a depth of one run.
+LAYERWISE = 'layerwise'
 # Scratch arms under a named init scheme (`scratch_xavier`: depth scratch, model.init_scheme
 # xavier); plain `scratch` keeps the config's model.init_scheme (BVLC Gaussian by default).
 INIT_SCHEMES = ('gaussian', 'xavier', 'he')
@@ -45,9 +48,11 @@ def scratch_arms() -> tuple[str, ...]:
 def arms(units: Sequence[str], scratch_schemes: bool = False) -> tuple[str, ...]:
   """The arms of an architecture in the paper's order: scratch, then the head only, deepening
   to all units (each a depth). `scratch_schemes=True` adds scratch under each init scheme
-  after `scratch` (`scratch_xavier`, ...): every arm name a sweep accepts."""
-  scratch = scratch_arms() if scratch_schemes else (SCRATCH,)
-  return scratch + tuple(reversed(units))
+  after `scratch` (`scratch_xavier`, ...) and the layer-decay arm `layerwise` last: every arm
+  name a sweep accepts."""
+  if not scratch_schemes:
+    return (SCRATCH,) + tuple(reversed(units))
+  return scratch_arms() + tuple(reversed(units)) + (LAYERWISE,)
 
 
 def arm_settings(arm: str) -> tuple[str, str | None]:

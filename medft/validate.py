@@ -324,6 +324,8 @@ RULES: dict[str, Rule] = {
                                 'rate)'),
     'sweep.keep_checkpoints': one_of('all', 'best', 'none', fix='all keeps resume + best'),
     'sweep.scratch_lr_mult': number(0, lo_open=True, fix='the paper uses 1'),
+    'sweep.layer_decay': number(0, 1, lo_open=True, fix='optim.layer_decay of the layerwise '
+                                'arm; 0.65 is usual for ViT-B'),
     'sweep.pack_seeds': boolean('True trains the seeds of one arm and fraction as one '
                                 'program; False one after another'),
     'auto.tolerance': number(0, fix='validation AUC gain, e.g. 0.002'),
@@ -421,7 +423,11 @@ def _cross_checks(config: ml_collections.ConfigDict, leaves: dict[str, Any], mod
     return
   if mode != 'pretrain' and 'depth' in leaves:
     from medft.sweep import all_arms  # noqa: PLC0415  (the study's arms live there)
-    known = all_arms(config)
+    known = tuple(a for a in all_arms(config) if a != 'layerwise')  # a sweep's arm only
+    if config.depth == 'layerwise':
+      raise _fail('depth', config.depth, 'scratch or one of ' + ', '.join(known[1:]),
+                  f'layerwise is an arm of a sweep; for one run use depth={known[-1]} with '
+                  '--config.optim.layer_decay=0.65')
     if config.depth not in known:
       raise _fail('depth', config.depth, 'scratch or one of ' + ', '.join(known[1:]),
                   f'choose scratch or one of {", ".join(known)}')

@@ -117,3 +117,28 @@ def test_out_of_range_decay_is_refused_by_name(value):
   config.optim.layer_decay = value
   with pytest.raises(errors.ConfigError, match=rf'optim.layer_decay={value}.*in \(0, 1\]'):
     validate.check_config(config, 'sweep')
+
+
+def test_layerwise_is_a_sweep_arm_that_trains_every_unit_with_decay():
+  from medft.sweep import default_arms, plan, run_config
+  c = cimt.get_config('synthetic,arms=fc8+layerwise+scratch')
+  validate.check_config(c, 'sweep')
+  runs = plan(c)
+  assert list(dict.fromkeys(r.arm for r in runs)) == ['scratch', 'fc8', 'layerwise']
+  assert 'layerwise' not in default_arms(c)  # the paper's study stays the default
+  layerwise = next(r for r in runs if r.arm == 'layerwise')
+  run = run_config(c, layerwise, init='weights')
+  assert (run.depth, run.optim.layer_decay) == ('conv1', 0.65)
+  fc8 = next(r for r in runs if r.arm == 'fc8')
+  assert run_config(c, fc8, init='weights').optim.layer_decay == 1.0
+  c.sweep.layer_decay = 0.8
+  assert run_config(c, layerwise, init='weights').optim.layer_decay == 0.8
+  c.sweep.layer_decay = 0.0
+  with pytest.raises(errors.ConfigError, match=r'sweep.layer_decay=0.0.*in \(0, 1\]'):
+    validate.check_config(c, 'sweep')
+
+
+def test_layerwise_is_not_a_depth_of_one_run():
+  config = cimt.get_config('synthetic,depth=layerwise')
+  with pytest.raises(errors.ConfigError, match='layerwise is an arm of a sweep.*depth=conv1'):
+    validate.check_config(config, 'train')

@@ -262,6 +262,9 @@ def add_study(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict,
   # too). A shortened schedule can raise it so that scratch learns in the steps it has; each
   # scratch run's config holds the rate it used, and the report names it.
   c.sweep.scratch_lr_mult = 1.0
+  # The `layerwise` arm (only when sweep.arms names it): every unit trains, each unit below
+  # the head at this times the rate of the unit above (optim.layer_decay; ViT-B: ~0.65).
+  c.sweep.layer_decay = 0.65
   # Train the seeds of one arm and fraction as one vmapped program (`medft.packed`): each seed
   # keeps its own run folder and results, equal to its separate run's to float tolerance.
   # Pays on an accelerator that a small-batch step leaves idle; on a CPU it may not.
