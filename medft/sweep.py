@@ -2,6 +2,9 @@
 
 Sweep folder (DESIGN.md, "Files other code and people rely on"):
   DIR/<arm>/<fraction>/<seed>/   one run workdir each (`medft.train`), e.g. DIR/fc7/0.5/0/
+  DIR/<source>/<arm>/<fraction>/<seed>/   with `sweep.sources` (several pretrained sources,
+                                 `medft.sources`): each fine-tuning arm once per source;
+                                 scratch arms stay DIR/<arm>/..., once
   DIR/sweep.json                 the planned runs, so a report can name the missing ones
   DIR/source_model/              the pretrained source model when the config trains one
   DIR/auto.json                  the automatic depth choice (`auto_tune`)
@@ -48,7 +51,7 @@ from typing import Any, Sequence
 import ml_collections
 from absl import logging
 
-from medft import files, locks, packed, trainer, tuning
+from medft import files, locks, packed, sources, trainer, tuning
 from medft.errors import ConfigError, NonFiniteError, NotOursError
 from medft.models import ARCHS
 
@@ -63,14 +66,23 @@ class Run:
   arm: str
   fraction: float
   seed: int
+  source: str = ''  # a `sweep.sources` name (fine-tuning arms of a several-source sweep)
+
+  @property
+  def name(self) -> str:
+    """The run's arm as the report names it: `<source>:<arm>`, or the arm alone."""
+    return sources.qualified(self.source, self.arm)
 
   def path(self, sweep_dir: str | Path) -> Path:
-    return run_dir(sweep_dir, self.arm, self.fraction, self.seed)
+    return run_dir(sweep_dir, self.arm, self.fraction, self.seed, self.source)
 
 
-def run_dir(sweep_dir: str | Path, arm: str, fraction: float, seed: int) -> Path:
-  """DIR/<arm>/<fraction>/<seed> with the fraction written as a float (`1.0`, `0.25`)."""
-  return Path(sweep_dir) / arm / str(float(fraction)) / str(int(seed))
+def run_dir(sweep_dir: str | Path, arm: str, fraction: float, seed: int,
+            source: str = '') -> Path:
+  """DIR/<arm>/<fraction>/<seed> with the fraction written as a float (`1.0`, `0.25`);
+  DIR/<source>/<arm>/<fraction>/<seed> for a run of one of `sweep.sources`."""
+  base = Path(sweep_dir) / source if source else Path(sweep_dir)
+  return base / arm / str(float(fraction)) / str(int(seed))
 
 
 # ---- settings ---------------------------------------------------------------------------
@@ -82,7 +94,7 @@ def study_setting(config: ml_collections.ConfigDict, block: str, key: str) -> An
       ('sweep', 'arms'): '', ('sweep', 'fractions'): '', ('sweep', 'seeds'): '',
       ('sweep', 'shard'): '', ('sweep', 'report'): True, ('sweep', 'keep_checkpoints'): 'all',
       ('sweep', 'train_units'): '', ('sweep', 'scratch_lr_mult'): 1.0,
-      ('sweep', 'pack_seeds'): False, ('sweep', 'layer_decay'): 0.65,
+      ('sweep', 'pack_seeds'): False, ('sweep', 'sources'): '', ('sweep', 'layer_decay'): 0.65,
       # Multiplicity correction of the report's all-pairs tables: 'holm' or 'bh'.
       ('report', 'correction'): 'holm',
       ('auto', 'tolerance'): 0.002, ('auto', 'patience'): 1,
@@ -121,7 +133,8 @@ def default_arms(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def plan(config: ml_collections.ConfigDict, fractions: Sequence[float] = ()) -> list[Run]:
-  """Every requested run, in a fixed order (fraction, then arm, then seed).
+  """Every requested run, in a fixed order (fraction, then arm, then seed); with
+  `sweep.sources`, per fraction the scratch arms once, then per source its fine-tuning arms.
 
   `fractions`, when given, replaces `sweep.fractions` (the checked list `checked_fractions`
   returns).
@@ -145,7 +158,14 @@ def plan(config: ml_collections.ConfigDict, fractions: Sequence[float] = ()) -> 
   if not fractions or not seeds or not all(0 < f <= 1 for f in fractions):
     raise ConfigError(f'sweep.fractions={raw_fractions!r} must list numbers in (0, 1] '
                       f'and sweep.seeds={raw_seeds!r} at least one seed.')
-  return [Run(a, f, s) for f in fractions for a in arms for s in seeds]
+  named = sources.names(study_setting(config, 'sweep', 'sources'))
+  if not named:
+    return [Run(a, f, s) for f in fractions for a in arms for s in seeds]
+  scratch = [a for a in arms if tuning.is_scratch(a)]
+  tuned = [a for a in arms if not tuning.is_scratch(a)]
+  return [run for f in fractions for run in
+          [Run(a, f, s) for a in scratch for s in seeds]
+          + [Run(a, f, s, n) for n in named for a in tuned for s in seeds]]
 
 
 def checked_fractions(config: ml_collections.ConfigDict) -> list[float]:
@@ -224,6 +244,13 @@ def source_init(config: ml_collections.ConfigDict, sweep_dir: Path,
   return ''
 
 
+def source_paths(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """{name: absolute path} of `sweep.sources`, each checked (`medft.sources.check`); {} when
+  the field is empty (then `source_init` gives the one source)."""
+  return sources.check(study_setting(config, 'sweep', 'sources'), config.arch,
+                       all_arms(config), str(config.get('init') or ''))
+
+
 def sweep_lock(config: ml_collections.ConfigDict, sweep_dir: Path) -> locks.Lock:
   """One process per sweep folder and shard (`DIR/.sweep.lock`, `DIR/.sweep.<i>of<n>.lock`)."""
   shard = study_setting(config, 'sweep', 'shard')
@@ -268,7 +295,7 @@ def _run_one(config, run: Run, sweep_dir: Path, init: str) -> dict | None:
     logging.warning('%s failed before (see its failed.json); skipped. Delete failed.json to '
                     'retry.', workdir)
     return None
-  logging.info('Run %s at fraction %s, seed %d -> %s', run.arm, run.fraction, run.seed, workdir)
+  logging.info('Run %s at fraction %s, seed %d -> %s', run.name, run.fraction, run.seed, workdir)
   try:
     results = trainer.train(run_config(config, run, init), workdir)
   except trainer.NonFiniteError as e:
@@ -300,16 +327,16 @@ def _run_group(config, group: Sequence[Run], sweep_dir: Path, init: str) -> list
     reason = packed.fallback_reason(run_config(config, fresh[0], init))
     if reason:
       logging.info('sweep.pack_seeds: %s at fraction %s trains its seeds one after another: '
-                   '%s.', fresh[0].arm, fresh[0].fraction, reason)
+                   '%s.', fresh[0].name, fresh[0].fraction, reason)
       fresh = []
   later = [r for r in group if r not in fresh]
   if fresh and later:
     logging.info('sweep.pack_seeds: seeds %s of %s at fraction %s have folders already; they '
                  'resume (or are skipped) as separate runs.', ', '.join(str(r.seed) for r in later),
-                 group[0].arm, group[0].fraction)
+                 group[0].name, group[0].fraction)
   failed = [r for r in later if _run_one(config, r, sweep_dir, init) is None]
   if fresh:
-    logging.info('Runs %s at fraction %s, seeds %s (packed) -> %s', fresh[0].arm,
+    logging.info('Runs %s at fraction %s, seeds %s (packed) -> %s', fresh[0].name,
                  fresh[0].fraction, ', '.join(str(r.seed) for r in fresh),
                  fresh[0].path(sweep_dir).parent)
 
@@ -322,10 +349,11 @@ def _run_group(config, group: Sequence[Run], sweep_dir: Path, init: str) -> list
 
 
 def groups_of(runs: Sequence[Run]) -> list[list[Run]]:
-  """The runs in plan order, the neighbouring seeds of one arm and fraction together."""
+  """The runs in plan order, the neighbouring seeds of one arm (of one source) and fraction
+  together."""
   out: list[list[Run]] = []
   for r in runs:
-    if out and (out[-1][0].arm, out[-1][0].fraction) == (r.arm, r.fraction):
+    if out and (out[-1][0].name, out[-1][0].fraction) == (r.name, r.fraction):
       out[-1].append(r)
     else:
       out.append([r])
@@ -342,7 +370,8 @@ def dropped_checkpoints(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return dropped[keep]
 
 
-def _write_plan(config, sweep_dir: Path, runs: Sequence[Run], init: str) -> None:
+def _write_plan(config, sweep_dir: Path, runs: Sequence[Run], init: str,
+                named: dict[str, str]) -> None:
   plan_file = sweep_dir / 'sweep.json'
   if plan_file.exists():  # a resumed sweep: its plan is medft's own and rewritten below
     try:
@@ -351,14 +380,18 @@ def _write_plan(config, sweep_dir: Path, runs: Sequence[Run], init: str) -> None
         raise ValueError('not the plan of a medft sweep')
     except (ValueError, UnicodeDecodeError) as e:
       logging.warning('%s was damaged (%s); writing the plan again.', plan_file, e)
-  files.write_json_atomic(plan_file, {
+  record = {
       'arch': config.arch, 'dataset': config.data.name, 'init': init or None,
       'arms': sorted({r.arm for r in runs}, key=all_arms(config).index),
       'fractions': sorted({r.fraction for r in runs}),
       'seeds': sorted({r.seed for r in runs}),
       'runs': [{'arm': r.arm, 'fraction': r.fraction, 'seed': r.seed,
+                **({'source': r.source} if r.source else {}),
                 'dir': str(r.path('.'))} for r in runs],
-  })
+  }
+  if named:  # several sources (`medft.sources`): their names in order and their folders
+    record['sources'] = [{'name': n, 'init': p} for n, p in named.items()]
+  files.write_json_atomic(plan_file, record)
 
 
 def sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
@@ -368,30 +401,38 @@ def sweep(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
   sweep_dir = trainer.check_workdir_arg(workdir)
   dropped = dropped_checkpoints(config)
   runs = plan(config, checked_fractions(config))
+  named = source_paths(config)
   shard = study_setting(config, 'sweep', 'shard')
   mine = shard_of(runs, shard)
   t0 = time.time()
   _prepare_sweep_dir(sweep_dir)
   with sweep_lock(config, sweep_dir):
-    init = source_init(config, sweep_dir, needs_init=any(not tuning.is_scratch(r.arm)
-                                                              for r in runs))
-    if init and dropped:
+    if named:  # scratch takes the first source's input convention (`medft.sources`)
+      init = next(iter(named.values()))
+      p = config.get('pretrain')
+      if p is not None and p.source:
+        logging.info('sweep.sources names the source weights: no source model is pretrained '
+                     '(pretrain.source=%s is not used).', p.source)
+    else:
+      init = source_init(config, sweep_dir, needs_init=any(not tuning.is_scratch(r.arm)
+                                                                for r in runs))
+    if init and dropped and not named:
       shutil.rmtree(sweep_dir / SOURCE_MODEL_DIR / 'checkpoints', ignore_errors=True)
-    _write_plan(config, sweep_dir, runs, init)
+    _write_plan(config, sweep_dir, runs, init, named)
     logging.info('Sweep: %d runs planned, %d in this shard (%s).', len(runs), len(mine),
                  shard or 'all')
     failed, done = [], 0
     for group in groups_of(mine):
       logging.info('---- sweep run%s %s/%d ----', 's' if len(group) > 1 else '',
                    f'{done + 1}-{done + len(group)}' if len(group) > 1 else done + 1, len(mine))
-      failed += _run_group(config, group, sweep_dir, init)
+      failed += _run_group(config, group, sweep_dir, named.get(group[0].source, init))
       done += len(group)
     logging.info('Sweep shard done in %.0f s.', time.time() - t0)
     if mine and len(failed) == len(mine):
       raise NonFiniteError(
           f'every run of the sweep {sweep_dir}{" (shard " + shard + ")" if shard else ""} '
           f'failed ({len(failed)}): ' + '; '.join(
-              f'{r.arm}/{r.fraction}/{r.seed}: {_failure(r.path(sweep_dir))[:160]}'
+              f'{r.path(".")}: {_failure(r.path(sweep_dir))[:160]}'
               for r in failed[:4]) + ('; ...' if len(failed) > 4 else '') +
           '. Fix the cause (e.g. lower optim.base_lr), delete the failed.json files in those '
           'run folders and repeat the command.')

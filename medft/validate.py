@@ -162,6 +162,11 @@ def _items(value: Any) -> list[str]:
   return list_items(value)
 
 
+def _sources():
+  from medft import sources  # noqa: PLC0415  (the one parser of sweep.sources)
+  return sources
+
+
 def _shard(v: Any) -> bool:
   if v == '':
     return True
@@ -328,6 +333,11 @@ RULES: dict[str, Rule] = {
                                 'arm; 0.65 is usual for ViT-B'),
     'sweep.pack_seeds': boolean('True trains the seeds of one arm and fraction as one '
                                 'program; False one after another'),
+    'sweep.sources': Rule('"" (one source: init= or the sweep\'s source model) or name=path '
+                          'entries separated by , or + (name: a letter, then letters, digits, '
+                          '_ or -; each once; path: a medft weights artifact)',
+                          lambda v: isinstance(v, (str, list, tuple)),  # entries: below
+                          'e.g. sweep.sources=imagenet=weights/tv_alexnet,own=runs/export1'),
     'auto.tolerance': number(0, fix='validation AUC gain, e.g. 0.002'),
     'auto.patience': integer(1, fix='depths in a row without gain, e.g. 1'),
     'pretrain.source': one_of('', 'pretext', 'folder', 'imagenet2012',
@@ -410,6 +420,7 @@ def _cross_checks(config: ml_collections.ConfigDict, leaves: dict[str, Any], mod
                         f'{train.get("epochs")}: the run would not train at all. Fix: give '
                         'steps > 0 (e.g. steps=300) or epochs > 0.')
   _check_data_app(config, leaves)
+  _sources().parse(leaves.get('sweep.sources', ''))  # each entry's syntax, named by entry
   val, test = leaves.get('data.val_share'), leaves.get('data.test_share')
   if val is not None and test is not None and val + test >= 1:
     raise ConfigError(f'config fields data.val_share={val} and data.test_share={test} leave no '
@@ -433,6 +444,11 @@ def _cross_checks(config: ml_collections.ConfigDict, leaves: dict[str, Any], mod
                   f'choose scratch or one of {", ".join(known)}')
   if mode == 'sweep':
     _check_arms(config)
+    from medft.sweep import source_paths  # noqa: PLC0415  (each entry an artifact of arch)
+    source_paths(config)
+  if mode == 'auto' and _sources().names(leaves.get('sweep.sources', '')):
+    raise _fail('sweep.sources', leaves['sweep.sources'], '"" for auto (it deepens one '
+                'source\'s fine-tuning)', 'set sweep.sources="" and init=<one of its paths>')
   size = leaves.get('input_size')
   if size is not None:
     width = leaves.get('model.width', 1.0)

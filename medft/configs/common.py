@@ -269,6 +269,11 @@ def add_study(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict,
   # keeps its own run folder and results, equal to its separate run's to float tolerance.
   # Pays on an accelerator that a small-batch step leaves idle; on a CPU it may not.
   c.sweep.pack_seeds = False
+  # Several pretrained sources, 'name=path,name=path' (each a medft weights artifact of arch):
+  # every fine-tuning arm runs once per source into DIR/<name>/<arm>/<fraction>/<seed>, scratch
+  # once; the report compares the sources at each depth (`medft.sources`). '' = one source
+  # (init= or the sweep's own source model), layout DIR/<arm>/<fraction>/<seed>.
+  c.sweep.sources = ''
 
   c.report = ml_collections.ConfigDict()
   # Multiplicity correction within each all-pairs table of the report: holm (family-wise

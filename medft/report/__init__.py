@@ -14,7 +14,9 @@ on those candidates), and for every training fraction and operating point a tabl
 pair of arms with a paired-bootstrap interval of the difference and a Wilcoxon signed-rank
 test on per-unit values, adjusted for multiplicity within the table (`report.stats`); and
 with several fractions, each arm's loss from the largest to the smallest training fraction,
-fine-tuning against scratch (`report.robustness`, the paper's finding 2).
+fine-tuning against scratch (`report.robustness`, the paper's finding 2). A sweep of several
+sources (`sweep.sources`: runs DIR/<source>/<arm>/<fraction>/<seed>/, named `<source>:<arm>`)
+also gets the sources compared at each depth (`report.by_source`, plots/sources_f<f>.png).
 
 Layout: `runs` (discovery, file checks), `stats` (numbers), `context` (weights, settings,
 auto), `text` (report.md, report.csv), `plots` (PNG); this module assembles them.
@@ -31,9 +33,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medft import apps, files, metrics, progress, tuning
+from medft import apps, files, metrics, progress, sources, tuning
 from medft.errors import ConfigError, InputFileError, MissingInputError, NotOursError
-from medft.report import context, robustness, stats, text
+from medft.report import by_source, context, robustness, stats, text
 from medft.report.runs import PLOTS, RunRecord, discover, read_json, read_plan
 
 N_BOOT = 1000
@@ -46,10 +48,18 @@ AVERAGING = ('Each arm x fraction pools its finished seeds: every metric is comp
              'AUCs (validation, test) are the mean over seeds +- SD between seeds.')
 
 
-def arm_order(arms: Sequence[str], arch: str | None) -> list[str]:
-  """scratch arms first, then head-only to all layers (the paper's order); unknown names last."""
+def arm_order(arms: Sequence[str], arch: str | None,
+              source_names: Sequence[str] = ()) -> list[str]:
+  """scratch arms first, then head-only to all layers (the paper's order); unknown names last;
+  then the runs of each source (`<source>:<arm>`, sources in `source_names`' order)."""
   known = list(tuning.arms(_tuning_units(arch), scratch_schemes=True))
-  return sorted(set(arms), key=lambda a: (known.index(a) if a in known else len(known), a))
+  names = list(source_names)
+
+  def key(a: str) -> tuple:
+    source, arm = sources.split(a)
+    group = 0 if not source else 1 + (names.index(source) if source in names else len(names))
+    return group, source, known.index(arm) if arm in known else len(known), a
+  return sorted(set(arms), key=key)
 
 
 def _tuning_units(arch: str | None) -> list[str]:
@@ -166,14 +176,16 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
                          'in one sweep folder; report each study from its own folder.')
   spec = apps.get(app_names[0]) if app_names else None
   arch = next((r.results.get('arch') for r in finished), (plan or {}).get('arch'))
-  arms = arm_order([r.arm for r in runs], arch)
+  source_names = by_source.source_names([r.arm for r in runs], plan)
+  arms = arm_order([r.arm for r in runs], arch, source_names)
+  depths = by_source.depths_of(arms)
   fractions = sorted({r.fraction for r in runs})
   groups = {(f, a): [r for r in finished if r.fraction == f and r.arm == a]
             for f in fractions for a in arms}
   first_test = next((r.results['test'] for r in finished if r.results.get('test')), None)
   points = spec.points(first_test) if spec and first_test else ()
 
-  rows, pairs = [], []
+  rows, pairs, source_tables = [], [], []
   counter = progress.Progress('report: intervals', 'arm x fraction groups',
                               total=len(fractions) * len(arms))
   for f in fractions:
@@ -196,6 +208,9 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
                     'higher_is_better': p.higher_is_better, 'correction': correction,
                     'rows': stats.pairs_table(spec, p, present, n_boot, correction,
                                                     replicates=replicates)})
+    if len(source_names) > 1:
+      source_tables += by_source.tables(spec, points, f, present, source_names, depths, n_boot,
+                                        correction, replicates)
   counter.done()
   primary = spec.primary(first_test) if spec and first_test else None
   primary_point = next((p for p in points if p.key == primary), None)
@@ -219,10 +234,17 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
   auto = context.auto_section(sweep_dir, finished, plan, run_primary, sign,
                               lambda a: arm_order(a, arch))
   inits = sorted({r.results.get('init') for r in finished if r.results.get('init')})
-  weights, weight_lines = context.weights_statement(inits)
+  source_inits = {s['name']: s.get('init') for s in (plan or {}).get('sources', [])
+                  if isinstance(s, dict)}
+  for r in finished:  # without a plan: each source's init from its runs
+    if r.source and r.results.get('init'):
+      source_inits.setdefault(r.source, r.results['init'])
+  weights, weight_lines = context.weights_statement(
+      inits, {i: n for n, i in source_inits.items() if len(source_names) > 1})
+  compared = by_source.section(source_names, source_inits, depths, source_tables, correction)
   from medft.report import plots  # matplotlib only here
   drawn = plots.make_all(sweep_dir / PLOTS, spec, points, rows, groups, arms, fractions,
-                         finished, auto)
+                         finished, auto, compared)
   unit = spec.unit_name if spec else 'unit'
   # A detection unit holding one frame (Kvasir-SEG: no video ids) is a frame; say so.
   one_image = bool(spec and first_test and 'num_images' in spec.record_keys and all(
@@ -245,10 +267,11 @@ def build_report(sweep_dir: str | Path, n_boot: int = N_BOOT, correction: str = 
           'correction_name': metrics.CORRECTIONS[correction],
           'marks': ', '.join(f'{m} adjusted p < {limit:g}' for limit, m in reversed(stats.MARKS))},
       'runs': [{'arm': r.arm, 'fraction': r.fraction, 'seed': r.seed, 'status': r.status,
-                'dir': str(r.dir), 'note': r.note} for r in runs],
+                'dir': str(r.dir), 'note': r.note, **({'source': r.source} if r.source else {})}
+               for r in runs],
       'weights': weights, 'weights_statement': weight_lines,
       'settings': context.settings(finished), 'rows': rows, 'pairs': pairs,
-      'robustness': robust, 'auto': auto,
+      'robustness': robust, 'auto': auto, **({'sources': compared} if compared else {}),
       'cost': context.cost(finished, sweep_dir), 'plots': drawn,
   }
   files.write_json_atomic(sweep_dir / 'report.json', report)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from medft import tuning
 from medft.report.runs import RunRecord, read_json
@@ -12,11 +12,17 @@ PRETEXT_FORMAT = 'medft-pretext'  # medft.pretrain.SOURCE_FORMAT (not imported: 
 
 
 
-def weights_statement(inits: Sequence[str]) -> tuple[list[dict], list[str]]:
-  """What each `init` folder holds, and plain sentences saying it."""
+def weights_statement(inits: Sequence[str],
+                      names: Mapping[str, str] | None = None) -> tuple[list[dict], list[str]]:
+  """What each `init` folder holds, and plain sentences saying it. `names`: init -> source
+  name in a sweep of several sources (`sweep.sources`)."""
   described, lines = [], []
   for init in inits:
     d: dict[str, Any] = {'init': init}
+    name = (names or {}).get(init)
+    who = f'Source `{name}`: its fine-tuning arms `{name}:*`' if name else 'Fine-tuning arms'
+    if name:
+      d['source'] = name
     meta = read_json(Path(init) / 'meta.json') or {}
     d.update({k: meta.get(k) for k in ('arch', 'source_format', 'source_file',
                                        'num_source_classes', 'input_size')})
@@ -26,14 +32,14 @@ def weights_statement(inits: Sequence[str]) -> tuple[list[dict], list[str]]:
                                                    'steps', 'wall_s', 'num_classes')}
     described.append(d)
     if not meta:
-      lines.append(f'Fine-tuning arms start from `{init}`, whose meta.json could not be read.')
+      lines.append(f'{who} start from `{init}`, whose meta.json could not be read.')
     elif meta.get('source_format') == PRETEXT_FORMAT:
       pre = d.get('pretrain') or {}
       acc = (f' (held-out pretext accuracy {pre["held_out_accuracy"]:.3f}, chance '
              f'{pre["chance_accuracy"]:.3f}, {pre["steps"]} steps)'
              if pre.get('held_out_accuracy') is not None else '')
       lines.append(
-          f'**Source weights are NOT ImageNet.** Fine-tuning arms start from `{init}`: the '
+          f'**Source weights are NOT ImageNet.** {who} start from `{init}`: the '
           f'offline stand-in (source_format `{PRETEXT_FORMAT}`), the same architecture '
           f'({meta.get("arch")}) pre-trained here on crops of natural photographs shipped with '
           f'scikit-image ({meta.get("source_file")}), classifying which photo and rotation a '
@@ -41,7 +47,7 @@ def weights_statement(inits: Sequence[str]) -> tuple[list[dict], list[str]]:
           'fine-tuning arms here understate what the paper\'s ImageNet AlexNet gives.')
     else:
       classes = meta.get('num_source_classes')
-      lines.append(f'Fine-tuning arms start from `{init}`: source_format '
+      lines.append(f'{who} start from `{init}`: source_format '
                    f'`{meta.get("source_format")}`, source file `{meta.get("source_file")}`, '
                    f'{meta.get("arch")} ' + (f'with {classes} source classes.' if classes else
                                              'without its source classifier (a new head is '

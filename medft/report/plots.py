@@ -11,6 +11,8 @@
   convergence_f<f>.png    validation AUC vs mini-batches on a log axis: the deepest
                           fine-tuning arm against each scratch arm (init scheme) (Fig. 10)
   auto_depth.png          the automatic depth choice
+  sources_f<f>.png        several sources (`sweep.sources`): the metric vs tuning depth, one
+                          line per source, scratch as a horizontal reference
 Every figure has a title, axis labels with units and a legend. What is drawn is read from the
 application's declaration (`medft.apps`), never from the shape of the results.
 """
@@ -50,8 +52,9 @@ def _ftag(f: float) -> str:
 def make_all(plots_dir: Path, spec: apps.Spec | None, points: Sequence[apps.Point],
              rows: Sequence[dict], groups: dict, arms: Sequence[str],
              fractions: Sequence[float], finished: Sequence[RunRecord],
-             auto: dict | None) -> list[dict]:
-  """Draws every figure the data allow; returns [{'file': 'plots/x.png', 'title'}]."""
+             auto: dict | None, compared: dict | None = None) -> list[dict]:
+  """Draws every figure the data allow; returns [{'file': 'plots/x.png', 'title'}].
+  `compared`: report.json `sources` (a sweep of several sources), else None."""
   out: list[dict] = []
   if not finished or spec is None:
     return out
@@ -78,6 +81,8 @@ def make_all(plots_dir: Path, spec: apps.Spec | None, points: Sequence[apps.Poin
     if units and spec.box_keys:
       draw(_box_plot, plots_dir, spec, points, f, units, out)
     draw(_convergence_plot, plots_dir, f, present, groups, rows, out)
+    if compared:
+      draw(_sources_plot, plots_dir, spec, points, rows, f, compared, out)
   if auto and auto.get('curve'):
     draw(_auto_plot, plots_dir, auto, out)
   return out
@@ -118,6 +123,49 @@ def _depth_plot(plots_dir: Path, spec: apps.Spec, points: Sequence[apps.Point],
   fig.suptitle('Test metric per arm (95% bootstrap CI over test '
                f'{spec.unit_name}s)', y=1.02)
   _save(fig, plots_dir, 'depth.png', 'Test metric vs tuning depth, one line per fraction', out)
+
+
+def _sources_plot(plots_dir: Path, spec: apps.Spec, points: Sequence[apps.Point],
+                  rows: Sequence[dict], f: float, compared: dict, out: list) -> None:
+  """The first two compared points vs tuning depth at one fraction: one line per source (95%
+  bootstrap interval over test units), each scratch arm a horizontal line with its band."""
+  from medft.report import by_source  # noqa: PLC0415
+  from medft.sources import qualified  # noqa: PLC0415
+  at = {r['arm']: r for r in rows if r['fraction'] == f}
+  panels = [p for p in points if p.compared
+            and any(p.key in (r.get('metrics') or {}) for r in at.values())][:2]
+  depths, names = compared['depths'], [s['name'] for s in compared['sources']]
+  if not panels or not depths:
+    return
+  fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
+  x = np.arange(len(depths))
+  for ax, p in zip(axes[0], panels):
+    for k, name in enumerate(names):
+      entries = [((at.get(qualified(name, d)) or {}).get('metrics') or {}).get(p.key) or {}
+                 for d in depths]
+      y = np.asarray([np.nan if e.get('value') is None else e['value'] for e in entries])
+      err = np.asarray([[0.0 if e.get('value') is None or e.get(b) is None
+                         else abs(e['value'] - e[b]) for e in entries] for b in ('low', 'high')])
+      ok = np.isfinite(y)
+      if ok.any():  # a small shift per source keeps overlapping intervals apart
+        ax.errorbar(x[ok] + 0.06 * (k - (len(names) - 1) / 2), y[ok], yerr=err[:, ok],
+                    marker='o', capsize=3, color=f'C{k}', label=f'source {name}')
+    for j, (arm, e) in enumerate(by_source.scratch_reference(rows, f, p.key)):
+      color = f'C{len(names) + j}'
+      ax.axhline(e['value'], color=color, ls='--', lw=1.2, label=f'{arm} (no source)')
+      if e.get('low') is not None and e.get('high') is not None:
+        ax.axhspan(e['low'], e['high'], color=color, alpha=0.08)
+    ax.set_xticks(x, depths, rotation=30)
+    ax.set_xlabel(f'fine-tuning depth (from the head {depths[0]} down to {depths[-1]})')
+    ax.set_ylabel(p.label + (f' ({p.unit})' if p.unit else ''))
+    ax.set_title(f'{p.label} vs depth per source, fraction {f:g}')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle('Which source, and how deep? (95% bootstrap CI over test '
+               f'{spec.unit_name}s)', y=1.02)
+  _save(fig, plots_dir, f'sources_f{_ftag(f)}.png',
+        f'Test metric vs tuning depth, one line per source, scratch as reference (fraction '
+        f'{f:g})', out)
 
 
 def _seed_mean_curve(spec: apps.Spec, units: Sequence[Sequence[Any]],

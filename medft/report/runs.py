@@ -1,7 +1,10 @@
 """Which runs a sweep folder holds: finished, unfinished, failed or planned but missing.
 
 A folder is reported only if medft wrote it: it holds DIR/sweep.json (the plan) or run
-folders DIR/<arm>/<fraction>/<seed>/ with medft's config.json/results.json. A sweep.json or
+folders DIR/<arm>/<fraction>/<seed>/ with medft's config.json/results.json. A sweep of several
+sources (`sweep.sources`, `medft.sources`) also has DIR/<source>/<arm>/<fraction>/<seed>/
+(a top folder holding arm folders rather than fraction folders): its runs are named
+`<source>:<arm>`. A sweep.json or
 results.json of the wrong shape is an InputFileError naming the file, and a results.json
 must hold the keys of its application's schema (`medft.apps`), so the report never guesses.
 """
@@ -13,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medft import apps
+from medft import apps, sources
 from medft.errors import InputFileError
 
 PLOTS = 'plots'
@@ -31,6 +34,12 @@ class RunRecord:
   results: dict | None = None
   timing: dict | None = None
   note: str = ''
+  source: str = ''                  # the `sweep.sources` name ('' = the sweep's one source)
+
+  @property
+  def depth_arm(self) -> str:
+    """The arm without its source (`fc7` of `imagenet:fc7`)."""
+    return sources.split(self.arm)[1]
 
 
 def read_json(path: Path) -> Any:
@@ -65,6 +74,7 @@ def read_plan(sweep_dir: Path) -> dict | None:
   runs = plan.get('runs') if isinstance(plan, dict) else None
   ok = isinstance(runs, list) and all(
       isinstance(r, dict) and isinstance(r.get('arm'), str) and isinstance(r.get('dir'), str)
+      and isinstance(r.get('source', ''), str)
       and _number(str(r.get('fraction')), float) is not None
       and _number(str(r.get('seed')), int) is not None for r in runs)
   if not ok:
@@ -96,43 +106,60 @@ def check_results(path: Path, results: Any) -> dict:
   return results
 
 
+def _subdirs(folder: Path) -> list[Path]:
+  return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith('.'))
+
+
+def _arm_runs(arm_dir: Path, source: str, found: dict) -> None:
+  """The run folders DIR/[<source>/]<arm>/<fraction>/<seed>/ of one arm folder."""
+  for fraction_dir in _subdirs(arm_dir):
+    fraction = _number(fraction_dir.name, float)
+    if fraction is None:
+      continue
+    for seed_dir in _subdirs(fraction_dir):
+      seed = _number(seed_dir.name, int)
+      if seed is None or not any((seed_dir / f).exists() for f in RUN_FILES):
+        continue
+      arm = sources.qualified(source, arm_dir.name)
+      found[(arm, fraction, seed)] = _record(arm, fraction, seed, seed_dir, source)
+
+
 def discover(sweep_dir: Path, plan: dict | None) -> list[RunRecord]:
   """Every run folder found under DIR plus every planned run of DIR/sweep.json."""
   found: dict[tuple, RunRecord] = {}
-  for arm_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
-    if arm_dir.name.startswith('.') or arm_dir.name in SKIPPED:
+  for top in _subdirs(sweep_dir):
+    if top.name in SKIPPED:
       continue
-    for fraction_dir in sorted(p for p in arm_dir.iterdir() if p.is_dir()):
-      fraction = _number(fraction_dir.name, float)
-      if fraction is None:
-        continue
-      for seed_dir in sorted(p for p in fraction_dir.iterdir() if p.is_dir()):
-        seed = _number(seed_dir.name, int)
-        if seed is None or not any((seed_dir / f).exists() for f in RUN_FILES):
-          continue
-        found[(arm_dir.name, fraction, seed)] = _record(arm_dir.name, fraction, seed, seed_dir)
+    children = _subdirs(top)
+    if any(_number(p.name, float) is not None for p in children):
+      _arm_runs(top, '', found)  # DIR/<arm>/<fraction>/<seed>
+    else:  # DIR/<source>/<arm>/<fraction>/<seed> (several sources), or nothing of ours
+      for arm_dir in children:
+        _arm_runs(arm_dir, top.name, found)
   for run in (plan or {}).get('runs', []):
-    key = (run['arm'], float(run['fraction']), int(run['seed']))
+    source = run.get('source') or ''
+    key = (sources.qualified(source, run['arm']), float(run['fraction']), int(run['seed']))
     if key not in found:
       found[key] = RunRecord(*key, dir=sweep_dir / run['dir'], status='missing',
-                             note='never started')
+                             note='never started', source=source)
   return list(found.values())
 
 
-def _record(arm: str, fraction: float, seed: int, path: Path) -> RunRecord:
+def _record(arm: str, fraction: float, seed: int, path: Path, source: str = '') -> RunRecord:
   results = read_json(path / 'results.json')
   if results is not None:
     timing = read_json(path / 'timing.json')
     return RunRecord(arm, fraction, seed, path, 'finished',
                      check_results(path / 'results.json', results),
-                     timing if isinstance(timing, dict) else {})
+                     timing if isinstance(timing, dict) else {}, source=source)
   failed = read_json(path / 'failed.json')
   if isinstance(failed, dict):
-    return RunRecord(arm, fraction, seed, path, 'failed', note=str(failed.get('error', ''))[:200])
+    return RunRecord(arm, fraction, seed, path, 'failed', note=str(failed.get('error', ''))[:200],
+                     source=source)
   rows = metrics_rows(path)
   step = rows[-1].get('step', 0) if rows else 0
   return RunRecord(arm, fraction, seed, path, 'unfinished',
-                   note=f'started, no results.json (last logged step {step})')
+                   note=f'started, no results.json (last logged step {step})', source=source)
 
 
 def metrics_rows(path: Path) -> list[dict]:

@@ -11,7 +11,7 @@ import io
 import math
 from typing import Any, Callable
 
-from medft.report import robustness
+from medft.report import by_source, robustness
 from medft.report.context import PRETEXT_FORMAT
 
 CSV_FIELDS = ('section', 'fraction', 'arm', 'versus', 'metric', 'value', 'low', 'high',
@@ -96,6 +96,8 @@ def csv_table(report: dict) -> str:
                      'n_units': robust['n_units'], 'p_raw': x['p_bootstrap'],
                      'p_adjusted': x['p_adjusted'], 'correction': robust['correction'],
                      'mark': x['mark']})
+  for row in by_source.csv_rows(report):  # several sources: pairs of sources at each depth
+    writer.writerow(row)
   return buf.getvalue()
 
 
@@ -173,6 +175,7 @@ def markdown(report: dict) -> str:
   _markdown_points(report, add)
   _markdown_counts(report, add)
   _markdown_pairs(report, add)
+  by_source.markdown(report, add, (_ci, _p, _fmt))
   robustness.markdown(report.get('robustness'), add, (_ci, _p))
   _markdown_auto(report, add)
   if report['plots']:
@@ -182,8 +185,12 @@ def markdown(report: dict) -> str:
   add('## Files\n')
   add('`report.json` holds everything above; `report.csv` has one row per arm x fraction x '
       'metric (`section=point`) and per pair of arms x fraction x operating point '
-      '(`section=pair`, with raw and adjusted p); each run folder `<arm>/<fraction>/<seed>/` '
-      'holds `config.json`, `metrics.jsonl` (training curve), `results.json` (per-unit test '
+      '(`section=pair`, with raw and adjusted p)'
+      + ('; per pair of sources x depth x fraction x operating point (`section=source_pair`); '
+         'each run folder `<source>/<arm>/<fraction>/<seed>/` (scratch: `<arm>/<fraction>/'
+         '<seed>/`) ' if report.get('sources') else '; each run folder '
+         '`<arm>/<fraction>/<seed>/` ')
+      + 'holds `config.json`, `metrics.jsonl` (training curve), `results.json` (per-unit test '
       'results) and checkpoints.\n')
   return '\n'.join(md)
 

@@ -1,0 +1,194 @@
+"""Sources as a sweep axis (`sweep.sources`, `medft.sources`): a tiny real sweep of two
+self-made source models x two depths plus scratch once, 1 fraction x 2 seeds; the report's
+sources-at-each-depth tables and plot, rebuilt the same from the folders; and bad entries of
+the field refused, by name, before anything is written."""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tiny
+from PIL import Image
+
+from medft import sources, sweep
+from medft.errors import ConfigError
+from medft.models import get_model
+from medft.report import build_report, stats
+from medft.sweep import Run, plan, run_dir
+from medft.weights import store
+
+ARCH, WIDTH, SIZE = 'alexnet', 0.125, 67
+DEPTHS = ('fc8', 'fc7')
+SEEDS = (0, 1)
+N_BOOT = 40
+
+
+def _source(folder: Path, seed: int) -> Path:
+  """A self-made source model: the tiny network's random init at `seed`, as an artifact."""
+  model, _ = get_model(ARCH, 2, width=WIDTH)
+  params = model.init(jax.random.key(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False)['params']
+  meta = store.default_meta(ARCH, (SIZE, SIZE))
+  meta.source_format, meta.source_file = 'medft', f'random init, seed {seed}'
+  return store.save_artifact(folder, jax.tree.map(np.asarray, params), meta)
+
+
+def _config(data_dir, sources_value: str, arms: str = 'scratch+' + '+'.join(DEPTHS)):
+  c = tiny.config(data_dir, steps=2)
+  c.arch, c.model.width, c.input_size = ARCH, WIDTH, SIZE
+  c.task.eval_col_stride, c.task.eval_patches_per_class = 24, 4
+  c.train.update(eval_every=2, log_every=2, checkpoint_every=1000)
+  c.sweep.update(arms=arms, fractions='1.0', train_units='', seeds='+'.join(map(str, SEEDS)),
+                 sources=sources_value, keep_checkpoints='none', report=False)
+  return c
+
+
+@pytest.fixture(scope='module')
+def study(tmp_path_factory, cimt_data_dir):
+  root = tmp_path_factory.mktemp('sources')
+  a, b = _source(root / 'weights_a', 1), _source(root / 'weights_b', 2)
+  value = f'alpha={a},beta={b}'
+  folder = root / 'study'
+  sweep(_config(cimt_data_dir, value), folder)
+  report = build_report(folder, n_boot=N_BOOT)
+  return folder, report, {'alpha': str(a), 'beta': str(b)}
+
+
+def test_plan_and_layout():
+  c = _config('/nowhere', 'alpha=/w/a,beta=/w/b', arms='fc7+scratch+fc8')
+  runs = plan(c)
+  assert [(r.source, r.arm, r.seed) for r in runs] == [
+      ('', 'scratch', 0), ('', 'scratch', 1),
+      ('alpha', 'fc8', 0), ('alpha', 'fc8', 1), ('alpha', 'fc7', 0), ('alpha', 'fc7', 1),
+      ('beta', 'fc8', 0), ('beta', 'fc8', 1), ('beta', 'fc7', 0), ('beta', 'fc7', 1)]
+  assert Run('fc7', 0.5, 2, 'alpha').path('D') == Path('D/alpha/fc7/0.5/2')
+  assert Run('fc7', 0.5, 2, 'alpha').name == 'alpha:fc7'
+  assert run_dir('D', 'scratch', 1.0, 0) == Path('D/scratch/1.0/0')  # unchanged
+  c.sweep.sources = ''
+  assert all(r.source == '' for r in plan(c)) and len(plan(c)) == 3 * 2
+  assert sources.split('alpha:fc7') == ('alpha', 'fc7') and sources.split('fc7') == ('', 'fc7')
+
+
+def test_two_sources_sweep_reports_sources_at_each_depth(study):
+  folder, report, inits = study
+  # Scratch ran once (top level, as in a one-source sweep); each depth once per source.
+  found = sorted(str(p.parent.relative_to(folder)) for p in folder.glob('**/results.json'))
+  assert found == sorted([f'scratch/1.0/{s}' for s in SEEDS]
+                         + [f'{n}/{d}/1.0/{s}' for n in inits for d in DEPTHS for s in SEEDS])
+  for n, path in inits.items():
+    for d in DEPTHS:
+      config = json.loads((folder / n / d / '1.0' / '0' / 'config.json').read_text())
+      assert config['init'] == path and config['depth'] == d
+  plan_file = json.loads((folder / 'sweep.json').read_text())
+  assert plan_file['sources'] == [{'name': n, 'init': p} for n, p in inits.items()]
+
+  # The per-fraction tables hold every run name, in order: scratch, then per source its depths.
+  arms = ['scratch'] + [f'{n}:{d}' for n in inits for d in DEPTHS]
+  assert [r['arm'] for r in report['rows']] == arms
+  rows = {r['arm']: r for r in report['rows']}
+  primary = report['primary_metric']
+  for arm in arms:
+    source, depth = sources.split(arm)
+    tests = [json.loads((folder / source / depth / '1.0' / str(s) / 'results.json')
+                        .read_text())['test'] for s in SEEDS]
+    point = next(p for p in _points(tests[0]) if p.key == primary)
+    _, units = stats.seed_units(_spec(), list(zip(SEEDS, tests)))
+    assert rows[arm]['metrics'][primary]['value'] == pytest.approx(stats.value(point, units))
+    assert rows[arm]['seeds'] == list(SEEDS)
+
+  section = report['sources']
+  assert [s['name'] for s in section['sources']] == list(inits)
+  assert section['depths'] == list(DEPTHS) and 'one tuning depth' in section['family']
+  compared = [p['key'] for p in report['points'] if p['compared']]
+  assert [(t['depth'], t['point']) for t in section['tables']] == [
+      (d, k) for d in DEPTHS for k in compared]
+  n_units = rows['scratch']['n_units']
+  for t in section['tables']:
+    assert t['correction'] == 'holm' and len(t['rows']) == 1  # two sources: one pair
+    x = t['rows'][0]
+    assert (x['a'], x['b']) == (f'alpha:{t["depth"]}', f'beta:{t["depth"]}')
+    assert (x['source_a'], x['source_b']) == ('alpha', 'beta')
+    assert x['p_adjusted'] >= x['p_raw'] and x['n'] <= n_units
+    assert x['difference'] == pytest.approx(rows[x['a']]['metrics'][t['point']]['value']
+                                            - rows[x['b']]['metrics'][t['point']]['value'])
+    assert x['mark'] == '' or x['p_adjusted'] < 0.05
+
+  md = (folder / 'report.md').read_text()
+  assert '## Sources at each depth: which source, and how deep?' in md
+  assert md.count('| depth | source A | source B | A − B [95% CI] |') == len(compared)
+  assert '| scratch (reference, no source) |' in md
+  assert 'Source `alpha`: its fine-tuning arms `alpha:*`' in md
+  csv_rows = list(csv.DictReader(io.StringIO((folder / 'report.csv').read_text())))
+  assert sum(r['section'] == 'source_pair' for r in csv_rows) == len(section['tables'])
+  plot = next(p for p in report['plots'] if p['file'] == 'plots/sources_f1.png')
+  image = np.asarray(Image.open(folder / plot['file']).convert('L'), np.float64)
+  assert image.shape[0] > 200 and image.shape[1] > 300 and image.std() > 5
+  assert f']({plot["file"]})' in md
+
+  # --mode=report rebuilds the same report from the folders alone (no sweep.json either).
+  (folder / 'sweep.json').rename(folder / 'sweep.json.kept')
+  try:
+    again = build_report(folder, n_boot=N_BOOT)
+  finally:
+    (folder / 'sweep.json.kept').rename(folder / 'sweep.json')
+  drop = ('generated', 'runs')
+  assert {k: v for k, v in again.items() if k not in drop} == {
+      k: v for k, v in report.items() if k not in drop}
+
+
+def _spec():
+  from medft import apps
+  return apps.get('cimt')
+
+
+def _points(test):
+  return _spec().points(test)
+
+
+@pytest.mark.parametrize('value, message', [
+    ('alpha', "entry 'alpha' is not name=path"),
+    ('1st={a}', "source name '1st'.*not folder-safe"),
+    ('a:b={a}', "source name 'a:b'.*not folder-safe"),
+    ('scratchy={a}', "source name 'scratchy'.*reserved"),
+    ('plots={a}', "source name 'plots'.*reserved"),
+    ('alpha={a},alpha={b}', "source name 'alpha' is given twice"),
+    ('fc7={a}', "entry fc7=.*is an arm of alexnet"),
+    ('alpha={a},beta={missing}', "entry beta=.*missing: no such folder"),
+    ('alpha={a},beta={plain}', "entry beta=.*plain: not a medft weights artifact"),
+    ('alpha={a},beta={other}', "entry beta=.*holds squeezenet1_1 weights but arch=alexnet"),
+    ('alpha={a},beta={a}', "entry beta=.*the same folder as source 'alpha'"),
+])
+def test_bad_sources_are_refused_before_anything_is_written(tmp_path, value, message):
+  a, b = tmp_path / 'a', tmp_path / 'b'
+  for folder in (a, b):  # meta.json + params/ is what is_artifact reads (no orbax needed)
+    (folder / 'params').mkdir(parents=True)
+    (folder / 'meta.json').write_text(json.dumps(store.default_meta(ARCH).to_json()))
+  other = tmp_path / 'other'
+  (other / 'params').mkdir(parents=True)
+  (other / 'meta.json').write_text(json.dumps(store.default_meta('squeezenet1_1').to_json()))
+  (tmp_path / 'plain').mkdir()
+  c = _config(tmp_path / 'data', value.format(a=a, b=b, missing=tmp_path / 'missing',
+                                              plain=tmp_path / 'plain', other=other))
+  before = sorted(tmp_path.rglob('*'))
+  with pytest.raises(ConfigError, match='sweep.sources.*' + message):
+    sweep(c, tmp_path / 'study')
+  assert sorted(tmp_path.rglob('*')) == before  # no study folder, nothing written
+
+
+def test_sources_with_init_or_auto_are_refused(tmp_path):
+  from medft import auto_tune
+  a = tmp_path / 'a'
+  (a / 'params').mkdir(parents=True)
+  (a / 'meta.json').write_text(json.dumps(store.default_meta(ARCH).to_json()))
+  c = _config(tmp_path / 'data', f'alpha={a}')
+  c.init = str(a)
+  with pytest.raises(ConfigError, match=f'init={a} and sweep.sources both name source weights'):
+    sweep(c, tmp_path / 'study')
+  c.init = ''
+  with pytest.raises(ConfigError, match='sweep.sources=.*"" for auto'):
+    auto_tune(c, tmp_path / 'study')
+  assert not (tmp_path / 'study').exists()
