@@ -1,17 +1,21 @@
 """Sources as a sweep axis (`sweep.sources`, `medft.sources`): a tiny real sweep of two
 self-made source models x two depths plus scratch once, 1 fraction x 2 seeds; the report's
-sources-at-each-depth tables and plot, rebuilt the same from the folders; and bad entries of
-the field refused, by name, before anything is written."""
+sources-at-each-depth tables and plot, rebuilt the same from the folders; a third source
+(copied runs) adjusted with the other pairs of its depth only; and bad entries of the field
+refused, by name, before anything is written. The tiny AlexNet trains here: `resnet18` does
+not train through `medft.train` yet (its BatchNorm statistics are not applied)."""
 
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 import tiny
 from PIL import Image
 
@@ -193,3 +197,35 @@ def test_sources_with_init_or_auto_are_refused(tmp_path):
   with pytest.raises(ConfigError, match='sweep.sources=.*"" for auto'):
     auto_tune(c, tmp_path / 'study')
   assert not (tmp_path / 'study').exists()
+
+
+def test_three_sources_are_adjusted_within_each_depth(study, tmp_path):
+  """A third source (the real runs of `beta` copied as `gamma`, found from the folders: the
+  plan does not name it): each depth's table holds its three pairs, their p adjusted together
+  (Holm, written out here) and nothing else; raw p is scipy's signed-rank test on the units."""
+  folder = tmp_path / 'study'
+  shutil.copytree(study[0], folder)
+  shutil.copytree(folder / 'beta', folder / 'gamma')
+  report = build_report(folder, n_boot=N_BOOT)
+  section = report['sources']
+  assert [s['name'] for s in section['sources']] == ['alpha', 'beta', 'gamma']
+  spec = _spec()
+  for t in section['tables']:
+    assert [(x['source_a'], x['source_b']) for x in t['rows']] == [
+        ('alpha', 'beta'), ('alpha', 'gamma'), ('beta', 'gamma')]
+    raw = np.asarray([x['p_raw'] for x in t['rows']])
+    order = np.argsort(raw, kind='mergesort')
+    holm = np.empty(3)
+    holm[order] = np.minimum(1, np.maximum.accumulate((3 - np.arange(3)) * raw[order]))
+    assert [x['p_adjusted'] for x in t['rows']] == pytest.approx(holm)
+    same = t['rows'][2]  # beta vs its copy: no difference, p = 1
+    assert same['difference'] == 0 and same['p_raw'] == 1 and same['mark'] == ''
+    x = t['rows'][0]
+    values = []
+    for source in ('alpha', 'beta'):
+      tests = [(s, json.loads((folder / source / t['depth'] / '1.0' / str(s) / 'results.json')
+                              .read_text())['test']) for s in SEEDS]
+      point = next(p for p in _points(tests[0][1]) if p.key == t['point'])
+      values.append(stats.unit_values(point, stats.seed_units(spec, tests)[1]))
+    ok = np.isfinite(values[0]) & np.isfinite(values[1])
+    assert x['p_raw'] == pytest.approx(scipy.stats.wilcoxon(values[0][ok], values[1][ok]).pvalue)
