@@ -35,6 +35,7 @@ import numpy as np
 from absl import logging
 
 from medft import files, parallel, preprocess, tuning
+from medft.models import batchnorm
 
 KEY_BYTES = 16
 
@@ -156,8 +157,13 @@ class FeatureCache:
 
 
 def frozen_trunk(units: Sequence[str], depth: str, params: Any) -> tuple[str, dict]:
-  """The last frozen unit of fine-tuning arm `depth` and the frozen units' parameters."""
+  """The last frozen unit of fine-tuning arm `depth` and the frozen units' parameters (of a
+  BatchNorm network's weights, `batchnorm.weights_tree`: their parameters and statistics,
+  both part of the fingerprint; the trunk runs its BatchNorm in inference mode)."""
   frozen = [u for u in units if u not in tuning.trained_units(units, depth)]
+  if batchnorm.is_variables(params):
+    return frozen[-1], {collection: {u: tree[u] for u in frozen if u in tree}
+                        for collection, tree in params.items()}
   return frozen[-1], {u: params[u] for u in frozen}
 
 
@@ -172,7 +178,7 @@ def make_trunk(model, meta, stop: str, frozen_params: Any
 
   def trunk(params, patches):
     x = preprocess.prepare(patches, meta, input_size)
-    return model.apply({'params': params}, x, stop=stop).astype(jnp.float32)
+    return model.apply(batchnorm.as_variables(params), x, stop=stop).astype(jnp.float32)
 
   predict_fn = parallel.pmap_predict(trunk)
   params = parallel.replicate(frozen_params)

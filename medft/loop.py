@@ -307,7 +307,7 @@ class Loop:
     like = {'state': state} if self.watch is None else {'state': state, 'early': self.early}
     restored = self.ckpt.restore_latest(like)
     if restored is not None:
-      params_like = state.params
+      params_like = state.weights  # with BatchNorm: params and statistics
       state = restored['state']
       if self.watch is not None:
         self.early = restored['early']
@@ -363,7 +363,7 @@ class Loop:
     if fetched is not None:
       row = self._row(fetched, step)
       if eval_now and evaluate is not None:
-        row.update(self._evaluate(evaluate, state().params, step))
+        row.update(self._evaluate(evaluate, state().weights, step))
       if jax.process_index() == 0:
         files.append_line(self.metrics_file, json.dumps(row))
         if self.scalars is not None:

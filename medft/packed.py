@@ -166,7 +166,7 @@ def _train_packed(runs: list[trainer.Prepared], done: Callable[[int, Outcome], N
           run.loop.seconds['loop_s'] += time.time() - start
           run.phase.done('loop_s')
           active.remove(i)
-          done(i, trainer.finish(run, state().params))
+          done(i, trainer.finish(run, state().weights))
       if preempted:
         raise loop.Preempted(
             f'SIGTERM received: the packed seeds {", ".join(str(seeds[i]) for i in active)} '

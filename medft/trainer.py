@@ -43,6 +43,7 @@ from medft.errors import (  # NonFiniteError is re-exported as medft.trainer.Non
   NotOursError,
   ResourceError,
 )
+from medft.models import batchnorm
 from medft.tasks.base import Task
 from medft.weights import store
 
@@ -53,10 +54,32 @@ class TrainState(struct.PyTreeNode):
   opt_state: Any
 
   @classmethod
-  def create(cls, params: Any, tx: optax.GradientTransformation) -> 'TrainState':
-    """Step 0 with a fresh optimizer state, as host numpy arrays (what orbax checkpoints)."""
-    return cls(step=np.asarray(0, np.int32), params=params,
-               opt_state=jax.tree.map(np.asarray, tx.init(params)))
+  def create(cls, params: Any, tx: optax.GradientTransformation,
+             batch_stats: Any = None) -> 'TrainState':
+    """Step 0 with a fresh optimizer state, as host numpy arrays (what orbax checkpoints).
+    A network with BatchNorm (`batch_stats` not empty) gets a `BNTrainState`."""
+    fields = dict(step=np.asarray(0, np.int32), params=params,
+                  opt_state=jax.tree.map(np.asarray, tx.init(params)))
+    if batch_stats:
+      return BNTrainState(**fields, batch_stats=jax.tree.map(np.asarray, batch_stats))
+    return cls(**fields)
+
+  @property
+  def weights(self) -> Any:
+    """What evaluation, `checkpoints/best` and the feature cache use: the parameters (a
+    BatchNorm network's state adds its statistics, `batchnorm.weights_tree`)."""
+    return self.params
+
+
+class BNTrainState(TrainState):
+  """The state of a network with BatchNorm: also its running statistics (Flax's
+  `batch_stats`). A class of its own, so that the checkpoints of every other network keep
+  their layout (step, params, opt_state) and older runs resume."""
+  batch_stats: Any = None
+
+  @property
+  def weights(self) -> Any:
+    return batchnorm.weights_tree(self.params, self.batch_stats)
 
 
 def _config_dict(config: ml_collections.ConfigDict) -> dict:
@@ -183,7 +206,7 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
 # Fields added to the configs after runs may have started, and the value that does what
 # medft did before them: a run whose config.json lacks one resumes with that value.
 ADDED_FIELDS = {'task.views_on': 'host', 'model.keep_head': False, 'train.tensorboard': False,
-                'data.manifest': '', 'data.split_by': 'subject'}
+                'data.manifest': '', 'data.split_by': 'subject', 'model.bn_mode': 'train'}
 
 
 def _resumes_as_before(config: ml_collections.ConfigDict, held: dict) -> bool:
@@ -229,11 +252,26 @@ def build_model(config: ml_collections.ConfigDict):
     kwargs['scheme'] = config.model.init_scheme
   if config.arch.startswith('alexnet'):
     kwargs['group_impl'] = config.model.group_impl
-  return models.get_model(config.arch, config.num_classes, **kwargs)
+  model, units = models.get_model(config.arch, config.num_classes, **kwargs)
+  if batchnorm.has_batchnorm(model):  # which units normalise with batch statistics
+    model = model.clone(**batchnorm.bn_settings(
+        tuning.trained_units(units, config.depth), config.model.get('bn_mode', 'train'),
+        parallel.AXIS))
+  return model, units
 
 
 def initial_params(config: ml_collections.ConfigDict, model, units) -> tuple[Any, store.Meta]:
+  """`initial_variables` without the BatchNorm statistics."""
+  params, _, meta = initial_variables(config, model, units)
+  return params, meta
+
+
+def initial_variables(config: ml_collections.ConfigDict, model, units
+                      ) -> tuple[Any, Any, store.Meta]:
   """Fresh parameters for scratch; pretrained trunk plus a fresh head for fine-tuning arms.
+  Returns `(params, batch_stats, meta)`: a network with BatchNorm takes init='s running
+  statistics with its trunk (`store.load_batch_stats`; fresh ones for scratch); batch_stats is
+  {} for a network without BatchNorm.
 
   When `init` is given, scratch still takes its input convention (size, mean, std) so that
   every arm of a study sees the same inputs; only the parameters differ. With
@@ -254,20 +292,26 @@ def initial_params(config: ml_collections.ConfigDict, model, units) -> tuple[Any
   else:
     meta = store.default_meta(config.arch, (config.input_size, config.input_size))
   h, w = meta.input_size
-  fresh = model.init(jax.random.key(config.seed), jnp.zeros((1, h, w, 3)), train=False)['params']
-  fresh = jax.tree.map(np.asarray, fresh)
+  variables = model.init(jax.random.key(config.seed), jnp.zeros((1, h, w, 3)), train=False)
+  fresh, fresh_stats = jax.tree.map(np.asarray, batchnorm.split_variables(variables))
   if scratch:
-    return fresh, meta
+    return fresh, fresh_stats, meta
+  stats = fresh_stats
+  if fresh_stats:
+    stats = store.merge_params(
+        store.load_batch_stats(config.init), fresh_stats,
+        dont_load=() if config.model.get('keep_head', False) else [units[-1]],
+        source=f'BatchNorm statistics in init={config.init}')
   if config.model.get('keep_head', False):
     if meta.num_source_classes != config.num_classes:
       raise ConfigError(f'model.keep_head=True keeps the {meta.num_source_classes}-class head of '
                         f'init={config.init}, but this task has num_classes='
                         f'{config.num_classes}; use weights trained on this task (an export '
                         'of its run), or model.keep_head=False for a new head.')
-    return store.merge_params(loaded, fresh, source=f'weights in init={config.init}'), meta
+    return store.merge_params(loaded, fresh, source=f'weights in init={config.init}'), stats, meta
   params = store.merge_params(loaded, fresh, dont_load=[units[-1]],
                               source=f'weights in init={config.init}')
-  return tuning.reinit_head(params, fresh, units[-1]), meta
+  return tuning.reinit_head(params, fresh, units[-1]), stats, meta
 
 
 def make_steps(model, tx, meta: store.Meta, start: str | None = None,
@@ -294,13 +338,22 @@ def make_steps(model, tx, meta: store.Meta, start: str | None = None,
     else:
       x = network_input(batch['image'] if start is None else batch['features'])
 
-    def loss_fn(params):
-      logits = model.apply({'params': params}, x, train=True, start=start,
-                           rngs={'dropout': rng})
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
-      return loss, logits
+    bn = isinstance(state, BNTrainState)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    def loss_fn(params):
+      if bn:  # frozen units' statistics come back unchanged (inference-mode BatchNorm)
+        logits, updated = model.apply(
+            {'params': params, 'batch_stats': state.batch_stats}, x, train=True, start=start,
+            rngs={'dropout': rng}, mutable=['batch_stats'])
+        stats = updated['batch_stats']
+      else:
+        logits = model.apply({'params': params}, x, train=True, start=start,
+                             rngs={'dropout': rng})
+        stats = None
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      return loss, (logits, stats)
+
+    (loss, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads, loss = parallel.mean_over_devices((grads, loss))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     # Checked on the updates, not the raw gradients: frozen units' updates are constant
@@ -310,8 +363,11 @@ def make_steps(model, tx, meta: store.Meta, start: str | None = None,
     params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(  # noqa: E731
         lambda a, b: jnp.where(finite, a, b), new, old)
-    new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                           opt_state=keep(opt_state, state.opt_state))
+    # BatchNorm statistics are the same on every device: each was computed from the batch
+    # statistics averaged over the devices (`bn_axis_name`).
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              opt_state=keep(opt_state, state.opt_state),
+                              **({'batch_stats': keep(stats, state.batch_stats)} if bn else {}))
     accuracy = parallel.mean_over_devices(
         jnp.mean(jnp.argmax(logits, -1) == batch['label']))
     return new_state, {'loss': loss, 'accuracy': accuracy, 'finite': finite}
@@ -338,7 +394,8 @@ def make_predict(model, meta: store.Meta, start: str | None = None):
     network_input = _network_input(meta, start)
 
     def predict(params, inputs):
-      logits = model.apply({'params': params}, network_input(inputs), train=False, start=start)
+      logits = model.apply(batchnorm.as_variables(params), network_input(inputs), train=False,
+                           start=start)
       return jax.nn.softmax(logits)
     return parallel.pmap_predict(predict)
   return _shared(('predict', model, meta, start), build)
@@ -373,7 +430,7 @@ def make_view_predict(model, meta: store.Meta, params: Any, batch: int):
       p, stack, limits = inputs
       x = preprocess.prepare(device_views.patches(static, stack, limits, d), meta,
                              tuple(meta.input_size))
-      return jax.nn.softmax(model.apply({'params': p}, x, train=False))
+      return jax.nn.softmax(model.apply(batchnorm.as_variables(p), x, train=False))
     return parallel.pmap_predict(fn)
 
   def predict_views(source, desc: dict) -> np.ndarray:
@@ -489,15 +546,15 @@ def prepare(config: ml_collections.ConfigDict, workdir: Path, lock) -> Prepared 
 
   # ---- model and weights ---------------------------------------------------------------
   model, units = build_model(config)
-  params, meta = initial_params(config, model, units)
+  params, batch_stats, meta = initial_variables(config, model, units)
   tuning.log_labels(params, units, config.depth, config.optim)
 
   # ---- optimizer -----------------------------------------------------------------------
   tx = tuning.make_optimizer(params, units, config.depth, config.optim, steps_per_epoch)
-  state = TrainState.create(params, tx)
+  state = TrainState.create(params, tx, batch_stats)
   # Frozen units never change, so the initial parameters define the cache (before the
   # workdir is written: a bad cache folder leaves it untouched).
-  cache, cache_start = _feature_cache(config, model, units, meta, params)
+  cache, cache_start = _feature_cache(config, model, units, meta, state.weights)
 
   # ---- checkpoints (resume) ------------------------------------------------------------
   # Every process checked the folder above; process 0 alone creates it and writes its marker
@@ -570,7 +627,7 @@ def train_prepared(run: Prepared) -> dict:
     if run.cache is not None:
       _close_cache(run.cache, run.batch)
   run.phase.done('loop_s')
-  return finish(run, pstate.params)
+  return finish(run, pstate.weights)
 
 
 def finish(run: Prepared, params: Any) -> dict:

@@ -204,6 +204,8 @@ RULES: dict[str, Rule] = {
     'model.init_scheme': one_of('', 'gaussian', 'xavier', 'he',
                                 fix='"" keeps the architecture\'s default'),
     'model.group_impl': one_of('auto', 'split', 'xla', fix='auto picks per backend'),
+    'model.bn_mode': one_of('train', 'frozen', fix='train: batch statistics in the trained '
+                            'units (torchvision fine-tuning); frozen: running statistics'),
     'model.keep_head': boolean('True loads init=\'s head too (a model fine-tuned on this '
                                'task); needs init= and a depth other than scratch'),
     # Data (the fields of medft.data.schema.FIELDS).

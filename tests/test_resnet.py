@@ -114,6 +114,13 @@ def test_keras_resnet50_matches_reference(tmp_path):
   converted, stats, meta = convert.read_variables(notop, 'keras', 'resnet50_keras',
                                                   model_kwargs={'width': WIDTH})
   assert 'fc' not in converted and meta.num_source_classes == 0
+  # RadImageNet's files: same layout, its own input convention (caffe-mode / 255).
+  _, _, rad = convert.read_variables(notop, 'keras', 'resnet50_keras', convention='radimagenet',
+                                     model_kwargs={'width': WIDTH})
+  assert (rad.channel_order, rad.scale, rad.std) == ('BGR', 255.0, (255.0, 255.0, 255.0))
+  with pytest.raises(ValueError, match="--convention='radimagenet' is not known for "
+                                       '--format=keras --arch=squeezenet1_1'):
+    convert.read_variables(notop, 'keras', 'squeezenet1_1', convention='radimagenet')
 
 
 def write_keras_h5(h5py, path, layers):
@@ -239,3 +246,132 @@ def test_stages_compose():
   mid = model.apply(v, x, stop='layer2')
   np.testing.assert_allclose(model.apply(v, mid, start='layer3'), model.apply(v, x),
                              rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Training a ResNet arm (medft.train): frozen units, BatchNorm statistics, devices, cache
+# ---------------------------------------------------------------------------
+
+RUN_INPUT = 35
+
+
+def _bn_source(folder, seed=5):
+  """A tiny resnet18 artifact whose BatchNorm statistics are far from their init."""
+  model, _ = get_model('resnet18', 2, width=WIDTH)
+  v = jax.tree.map(np.asarray, model.init(jax.random.key(seed), jnp.zeros((1, 35, 35, 3))))
+  rng = np.random.default_rng(seed)
+  stats = jax.tree_util.tree_map_with_path(
+      lambda p, a: (rng.uniform(0.5, 2.0, a.shape) if p[-1].key == 'var'
+                    else rng.normal(0, 0.3, a.shape)).astype(np.float32), v['batch_stats'])
+  store.save_artifact(folder, v['params'], store.default_meta('resnet18', (RUN_INPUT,) * 2),
+                      batch_stats=stats)
+  return str(folder), v['params'], stats
+
+
+def _config(data_dir, depth, init='', steps=4, **changes):
+  import tiny
+  c = tiny.config(data_dir, steps=steps, depth=depth, init=init)
+  c.arch, c.input_size = 'resnet18', RUN_INPUT
+  c.task.eval_col_stride = 64  # the dense test scan is most of a tiny run's time
+  c.train.eval_every = c.train.checkpoint_every = steps
+  for key, value in changes.items():
+    c.train[key] = value
+  return c
+
+
+def _latest(workdir):
+  import orbax.checkpoint as ocp
+  mngr = ocp.CheckpointManager((workdir / 'checkpoints' / 'latest').absolute())
+  tree = mngr.restore(mngr.latest_step())
+  mngr.close()
+  return jax.tree.map(np.asarray, tree['state'])
+
+
+@pytest.fixture(scope='module')
+def layer4_runs(cimt_data_dir, tmp_path_factory):
+  """Arm layer4 of a tiny ResNet-18 trained end to end (medft.train) from a source whose
+  statistics are far from their init, without and with the frozen-trunk feature cache."""
+  import medft
+  tmp = tmp_path_factory.mktemp('resnet_runs')
+  init, params, stats = _bn_source(tmp / 'src')
+  runs = {}
+  for name, cache in (('off', ''), ('on', 'memory')):
+    results = medft.train(_config(cimt_data_dir, 'layer4', init, feature_cache=cache),
+                          tmp / name)
+    runs[name] = results, _latest(tmp / name), tmp / name
+  return params, stats, runs
+
+
+def test_middle_arm_freezes_params_and_statistics(layer4_runs):
+  """Frozen units' params and BatchNorm statistics bit-identical, no optimizer slot for
+  them; the trained unit's both moved."""
+  params, stats, runs = layer4_runs
+  results, state, _ = runs['off']
+  assert np.isfinite(results['val_auc'])
+  for unit in ('stem', 'layer1', 'layer2', 'layer3'):
+    for got, want in ((state['params'][unit], params[unit]),
+                      (state['batch_stats'][unit], stats[unit])):
+      jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b, err_msg=unit), got, want)
+  for got, want in ((state['params']['layer4'], params['layer4']),
+                    (state['batch_stats']['layer4'], stats['layer4'])):
+    assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), got, want)))
+  trained = sum(a.size for u in ('layer4', 'fc') for a in jax.tree.leaves(state['params'][u]))
+  slots = sum(a.size for a in jax.tree.leaves(state['opt_state']) if a.ndim)
+  assert slots == trained  # one momentum value per trained parameter, none for frozen ones
+
+
+def test_cached_bn_arm_trains_like_the_uncached_arm(layer4_runs):
+  """The frozen trunk of a BatchNorm network is deterministic (inference-mode statistics),
+  so its features can be cached: the cached arm trains as the uncached one."""
+  _, _, runs = layer4_runs
+  off, on = runs['off'][1], runs['on'][1]
+  for key in ('params', 'batch_stats'):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 on[key], off[key])
+
+
+def test_export_keeps_the_statistics(layer4_runs, tmp_path):
+  """A run's exported weights hold its BatchNorm statistics beside its params."""
+  import orbax.checkpoint as ocp
+
+  from medft.weights import export
+  run = layer4_runs[2]['off'][2]
+  out = export.export(run, tmp_path / 'exported')
+  mngr = ocp.CheckpointManager((run / 'checkpoints' / 'best').absolute())
+  best = mngr.restore(mngr.latest_step())
+  mngr.close()
+  params, _ = load_artifact(out)
+  stats = store.load_batch_stats(out)
+  assert set(params) == {'stem', 'layer1', 'layer2', 'layer3', 'layer4', 'fc'}
+  jax.tree.map(np.testing.assert_array_equal, stats, jax.tree.map(np.asarray,
+                                                                  best['batch_stats']))
+
+
+def test_bn_mode_picks_the_units_with_batch_statistics(cimt_data_dir):
+  from medft import trainer
+  config = _config(cimt_data_dir, 'layer3')
+  model, _ = trainer.build_model(config)
+  assert (model.bn_train, model.bn_axis_name) == (('layer3', 'layer4', 'fc'), 'batch')
+  config.model.bn_mode = 'frozen'
+  assert trainer.build_model(config)[0].bn_train == ()
+  config.arch = 'alexnet'  # no BatchNorm: nothing to set
+  assert not hasattr(trainer.build_model(config)[0], 'bn_train')
+
+
+@pytest.mark.slow
+def test_bn_network_on_four_devices_matches_one(cimt_data_dir, tmp_path, zygote):
+  """Batch statistics averaged across devices: 4 devices x 2 images train as 1 x 8."""
+  from test_train import _run
+  init, _, _ = _bn_source(tmp_path / 'src')
+  args = ('arch=resnet18', f'input_size={RUN_INPUT}', 'model.dropout=0', f'init={init}',
+          'depth=layer2', 'train.eval_every=6', 'train.checkpoint_every=6',
+          'task.eval_col_stride=64')
+  _run(zygote, tmp_path / 'one', cimt_data_dir, 6, *args)
+  _run(zygote, tmp_path / 'four', cimt_data_dir, 6, *args, devices=4)
+  one, four = _latest(tmp_path / 'one'), _latest(tmp_path / 'four')
+  for key in ('params', 'batch_stats'):
+    flat_one = traverse_util.flatten_dict(one[key], sep='/')
+    flat_four = traverse_util.flatten_dict(four[key], sep='/')
+    assert flat_one.keys() == flat_four.keys()
+    for k in flat_one:
+      np.testing.assert_allclose(flat_four[k], flat_one[k], rtol=2e-4, atol=2e-5, err_msg=k)

@@ -20,6 +20,7 @@ import numpy as np
 from medft import models, parallel, trainer, tuning
 from medft.bench.core import NUM_CLASSES, Settings, patched
 from medft.bench.flops import lowered_flops
+from medft.models import batchnorm
 from medft.weights import store
 
 
@@ -65,6 +66,15 @@ def bench_params(model, s: Settings, seed: int = 0) -> Any:
   return jax.tree_util.tree_map_with_path(init, shapes['params'])
 
 
+def bench_batch_stats(model, s: Settings) -> Any:
+  """BatchNorm running statistics (mean 0, variance 1) in the model's shapes; {} without."""
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, s.input_size, s.input_size, 3))))
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: np.full(leaf.shape, 1.0 if path[-1].key == 'var' else 0.0, leaf.dtype),
+      shapes.get('batch_stats', {}))
+
+
 @dataclasses.dataclass
 class Arm:
   """What every JAX case starts from: network, input convention, parameters, optimizer."""
@@ -73,16 +83,28 @@ class Arm:
   meta: store.Meta
   params: Any
   tx: Any
+  batch_stats: Any = None  # BatchNorm networks' running statistics
 
   def state(self) -> trainer.TrainState:
-    return trainer.TrainState.create(self.params, self.tx)
+    return trainer.TrainState.create(self.params, self.tx, self.batch_stats)
+
+  @property
+  def weights(self) -> Any:
+    """What prediction and the feature cache take (`batchnorm.weights_tree`)."""
+    return batchnorm.weights_tree(self.params, self.batch_stats)
 
 
 def arm(arch: str, depth: str, s: Settings, **model_kwargs) -> Arm:
   model, units = build_model(arch, s, **model_kwargs)
+  stats = None
+  if batchnorm.has_batchnorm(model):  # as the trainer builds it (bn_mode train)
+    model = model.clone(**batchnorm.bn_settings(tuning.trained_units(units, depth), 'train',
+                                                parallel.AXIS))
+    stats = bench_batch_stats(model, s)
   params = bench_params(model, s)
   return Arm(model, units, store.default_meta(arch, (s.input_size, s.input_size)), params,
-             tuning.make_optimizer(params, units, depth, optim_config(), steps_per_epoch=1000))
+             tuning.make_optimizer(params, units, depth, optim_config(), steps_per_epoch=1000),
+             stats)
 
 
 def _images(s: Settings, batch: int, seed: int = 0) -> dict:
@@ -127,7 +149,7 @@ def jax_cached_case(arch: str, depth: str, s: Settings, batch: int | None = None
   training set is finite (`task.fixed_pool`, the polyp and PE views)."""
   from medft import feature_cache
   a = arm(arch, depth, s)
-  stop, frozen = feature_cache.frozen_trunk(a.units, depth, a.params)
+  stop, frozen = feature_cache.frozen_trunk(a.units, depth, a.weights)
   cache = feature_cache.FeatureCache(feature_cache.make_trunk(a.model, a.meta, stop, frozen),
                                      'bench', 'memory', max_bytes=2**34)
   host = _images(s, batch or s.batch)
@@ -145,7 +167,7 @@ def jax_predict_case(arch: str, s: Settings, batch: int | None = None) -> JaxCas
   batch = batch or s.batch
   a = arm(arch, 'scratch', s)
   _, p_predict = trainer.make_steps(a.model, a.tx, a.meta)
-  pparams = parallel.replicate(a.params)
+  pparams = parallel.replicate(a.weights)
   images = parallel.to_devices(parallel.shard(_images(s, batch)['image']))
   t0 = time.perf_counter()
   lowered = p_predict.lower(pparams, images)

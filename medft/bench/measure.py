@@ -176,7 +176,7 @@ def bench_dense(s: Settings, log: Callable, arch: str = 'alexnet') -> list[dict]
   scan = task.scans['test'][0]
   a = arm(arch, 'scratch', s)
   _, p_predict = trainer.make_steps(a.model, a.tx, a.meta)
-  pparams = parallel.replicate(a.params)
+  pparams = parallel.replicate(a.weights)
   roi_rows, cols = task.roi_rows(scan), scan.columns[::task.cfg.eval_col_stride]
   rr, cc = np.meshgrid(roi_rows, cols, indexing='ij')
   patches = scan.windows[rr.ravel(), cc.ravel()]

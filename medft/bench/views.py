@@ -60,7 +60,7 @@ def bench_views(s: Settings, log: Callable[[dict], None], arch: str = 'squeezene
       item.centres, item.sides, item.lesions = (item.centres[keep], item.sides[keep],
                                                 item.lesions[keep])
   a = arm(arch, 'scratch', s)
-  params = parallel.replicate(a.params)
+  params = parallel.replicate(a.weights)
   batch = 4 * s.batch  # as the trainer evaluates
   p_predict = trainer.make_predict(a.model, a.meta)
 

@@ -129,6 +129,9 @@ def base_config(arg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # Load init='s head too (a fine-tuned model, e.g. an export of a run; its classes must be
   # the task's); with train.steps=0 the run only evaluates it. False: a new head (the paper).
   c.model.keep_head = False
+  # BatchNorm of the trained units (ResNet, DenseNet): train = batch statistics, running
+  # averages updated; frozen = running statistics. Frozen units always use running ones.
+  c.model.bn_mode = 'train'
 
   # Data: every field of medft.data.schema (its defaults and meanings), with the fraction of
   # the arm, and half the units held out for testing, as the paper held out (public sets are

@@ -43,6 +43,7 @@ from medft.errors import (
   NotOursError,
   UserError,
 )
+from medft.models import batchnorm
 from medft.weights import convert, store
 
 log = logging.getLogger(__name__)
@@ -79,12 +80,15 @@ def export(workdir: str | os.PathLike, out: str | os.PathLike, which: str = 'bes
   results = read_results(run / 'results.json') if finished else {}
   meta = run_meta(config, run)
   params, step = read_checkpoint(run, which)
+  batch_stats = {}
+  if batchnorm.is_variables(params):  # a BatchNorm network: its statistics ride along
+    params, batch_stats = params['params'], params['batch_stats']
   meta.num_source_classes = int(config['num_classes'])
   meta.source_format, meta.source_file, meta.source_sha256 = 'medft_run', str(run.absolute()), ''
   meta.source_dtype = 'float32'
   meta.provenance = _provenance(config, results, run, which, step, finished)
   if format == 'medft':
-    path = store.save_artifact(out, params, meta, overwrite=overwrite)
+    path = store.save_artifact(out, params, meta, overwrite=overwrite, batch_stats=batch_stats)
   else:
     path = _save_safetensors(out, params, meta)
   log.info('Exported %s checkpoint (step %d) of %s to %s.', which, step, run, path)
@@ -148,7 +152,9 @@ def read_checkpoint(run: Path, which: str) -> tuple[store.Params, int]:
                          'damaged or from another medft version.') from None
   finally:
     manager.close()
-  params = tree['state']['params'] if which == 'latest' else tree
+  if which == 'latest':  # best holds the trainer's weights (`TrainState.weights`) already
+    tree = batchnorm.weights_tree(tree['state']['params'], tree['state'].get('batch_stats'))
+  params = tree
   return store.jax_free_tree(params), step
 
 
