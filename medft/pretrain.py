@@ -289,7 +289,8 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: Path, lock) -> Path:
   wanted = _settings(config)
   if (out / 'meta.json').is_file() and record_file.is_file():
     held = _read_record(record_file).get('settings')
-    if held != json.loads(json.dumps(wanted)):
+    # A source model of an older medft matches when it differs only in fields added since.
+    if held is None or trainer.with_added_fields(held) != json.loads(json.dumps(wanted)):
       raise ConfigError(f'{workdir} holds a source model pretrained with other settings; '
                         f'delete {workdir} to pretrain again, or use another workdir.')
     logging.info('Source model %s exists; reusing it.', out)

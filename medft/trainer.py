@@ -206,7 +206,21 @@ def _prepare_workdir(config: ml_collections.ConfigDict, workdir: Path,
 # Fields added to the configs after runs may have started, and the value that does what
 # medft did before them: a run whose config.json lacks one resumes with that value.
 ADDED_FIELDS = {'task.views_on': 'host', 'model.keep_head': False, 'train.tensorboard': False,
-                'data.manifest': '', 'data.split_by': 'subject', 'model.bn_mode': 'train'}
+                'data.manifest': '', 'data.split_by': 'subject', 'model.bn_mode': 'train',
+                'data.synthetic_classes': 2, 'task.class_balanced': False,
+                'optim.layer_decay': 1.0, 'sweep.layer_decay': 0.65, 'sweep.pack_seeds': False,
+                'sweep.sources': ''}
+
+
+def with_added_fields(held: dict) -> dict:
+  """A config record (or part of one) written before some `ADDED_FIELDS` existed, with each
+  missing field of a block it has set to the value that does what medft did before it."""
+  out = {k: dict(v) if isinstance(v, dict) else v for k, v in held.items()}
+  for key, before in ADDED_FIELDS.items():
+    block, field = key.split('.')
+    if isinstance(out.get(block), dict):
+      out[block].setdefault(field, before)
+  return out
 
 
 def _resumes_as_before(config: ml_collections.ConfigDict, held: dict) -> bool:

@@ -26,6 +26,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from medft.models import ARCHS
+
 ROOT = Path(__file__).resolve().parents[1]
 TRACEBACK = 'Traceback (most recent call last)'
 # A run that would start: width-reduced net, small input and patches, two steps.
@@ -188,7 +190,7 @@ CASES = [
          _names('--out={case}/w', "written_by='medft'"), 'move that folder away yourself',
          tool='convert', setup=_write('w/meta.json', b'{"arch": "alexnet"}')),
     Case('bench_unknown_arch', _args('--archs=vgg16', '--quick'),
-         _names('--archs', "'vgg16' unknown", 'alexnet, alexnet_torchvision, squeezenet1_1'),
+         _names('--archs', "'vgg16' unknown", ', '.join(ARCHS.names())),
          'comma list', tool='bench'),
 ]
 assert len({c.name for c in CASES}) == len(CASES)

@@ -50,6 +50,15 @@ def test_folder_source_pretrains_a_loadable_artifact(tmp_path):
   mtime = (out / 'meta.json').stat().st_mtime_ns
   assert pretrain.pretrain(c, tmp_path / 'w') == out  # cached, not retrained
   assert (out / 'meta.json').stat().st_mtime_ns == mtime
+  # A source model of an older medft (its record lacks fields added since) is reused too.
+  del record['settings']['model']['bn_mode'], record['settings']['model']['keep_head']
+  (tmp_path / 'w' / 'pretrain.json').write_text(json.dumps(record))
+  assert pretrain.pretrain(c, tmp_path / 'w') == out
+  assert (out / 'meta.json').stat().st_mtime_ns == mtime
+  c.model.bn_mode = 'frozen'  # but not when a field added since is set otherwise
+  with pytest.raises(ValueError, match='other settings'):
+    pretrain.pretrain(c, tmp_path / 'w')
+  c.model.bn_mode = 'train'
   c.pretrain.base_lr = 0.5
   with pytest.raises(ValueError, match='other settings'):
     pretrain.pretrain(c, tmp_path / 'w')
