@@ -133,14 +133,14 @@ def test_interrupted_packed_sweep_resumes_as_separate_runs(separate, cimt_data_d
 def test_non_finite_seed_fails_alone(cimt_data_dir, tmp_path, monkeypatch):
   """Seed 1 starts from a non-finite weight: it fails (failed.json) as its separate run
   would; seed 0 finishes."""
-  real = trainer.initial_params
+  real = trainer.initial_variables
 
   def poisoned(config, model, units):
-    params, meta = real(config, model, units)
+    params, batch_stats, meta = real(config, model, units)
     if config.seed == 1:
       params['fc8']['bias'] = params['fc8']['bias'] * np.nan
-    return params, meta
-  monkeypatch.setattr(trainer, 'initial_params', poisoned)
+    return params, batch_stats, meta
+  monkeypatch.setattr(trainer, 'initial_variables', poisoned)
   folder = tmp_path / 'study'
   sweep(_config(cimt_data_dir, **{'sweep.pack_seeds': True, 'sweep.report': False}),
               folder)
