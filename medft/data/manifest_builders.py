@@ -27,8 +27,8 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from medft.data import cubs, frames_folder, kvasir_seg, readers, volumes
 from medft.data import manifest as manifest_lib
-from medft.data import readers, volumes
 from medft.data.base import ManualBuilder, Record, register_builder
 from medft.data.masks import boxes_from_mask
 from medft.errors import ConfigError, InputFileError, MissingInputError
@@ -118,13 +118,8 @@ class ManifestClassification(ManifestBuilder, skip_registration=True):
   APP = 'frames'
   ENCODED_IMAGES = {'image': 'RGB'}
 
-  def _features(self) -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict({
-        'image': tfds.features.Tensor(shape=(None,), dtype=np.uint8, encoding='bytes'),
-        'label': tfds.features.Scalar(dtype=np.int64),
-        'id': tfds.features.Text(),
-        'unit': tfds.features.Text(),
-    })
+  # The examples of the builder this kind mirrors, so its task reads them alike.
+  _features = frames_folder.FramesFolder._features
 
   def _load_example(self, record: Record) -> dict[str, Any]:
     data = readers.read_image_bytes(record.files['image'], 'RGB')
@@ -148,14 +143,8 @@ class ManifestDetection(ManifestBuilder, skip_registration=True):
   APP = 'polyp'
   ENCODED_IMAGES = {'image': 'RGB'}
 
-  def _features(self) -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict({
-        'image': tfds.features.Tensor(shape=(None,), dtype=np.uint8, encoding='bytes'),
-        'mask': tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding='zlib'),
-        'boxes': tfds.features.Tensor(shape=(None, 4), dtype=np.float32, encoding='bytes'),
-        'id': tfds.features.Text(),
-        'unit': tfds.features.Text(),
-    })
+  # The examples of the builder this kind mirrors, so its task reads them alike.
+  _features = kvasir_seg.KvasirSeg._features
 
   def _load_example(self, record: Record) -> dict[str, Any]:
     image_path, mask_path = record.files['image'], record.files['mask']
@@ -197,17 +186,8 @@ class ManifestCimt(ManifestBuilder, skip_registration=True):
   KIND = 'cimt'
   APP = 'cimt'
 
-  def _features(self) -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict({
-        'image': tfds.features.Tensor(shape=(None, None), dtype=np.uint8, encoding='zlib'),
-        'li': tfds.features.Tensor(shape=(None, 2), dtype=np.float32, encoding='bytes'),
-        'ma': tfds.features.Tensor(shape=(None, 2), dtype=np.float32, encoding='bytes'),
-        'cf': tfds.features.Tensor(shape=(), dtype=np.float64, encoding='bytes'),
-        'id': tfds.features.Text(),
-        'unit': tfds.features.Text(),
-        'centre': tfds.features.Text(),
-        'annotator': tfds.features.Text(),
-    })
+  # The examples of the builder this kind mirrors, so its task reads them alike.
+  _features = cubs.Cubs._features
 
   def _load_example(self, record: Record) -> dict[str, Any]:
     files, row = record.files, record.files['row']
