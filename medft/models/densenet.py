@@ -24,16 +24,9 @@ from flax import linen as nn
 from medft.models import register
 from medft.models.batchnorm import EPSILON, batch_norm, global_avg_pool, uses_batch_stats
 from medft.models.layers import stage_range
-from medft.models.resnet import conv_init
+from medft.models.resnet import conv
 
 UNITS = ('stem', 'block1', 'block2', 'block3', 'block4', 'classifier')
-
-
-def _conv(module: nn.Module, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
-  pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                 use_bias=False, kernel_init=conv_init(module.scheme), dtype=module.dtype,
-                 param_dtype=jnp.float32, name=name)
 
 
 class DenseLayer(nn.Module):
@@ -46,9 +39,9 @@ class DenseLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, batch: bool) -> jax.Array:
-    y = _conv(self, self.bn_size * self.growth, 1, 1, 'conv1')(
+    y = conv(self, self.bn_size * self.growth, 1, 1, 'conv1')(
         nn.relu(batch_norm(self, batch, 'norm1')(x)))
-    y = _conv(self, self.growth, 3, 1, 'conv2')(nn.relu(batch_norm(self, batch, 'norm2')(y)))
+    y = conv(self, self.growth, 3, 1, 'conv2')(nn.relu(batch_norm(self, batch, 'norm2')(y)))
     return jnp.concatenate([x, y], axis=-1)
 
 
@@ -72,7 +65,7 @@ class DenseStage(nn.Module):
     if self.last:
       return nn.relu(batch_norm(self, batch, 'norm5')(x))
     x = nn.relu(batch_norm(self, batch, 'transition_norm')(x))
-    x = _conv(self, x.shape[-1] // 2, 1, 1, 'transition_conv')(x)
+    x = conv(self, x.shape[-1] // 2, 1, 1, 'transition_conv')(x)
     return nn.avg_pool(x, (2, 2), (2, 2))
 
 
@@ -85,7 +78,7 @@ class Stem(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, batch: bool) -> jax.Array:
-    x = nn.relu(batch_norm(self, batch, 'norm0')(_conv(self, self.features, 7, 2, 'conv0')(x)))
+    x = nn.relu(batch_norm(self, batch, 'norm0')(conv(self, self.features, 7, 2, 'conv0')(x)))
     return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
 
 

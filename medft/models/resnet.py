@@ -38,11 +38,14 @@ def conv_init(scheme: str):
   return kernel_init(scheme, 0.01)
 
 
-def _conv(module: nn.Module, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+def conv(module: nn.Module, features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+  """Square conv `name` of `module` (a block with `scheme`, `dtype` and, for Keras' ResNet,
+  `conv_bias` fields), zero-padded by kernel // 2 as torchvision's; DenseNet's too."""
   pad = kernel // 2
   return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                 use_bias=module.conv_bias, kernel_init=conv_init(module.scheme),
-                 dtype=module.dtype, param_dtype=jnp.float32, name=name)
+                 use_bias=getattr(module, 'conv_bias', False),
+                 kernel_init=conv_init(module.scheme), dtype=module.dtype,
+                 param_dtype=jnp.float32, name=name)
 
 
 class Block(nn.Module):
@@ -63,18 +66,18 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array, batch: bool) -> jax.Array:
     if self.bottleneck:
       s1, s3 = (self.stride, 1) if self.stride_on_1x1 else (1, self.stride)
-      y = nn.relu(batch_norm(self, batch, 'bn1')(_conv(self, self.planes, 1, s1, 'conv1')(x)))
-      y = nn.relu(batch_norm(self, batch, 'bn2')(_conv(self, self.planes, 3, s3, 'conv2')(y)))
-      y = batch_norm(self, batch, 'bn3')(_conv(self, 4 * self.planes, 1, 1, 'conv3')(y))
+      y = nn.relu(batch_norm(self, batch, 'bn1')(conv(self, self.planes, 1, s1, 'conv1')(x)))
+      y = nn.relu(batch_norm(self, batch, 'bn2')(conv(self, self.planes, 3, s3, 'conv2')(y)))
+      y = batch_norm(self, batch, 'bn3')(conv(self, 4 * self.planes, 1, 1, 'conv3')(y))
       out = 4 * self.planes
     else:
       y = nn.relu(batch_norm(self, batch, 'bn1')(
-          _conv(self, self.planes, 3, self.stride, 'conv1')(x)))
-      y = batch_norm(self, batch, 'bn2')(_conv(self, self.planes, 3, 1, 'conv2')(y))
+          conv(self, self.planes, 3, self.stride, 'conv1')(x)))
+      y = batch_norm(self, batch, 'bn2')(conv(self, self.planes, 3, 1, 'conv2')(y))
       out = self.planes
     if self.downsample:
       x = batch_norm(self, batch, 'downsample_bn')(
-          _conv(self, out, 1, self.stride, 'downsample_conv')(x))
+          conv(self, out, 1, self.stride, 'downsample_conv')(x))
     return nn.relu(x + y)
 
 
@@ -115,7 +118,7 @@ class Stem(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, batch: bool) -> jax.Array:
-    x = nn.relu(batch_norm(self, batch, 'bn1')(_conv(self, self.features, 7, 2, 'conv1')(x)))
+    x = nn.relu(batch_norm(self, batch, 'bn1')(conv(self, self.features, 7, 2, 'conv1')(x)))
     # -inf padding; after the ReLU the same as Keras' zero padding.
     return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
 
