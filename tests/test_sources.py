@@ -2,8 +2,9 @@
 self-made source models x two depths plus scratch once, 1 fraction x 2 seeds; the report's
 sources-at-each-depth tables and plot, rebuilt the same from the folders; a third source
 (copied runs) adjusted with the other pairs of its depth only; and bad entries of the field
-refused, by name, before anything is written. The tiny AlexNet trains here: `resnet18` does
-not train through `medft.train` yet (its BatchNorm statistics are not applied)."""
+refused, by name, before anything is written. The network is a ResNet-18 at 1/8 width: two
+self-made sources differ in parameters and BatchNorm statistics, and the fine-tuning arms
+start from each one's (checked on the runs' first checkpoints' frozen units)."""
 
 import csv
 import io
@@ -25,20 +26,27 @@ from medft.models import get_model
 from medft.report import build_report, stats
 from medft.sweep import Run, plan, run_dir
 from medft.weights import store
+from medft.weights.export import read_checkpoint
 
-ARCH, WIDTH, SIZE = 'alexnet', 0.125, 67
-DEPTHS = ('fc8', 'fc7')
+ARCH, WIDTH, SIZE = 'resnet18', 0.125, 35
+DEPTHS = ('fc', 'layer4')
 SEEDS = (0, 1)
 N_BOOT = 40
 
 
 def _source(folder: Path, seed: int) -> Path:
-  """A self-made source model: the tiny network's random init at `seed`, as an artifact."""
+  """A self-made source model: the tiny network's random init at `seed`, with BatchNorm
+  statistics drawn at `seed` too (so two sources differ in both), as an artifact."""
   model, _ = get_model(ARCH, 2, width=WIDTH)
-  params = model.init(jax.random.key(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False)['params']
+  v = model.init(jax.random.key(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
+  rng = np.random.default_rng(seed)
+  stats = jax.tree_util.tree_map_with_path(
+      lambda p, a: (rng.uniform(0.5, 2.0, a.shape) if p[-1].key == 'var'
+                    else rng.normal(0, 0.3, a.shape)).astype(np.float32), v['batch_stats'])
   meta = store.default_meta(ARCH, (SIZE, SIZE))
   meta.source_format, meta.source_file = 'medft', f'random init, seed {seed}'
-  return store.save_artifact(folder, jax.tree.map(np.asarray, params), meta)
+  return store.save_artifact(folder, jax.tree.map(np.asarray, v['params']), meta,
+                             batch_stats=stats)
 
 
 def _config(data_dir, sources_value: str, arms: str = 'scratch+' + '+'.join(DEPTHS)):
@@ -48,7 +56,7 @@ def _config(data_dir, sources_value: str, arms: str = 'scratch+' + '+'.join(DEPT
   c.task.eval_col_stride, c.task.eval_patches_per_class, c.task.roi_height_mm = 64, 4, 2.0
   c.train.update(eval_every=2, log_every=2, checkpoint_every=1000)
   c.sweep.update(arms=arms, fractions='1.0', train_units='', seeds='+'.join(map(str, SEEDS)),
-                 sources=sources_value, keep_checkpoints='none', report=False)
+                 sources=sources_value, keep_checkpoints='best', report=False)
   return c
 
 
@@ -64,18 +72,18 @@ def study(tmp_path_factory, cimt_data_dir):
 
 
 def test_plan_and_layout():
-  c = _config('/nowhere', 'alpha=/w/a,beta=/w/b', arms='fc7+scratch+fc8')
+  c = _config('/nowhere', 'alpha=/w/a,beta=/w/b', arms='layer4+scratch+fc')
   runs = plan(c)
   assert [(r.source, r.arm, r.seed) for r in runs] == [
       ('', 'scratch', 0), ('', 'scratch', 1),
-      ('alpha', 'fc8', 0), ('alpha', 'fc8', 1), ('alpha', 'fc7', 0), ('alpha', 'fc7', 1),
-      ('beta', 'fc8', 0), ('beta', 'fc8', 1), ('beta', 'fc7', 0), ('beta', 'fc7', 1)]
-  assert Run('fc7', 0.5, 2, 'alpha').path('D') == Path('D/alpha/fc7/0.5/2')
-  assert Run('fc7', 0.5, 2, 'alpha').name == 'alpha:fc7'
+      ('alpha', 'fc', 0), ('alpha', 'fc', 1), ('alpha', 'layer4', 0), ('alpha', 'layer4', 1),
+      ('beta', 'fc', 0), ('beta', 'fc', 1), ('beta', 'layer4', 0), ('beta', 'layer4', 1)]
+  assert Run('layer4', 0.5, 2, 'alpha').path('D') == Path('D/alpha/layer4/0.5/2')
+  assert Run('layer4', 0.5, 2, 'alpha').name == 'alpha:layer4'
   assert run_dir('D', 'scratch', 1.0, 0) == Path('D/scratch/1.0/0')  # unchanged
   c.sweep.sources = ''
   assert all(r.source == '' for r in plan(c)) and len(plan(c)) == 3 * 2
-  assert sources.split('alpha:fc7') == ('alpha', 'fc7') and sources.split('fc7') == ('', 'fc7')
+  assert sources.split('alpha:fc') == ('alpha', 'fc') and sources.split('fc') == ('', 'fc')
 
 
 def test_two_sources_sweep_reports_sources_at_each_depth(study):
@@ -90,6 +98,18 @@ def test_two_sources_sweep_reports_sources_at_each_depth(study):
       assert config['init'] == path and config['depth'] == d
   plan_file = json.loads((folder / 'sweep.json').read_text())
   assert plan_file['sources'] == [{'name': n, 'init': p} for n, p in inits.items()]
+  # Each source's layer4 arm starts from that source: its frozen units (parameters and
+  # BatchNorm statistics) are the source's, bit for bit, and differ from the other source's.
+  frozen = ('stem', 'layer1', 'layer2', 'layer3')
+  for n, path in inits.items():
+    best, _ = read_checkpoint(folder / n / 'layer4' / '1.0' / '0', 'best')
+    params, _ = store.load_artifact(path)
+    want = {'params': params, 'batch_stats': store.load_batch_stats(path)}
+    for unit in frozen:
+      for key in ('params', 'batch_stats'):
+        jax.tree.map(np.testing.assert_array_equal, best[key][unit], want[key][unit])
+  a, b = (store.load_artifact(p)[0]['stem'] for p in inits.values())
+  assert any(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.any(x != y)), a, b)))
 
   # The per-fraction tables hold every run name, in order: scratch, then per source its depths.
   arms = ['scratch'] + [f'{n}:{d}' for n in inits for d in DEPTHS]
@@ -161,10 +181,10 @@ def _points(test):
     ('scratchy={a}', "source name 'scratchy'.*reserved"),
     ('plots={a}', "source name 'plots'.*reserved"),
     ('alpha={a},alpha={b}', "source name 'alpha' is given twice"),
-    ('fc7={a}', "entry fc7=.*is an arm of alexnet"),
+    ('layer4={a}', "entry layer4=.*is an arm of resnet18"),
     ('alpha={a},beta={missing}', "entry beta=.*missing: no such folder"),
     ('alpha={a},beta={plain}', "entry beta=.*plain: not a medft weights artifact"),
-    ('alpha={a},beta={other}', "entry beta=.*holds squeezenet1_1 weights but arch=alexnet"),
+    ('alpha={a},beta={other}', "entry beta=.*holds squeezenet1_1 weights but arch=resnet18"),
     ('alpha={a},beta={a}', "entry beta=.*the same folder as source 'alpha'"),
 ])
 def test_bad_sources_are_refused_before_anything_is_written(tmp_path, value, message):
