@@ -23,7 +23,7 @@ from flax import linen as nn
 
 from medft.models import register
 from medft.models.batchnorm import EPSILON, batch_norm, global_avg_pool, uses_batch_stats
-from medft.models.layers import stage_range
+from medft.models.layers import max_pool, stage_range
 from medft.models.resnet import conv
 
 UNITS = ('stem', 'block1', 'block2', 'block3', 'block4', 'classifier')
@@ -79,7 +79,7 @@ class Stem(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, batch: bool) -> jax.Array:
     x = nn.relu(batch_norm(self, batch, 'norm0')(conv(self, self.features, 7, 2, 'conv0')(x)))
-    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    return max_pool(x, 3, 2, padding=1)
 
 
 @register('densenet121', UNITS)

@@ -29,6 +29,66 @@ def conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int
       feature_group_count=groups)
 
 
+def _ones_dot(x: jax.Array) -> jax.Array:
+  """Sum of `x` over every axis but the last, as a matrix product with a row of ones."""
+  rows = x.reshape(-1, x.shape[-1])
+  total = jnp.dot(jnp.ones((1, rows.shape[0]), x.dtype), rows,
+                  precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
+  return total[0].astype(x.dtype)
+
+
+def _sum_over_positions(x: jax.Array) -> jax.Array:
+  if jax.default_backend() == 'cpu':
+    return _ones_dot(x)
+  return jnp.sum(x, axis=tuple(range(x.ndim - 1)))
+
+
+# Per-channel sums over batch and positions -- BatchNorm's statistics, and the gradients of
+# every per-channel bias and scale -- run as a matrix product with a row of ones on XLA:CPU.
+# As a plain reduction (what autodiff of a broadcast gives) XLA:CPU first rewrites it into a
+# tree of reduce-windows run by a scalar loop, or fuses it with its producers into a loop
+# that walks the channels-last array channel by channel: ~10x slower than the matmul library
+# (a ResNet-18 scratch step spent ~40% of its time there; `docs/throughput.md`). GPU and TPU
+# keep the plain reduction. Values equal the reduction's up to float summation order.
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _channel_sum(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  del shape
+  return _sum_over_positions(x)
+
+
+def _channel_sum_fwd(x, shape):
+  return _sum_over_positions(x), None
+
+
+def _channel_sum_bwd(shape, _, g):
+  return (jnp.broadcast_to(g, shape),)
+
+
+_channel_sum.defvjp(_channel_sum_fwd, _channel_sum_bwd)
+
+
+def channel_sum(x: jax.Array) -> jax.Array:
+  """Sum over every axis but the last (channels), [..., C] -> [C]; gradient a broadcast."""
+  return _channel_sum(x, x.shape)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def channel_broadcast(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """A per-channel vector [C] broadcast to `shape` [..., C]; its gradient is `channel_sum`."""
+  return jnp.broadcast_to(v, shape)
+
+
+def _channel_broadcast_fwd(v, shape):
+  return jnp.broadcast_to(v, shape), None
+
+
+def _channel_broadcast_bwd(shape, _, g):
+  return (_sum_over_positions(g),)
+
+
+channel_broadcast.defvjp(_channel_broadcast_fwd, _channel_broadcast_bwd)
+
+
 def grouped_conv(x: jax.Array, kernel: jax.Array, stride: int, padding: int, groups: int,
                  impl: str = 'auto') -> jax.Array:
   """Convolution with `groups` channel groups.
@@ -75,7 +135,7 @@ class Conv(nn.Module):
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     y = grouped_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride,
                      self.padding, self.groups, self.group_impl)
-    return y + bias.astype(self.dtype)
+    return y + channel_broadcast(bias.astype(self.dtype), y.shape)
 
 
 def caffe_lrn(x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75,
@@ -143,27 +203,31 @@ def pool_padding(hw: tuple[int, int], window: int, stride: int, ceil_mode: bool
 SLICES_VJP_MAX_CHANNELS = 256
 
 
-def max_pool(x: jax.Array, window: int, stride: int, ceil_mode: bool = False) -> jax.Array:
-  """Max pooling (NHWC) without padding; `ceil_mode` adds Caffe's partial last window.
+def max_pool(x: jax.Array, window: int, stride: int, ceil_mode: bool = False,
+             padding: int = 0) -> jax.Array:
+  """Max pooling (NHWC); `padding` pads each side with -inf (PyTorch's `MaxPool2d(padding)`,
+  the ResNet and DenseNet stems), `ceil_mode` adds Caffe's partial last window.
 
   Values and gradients are those of `flax.linen.max_pool`: the gradient of each window goes
   to its first maximum in row-major order, as XLA's select-and-scatter does. (With slices,
   where windows overlap the contributions are summed in another order, so a gradient may
   differ in the last bit.)
   """
-  high = pool_padding(x.shape[1:3], window, stride, ceil_mode)
+  hw = (x.shape[1] + 2 * padding, x.shape[2] + 2 * padding)
+  high = pool_padding(hw, window, stride, ceil_mode)
+  pads = ((padding, padding + high[0]), (padding, padding + high[1]))
   if x.shape[-1] < SLICES_VJP_MAX_CHANNELS:
-    return _max_pool(x, window, stride, high)
-  if any(high):
-    return nn.max_pool(x, (window, window), (stride, stride),
-                       padding=((0, high[0]), (0, high[1])))
+    return _max_pool(x, window, stride, pads)
+  if any(map(any, pads)):
+    return nn.max_pool(x, (window, window), (stride, stride), padding=pads)
   return nn.max_pool(x, (window, window), (stride, stride))
 
 
-def _pool_windows(x, window, stride, high):
+def _pool_windows(x, window, stride, pads):
   """-inf padded input and, per window offset (row-major), the strided slice it selects."""
   neg_inf = jnp.array(-jnp.inf, x.dtype)
-  xp = jax.lax.pad(x, neg_inf, ((0, 0, 0), (0, high[0], 0), (0, high[1], 0), (0, 0, 0)))
+  (top, bottom), (left, right) = pads
+  xp = jax.lax.pad(x, neg_inf, ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
   oh = (xp.shape[1] - window) // stride + 1
   ow = (xp.shape[2] - window) // stride + 1
   offsets = [(i, j) for i in range(window) for j in range(window)]
@@ -174,21 +238,21 @@ def _pool_windows(x, window, stride, high):
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x, window, stride, high):
-  return _max_pool_fwd(x, window, stride, high)[0]
+def _max_pool(x, window, stride, pads):
+  return _max_pool_fwd(x, window, stride, pads)[0]
 
 
-def _max_pool_fwd(x, window, stride, high):
-  _, _, slices = _pool_windows(x, window, stride, high)
+def _max_pool_fwd(x, window, stride, pads):
+  _, _, slices = _pool_windows(x, window, stride, pads)
   out = slices[0]
   for s in slices[1:]:
     out = jnp.maximum(out, s)
   return out, (x, out)
 
 
-def _max_pool_bwd(window, stride, high, residuals, g):
+def _max_pool_bwd(window, stride, pads, residuals, g):
   x, out = residuals
-  padded_shape, offsets, slices = _pool_windows(x, window, stride, high)
+  padded_shape, offsets, slices = _pool_windows(x, window, stride, pads)
   # Offset of the first maximum of each window in row-major order (select-and-scatter with
   # `ge` keeps the first), materialised once rather than re-derived by every consumer.
   index_type = jnp.int8 if len(offsets) < 127 else jnp.int32
@@ -203,7 +267,8 @@ def _max_pool_bwd(window, stride, high, residuals, g):
         (0, 0, 0), (i, padded_shape[1] - i - (oh - 1) * stride - 1, stride - 1),
         (j, padded_shape[2] - j - (ow - 1) * stride - 1, stride - 1), (0, 0, 0)))
     grad = placed if grad is None else grad + placed
-  return (grad[:, :x.shape[1], :x.shape[2]],)
+  (top, _), (left, _) = pads
+  return (grad[:, top:top + x.shape[1], left:left + x.shape[2]],)
 
 
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

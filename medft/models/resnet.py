@@ -24,7 +24,7 @@ from flax import linen as nn
 from medft.models import register
 from medft.models.alexnet import kernel_init
 from medft.models.batchnorm import EPSILON, batch_norm, global_avg_pool, uses_batch_stats
-from medft.models.layers import stage_range
+from medft.models.layers import max_pool, stage_range
 
 UNITS = ('stem', 'layer1', 'layer2', 'layer3', 'layer4', 'fc')
 KERAS_EPSILON = 1.001e-5  # keras.applications' BatchNormalization epsilon
@@ -120,7 +120,7 @@ class Stem(nn.Module):
   def __call__(self, x: jax.Array, batch: bool) -> jax.Array:
     x = nn.relu(batch_norm(self, batch, 'bn1')(conv(self, self.features, 7, 2, 'conv1')(x)))
     # -inf padding; after the ReLU the same as Keras' zero padding.
-    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    return max_pool(x, 3, 2, padding=1)
 
 
 class ResNet(nn.Module):
