@@ -45,8 +45,9 @@ def _conv_nchw(x, kernel, stride, padding, groups):
   return jnp.transpose(y, (0, 2, 3, 1))
 
 
-def _no_donation(step_fn):
-  return jax.pmap(step_fn, axis_name=parallel.AXIS, in_axes=(0, 0, None))
+def _no_donation(step_fn, replicated: int = 0):
+  """`parallel.pmap_train_step` without donating the state's buffers."""
+  return jax.pmap(step_fn, axis_name=parallel.AXIS, in_axes=(0, 0, None) + (0,) * replicated)
 
 
 def lever_variants() -> dict[str, tuple[str, dict]]:
