@@ -328,6 +328,20 @@ def initial_variables(config: ml_collections.ConfigDict, model, units
   return tuning.reinit_head(params, fresh, units[-1]), stats, meta
 
 
+def _if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
+  """`new` if the step was finite, else `old` (a non-finite step keeps the state as it was).
+
+  On XLA:CPU one conditional: a select per state array is a kernel compiled on its own there,
+  and DenseNet-121's ~1,000 state arrays took its step's compilation from ~50 s to ~230 s
+  (`docs/throughput.md`, section 4). Elsewhere the selects, which fuse, and need no
+  conditional (an XLA:GPU conditional reads its predicate on the host). Under `pack` (vmap)
+  the conditional becomes the selects too.
+  """
+  if jax.default_backend() == 'cpu':
+    return jax.lax.cond(finite, lambda: new, lambda: old)
+  return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+
 def make_steps(model, tx, meta: store.Meta, start: str | None = None,
                views: tuple | None = None, pack: int = 0):
   """The pmapped train step and prediction function.
@@ -377,14 +391,9 @@ def make_steps(model, tx, meta: store.Meta, start: str | None = None,
     params = optax.apply_updates(state.params, updates)
     # BatchNorm statistics are the same on every device: each was computed from the batch
     # statistics averaged over the devices (`bn_axis_name`).
-    # A non-finite step keeps the state as it was (one conditional, not a select per array:
-    # on XLA:CPU each select is a kernel compiled on its own, and DenseNet-121's ~1,000
-    # state arrays took its step's compilation from ~50 s to ~230 s). Under `pack` (vmap)
-    # the conditional becomes those selects again.
     candidate = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               **({'batch_stats': stats} if bn else {}))
-    new_state = jax.lax.cond(finite, lambda: candidate,
-                             lambda: state.replace(step=state.step + 1))
+    new_state = _if_finite(finite, candidate, state.replace(step=state.step + 1))
     accuracy = parallel.mean_over_devices(
         jnp.mean(jnp.argmax(logits, -1) == batch['label']))
     return new_state, {'loss': loss, 'accuracy': accuracy, 'finite': finite}

@@ -83,3 +83,42 @@ def test_unknown_depth_and_unlabelled_parameter():
     tuning.trained_units(UNITS, 'fc9')
   with pytest.raises(ValueError, match="'conv10/kernel' belongs to no tuning unit"):
     tuning.param_labels({'conv10': {'kernel': np.zeros(1)}}, ('conv1',), 'conv1')
+
+
+@pytest.mark.parametrize('arch, depth, width, size, kwargs', [
+    ('resnet50', 'layer3', 0.0625, 32, {}),
+    ('densenet121', 'block3', 0.125, 32, {'block_config': (2, 2, 2, 2)}),
+    ('vit_b16', 'blocks6_8', 0.0625, 32, {})])
+def test_middle_arm_of_the_modern_networks(arch, depth, width, size, kwargs):
+  """A middle arm of ResNet-50, DenseNet-121 (two dense layers per block: the full 58 take
+  a minute to compile here) and ViT-B/16 at reduced width, 3 real train steps: frozen units'
+  parameters and BatchNorm statistics bit-identical, one optimizer slot per trained parameter
+  and none for frozen ones, every trained unit moved (parameters, and the statistics of its
+  BatchNorm layers under the default `bn_mode=train`)."""
+  from medft.bench import cases
+  from medft.bench.core import Settings
+  a = cases.arm(arch, depth, Settings(width=width, input_size=size), **kwargs)
+  trained = set(tuning.trained_units(a.units, depth))
+  assert trained and set(a.units) - trained
+  assert _size(a.tx.init(a.params)) == sum(_size(a.params[u]) for u in trained)
+  step, _ = trainer.make_steps(a.model, a.tx, a.meta)
+  state = parallel.replicate(a.state())
+  rng = np.random.default_rng(0)
+  for _ in range(3):
+    batch = {'image': rng.integers(0, 256, (4, size, size, 3), dtype=np.uint8),
+             'label': rng.integers(0, 3, 4).astype(np.int32)}
+    state, m = step(state, parallel.shard(batch), jax.random.key(1))
+    assert bool(m['finite'][0])
+  state = parallel.unreplicate(state)
+  pairs = [(state.params, a.params)]
+  if a.batch_stats:
+    pairs.append((state.batch_stats, a.batch_stats))
+  for after, before in pairs:
+    for unit in before:
+      changed = jax.tree.leaves(jax.tree.map(
+          lambda x, y: np.asarray(x).tobytes() != np.asarray(y).tobytes(), after[unit],
+          before[unit]))
+      if unit in trained:
+        assert all(changed), f'{arch} {unit} should have trained ({depth})'
+      else:
+        assert not any(changed), f'{arch} {unit} must be frozen ({depth})'
