@@ -539,6 +539,7 @@ def _check_arms(config: ml_collections.ConfigDict) -> None:
 # ---- the smallest input of each architecture ----------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def _accepts(arch: str, width: float, size: int) -> bool:
   """Whether `arch` maps a size x size input to logits with no empty array on the way.
 
@@ -575,7 +576,7 @@ def _shapes(jaxpr) -> list[tuple[int, ...]]:
 @functools.lru_cache(maxsize=None)
 def min_input_size(arch: str, width: float = 1.0) -> int:
   """The smallest square input `arch` accepts, by bisection over shape computations."""
-  lo, hi = 1, 1024  # lo may fail, hi is assumed to work (every network here takes 227)
+  lo, hi = 1, 256  # lo may fail, hi is assumed to work (every network here takes 224-227)
   if _accepts(arch, width, lo):
     return lo
   while hi - lo > 1:
