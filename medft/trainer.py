@@ -328,16 +328,22 @@ def initial_variables(config: ml_collections.ConfigDict, model, units
   return tuning.reinit_head(params, fresh, units[-1]), stats, meta
 
 
+COND_MIN_ARRAYS = 200  # AlexNet ~35 state arrays, ResNet-18 ~165; ResNet-50 ~430, DenseNet ~1,000
+
+
 def _if_finite(finite: jax.Array, new: Any, old: Any) -> Any:
   """`new` if the step was finite, else `old` (a non-finite step keeps the state as it was).
 
-  On XLA:CPU one conditional: a select per state array is a kernel compiled on its own there,
-  and DenseNet-121's ~1,000 state arrays took its step's compilation from ~50 s to ~230 s
-  (`docs/throughput.md`, section 4). Elsewhere the selects, which fuse, and need no
-  conditional (an XLA:GPU conditional reads its predicate on the host). Under `pack` (vmap)
-  the conditional becomes the selects too.
+  On XLA:CPU, for a state of more than `COND_MIN_ARRAYS` arrays, one conditional: a select
+  per state array is a kernel compiled on its own there, and DenseNet-121's ~1,000 state
+  arrays took its step's compilation from ~50 s to ~230 s (`docs/throughput.md`, section 4).
+  Otherwise the selects: they cost little to compile for a small state, and with the
+  conditional a tiny network's steps were dispatched ahead less often
+  (`test_profile_shows_train_steps_back_to_back` failed 2 of 3 times); on GPU they fuse, and
+  an XLA:GPU conditional reads its predicate on the host. Under `pack` (vmap) the
+  conditional becomes the selects too.
   """
-  if jax.default_backend() == 'cpu':
+  if jax.default_backend() == 'cpu' and len(jax.tree.leaves(new)) > COND_MIN_ARRAYS:
     return jax.lax.cond(finite, lambda: new, lambda: old)
   return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
