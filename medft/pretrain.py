@@ -319,9 +319,8 @@ def _pretrain(config: ml_collections.ConfigDict, workdir: Path, lock) -> Path:
   model_config.num_classes = source.num_classes
   model, units = trainer.build_model(model_config)
   meta = store.default_meta(config.arch, (config.input_size, config.input_size))
-  params = jax.tree.map(np.asarray, model.init(
-      jax.random.key(p.seed), np.zeros((1, config.input_size, config.input_size, 3),
-                                       np.float32), train=False)['params'])
+  params = jax.tree.map(np.asarray, trainer.init_variables(
+      model, p.seed, (config.input_size, config.input_size))['params'])
   optim = ml_collections.ConfigDict(dict(
       base_lr=p.base_lr, head_lr_mult=1.0, bias_lr_mult=2.0, momentum=p.momentum,
       weight_decay=p.weight_decay, lr_decay_per_epoch=p.lr_decay))

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -274,6 +274,16 @@ def build_model(config: ml_collections.ConfigDict):
   return model, units
 
 
+def init_variables(model, seed: int, input_size: Sequence[int]) -> Any:
+  """`model.init(key(seed), zeros of one input image)` compiled as one program: run eagerly it
+  dispatches (and in a fresh process compiles) every initialiser and layer on its own, ~2 s
+  per run for the tiny test AlexNet with a warm compile cache. Equal to the eager init up to
+  float rounding (1 ulp in a few kernels of the networks with BatchNorm or fan-in scaling)."""
+  h, w = input_size
+  init = jax.jit(model.init, static_argnames='train')
+  return init(jax.random.key(seed), jnp.zeros((1, h, w, 3)), train=False)
+
+
 def initial_params(config: ml_collections.ConfigDict, model, units) -> tuple[Any, store.Meta]:
   """`initial_variables` without the BatchNorm statistics."""
   params, _, meta = initial_variables(config, model, units)
@@ -305,8 +315,7 @@ def initial_variables(config: ml_collections.ConfigDict, model, units
                         f'set arch={meta.arch} or convert weights for {config.arch}.')
   else:
     meta = store.default_meta(config.arch, (config.input_size, config.input_size))
-  h, w = meta.input_size
-  variables = model.init(jax.random.key(config.seed), jnp.zeros((1, h, w, 3)), train=False)
+  variables = init_variables(model, config.seed, meta.input_size)
   fresh, fresh_stats = jax.tree.map(np.asarray, batchnorm.split_variables(variables))
   if scratch:
     return fresh, fresh_stats, meta

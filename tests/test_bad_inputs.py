@@ -215,6 +215,7 @@ CASES = [
     Case('head_other_class_count', lambda inputs, case_dir: [
         *_run_args('synthetic,depth=fc8', '--config.init={inputs.alexnet_10}')(inputs, case_dir),
         '--config.task.eval_patches_per_class=4', '--config.task.eval_col_stride=32',
+        '--config.task.roi_height_mm=2.0',
         '--config.train.batch=8', '--config.train.workers=1'],
          _names(), '', expect='success'),
 ]

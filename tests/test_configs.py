@@ -77,4 +77,4 @@ def test_single_patient_arm_runs_and_results_record_unit_and_count(cimt_data_dir
     shares = [p['roi_edge_share'] for p in test['per_image']]
     assert all(0 <= s <= 1 for s in shares) and len(shares) == 12  # 6 test subjects x 2 sides
     assert test['roi_edge_share'] == pytest.approx(np.mean(shares))
-    assert (test['roi_source'], test['roi_height_mm']) == ('box', 6.0)
+    assert (test['roi_source'], test['roi_height_mm']) == ('box', 2.0)  # tests/tiny.py's box

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -65,9 +64,8 @@ def setup(config: ml_collections.ConfigDict):
   task = _task(config)
   model, units = trainer.build_model(config)
   meta = store.default_meta(config.arch, (config.input_size, config.input_size))
-  params = model.init(jax.random.key(config.seed),
-                      jnp.zeros((1, config.input_size, config.input_size, 3)),
-                      train=False)['params']
+  params = trainer.init_variables(model, config.seed,
+                                  (config.input_size, config.input_size))['params']
   params = jax.tree.map(np.asarray, params)
   parallel.check_batch(config.train.batch)
   tx = tuning.make_optimizer(params, units, config.depth, config.optim,
