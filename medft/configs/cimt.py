@@ -28,7 +28,7 @@ pre-trains the source model on natural-photo crops (`medft.pretrain`, 200 steps,
 demo/source_model), trains scratch and the fine-tuning arms fc8, fc6 and conv1 at training
 fractions 0.5 and 1 of the training subjects (8 runs; no single-patient arm), and writes
 demo/report.md (+ report.json, report.csv, plots/). Measured on this project's 2-core CPU
-machine: 4 min 55 s wall with cold data and compile caches, otherwise idle (2026-12-01,
+machine: 4 min 58 s wall with cold data and compile caches, otherwise idle (2026-12-06,
 with the 0.5 test share and the ROI box); 0.65 GB on disk. `--mode=auto` on the same
 folder then reuses its runs. Demo choices, all to fit the
 budget (the paper's 227x227 AlexNet costs ~0.8 s per train step of 32 on this CPU):
