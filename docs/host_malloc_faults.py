@@ -12,7 +12,6 @@ calls after warm-up and the process' minor page faults per call (`getrusage`). T
 and what they mean: docs/throughput.md, section 5.
 """
 
-import os
 import resource
 import sys
 import time
@@ -33,11 +32,8 @@ def main(argv):
   s = Settings(input_size=int(args[2]) if len(args) > 2 else 227)
   for depth in depths:
     fns = {'medft': cases.jax_train_case(arch, depth, s).run}
-    if '--torch' in argv:
-      import torch
-
+    if '--torch' in argv:  # the twin takes as many threads as JAX has cores
       from medft.bench import torch_twin
-      torch.set_num_threads(len(os.sched_getaffinity(0)))
       fns['torch'] = torch_twin.torch_train_step(arch, depth, s, s.batch)
     for fn in fns.values():
       fn()

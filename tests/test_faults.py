@@ -41,9 +41,10 @@ SWEEP = {
     'model.width': 0.125, 'input_size': 67, 'task.patch_size': 32, 'model.init_scheme': 'he',
     'train.batch': 8, 'train.steps': 4, 'train.eval_every': 2, 'train.log_every': 2,
     'train.checkpoint_every': 2, 'task.eval_patches_per_class': 4, 'task.eval_col_stride': 24,
-    'task.roi_height_mm': 2.0, 'task.patches_per_image': 4, 'train.workers': 1, 'pretrain.steps': 20, 'pretrain.batch': 8,
-    'pretrain.eval_examples': 16, 'pretrain.log_every': 2, 'pretrain.eval_every': 10,
-    'pretrain.checkpoint_every': 2, 'pretrain.workers': 1,
+    'task.roi_height_mm': 2.0, 'task.patches_per_image': 4, 'train.workers': 1,
+    'pretrain.steps': 20, 'pretrain.batch': 8, 'pretrain.eval_examples': 16,
+    'pretrain.log_every': 2, 'pretrain.eval_every': 10, 'pretrain.checkpoint_every': 2,
+    'pretrain.workers': 1,
 }
 # run.py flags of a tiny single run (tests/tiny.py in flag form).
 TRAIN = ['--config=configs/cimt.py:synthetic,depth=scratch,batch=8', '--config.model.width=0.125',

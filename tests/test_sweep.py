@@ -26,7 +26,8 @@ TINY = {
     'model.width': 0.125, 'input_size': 67, 'task.patch_size': 32, 'model.init_scheme': 'he',
     'optim.base_lr': 0.01, 'train.batch': 8, 'train.steps': 6, 'train.eval_every': 3,
     'train.log_every': 3, 'train.checkpoint_every': 3, 'task.eval_patches_per_class': 4,
-    'task.eval_col_stride': 24, 'task.roi_height_mm': 2.0, 'task.patches_per_image': 4, 'train.workers': 1,
+    'task.eval_col_stride': 24, 'task.roi_height_mm': 2.0, 'task.patches_per_image': 4,
+    'train.workers': 1,
     'pretrain.steps': 4, 'pretrain.batch': 8, 'pretrain.eval_examples': 16,
     'pretrain.log_every': 2, 'pretrain.eval_every': 4, 'sweep.scratch_lr_mult': 2.0,
 }
